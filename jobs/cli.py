@@ -1,0 +1,268 @@
+"""The `tagrecall` command: one entry point for people, calling the same ``run()``
+functions that spark-submit and Airflow call.
+
+    tagrecall demo
+    tagrecall generate --raw DIR --start D --days N [--users --articles --tags --seed --bad-rate]
+    tagrecall import-kuairand --src DIR --raw DIR
+    tagrecall run --date D [--until D2] [--steps a,b,...]
+    tagrecall ingest --date D
+    tagrecall config                    print the built-in defaults as TOML
+
+Common options: --config FILE --warehouse URI --raw URI --format parquet|delta --master URL
+--set section.key=value (repeatable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from jobs.common.config import Config, ConfigError, defaults_as_toml, load_config
+from jobs.common.dates import date_range, parse_date
+
+log = logging.getLogger("tagrecall")
+
+# The daily chain, in order. Each entry: step name -> "module:function" is avoided on
+# purpose; the functions are imported when a step runs so `tagrecall --help` stays fast.
+
+
+def _ingest(spark, config, date):
+    from jobs import ingest
+
+    return ingest.run(spark, config, date)
+
+
+STEPS: dict[str, Callable] = {
+    "ingest": _ingest,
+}
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("common options")
+    g.add_argument("--config", help="TOML configuration file (see `tagrecall config`)")
+    g.add_argument("--warehouse", help="warehouse URI (storage.warehouse)")
+    g.add_argument("--raw", help="raw landing URI (storage.raw)")
+    g.add_argument("--format", choices=("parquet", "delta"), help="table format (storage.format)")
+    g.add_argument("--master", help="Spark master URL (spark.master), e.g. local[*] or spark://host:7077")
+    g.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one setting, e.g. --set ingest.max_reject_ratio=0.1")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    storage = {k: v for k, v in (("warehouse", args.warehouse), ("raw", getattr(args, "raw", None)),
+                                 ("format", args.format)) if v}
+    overrides: dict = {}
+    if storage:
+        overrides["storage"] = storage
+    if args.master:
+        overrides["spark"] = {"master": args.master}
+    return load_config(args.config, overrides=overrides, assignments=args.set)
+
+
+def _date_arg(text: str) -> dt.date:
+    try:
+        return parse_date(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tagrecall", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="synthetic data -> the daily chain for several days -> summary")
+    p.add_argument("--dir", default="demo", help="where raw data and the warehouse go (default ./demo)")
+    p.add_argument("--days", type=int, default=7)
+    p.add_argument("--start", type=_date_arg, default=dt.date(2026, 11, 1))
+    p.add_argument("--users", type=int, default=2000)
+    p.add_argument("--articles", type=int, default=3000)
+    p.add_argument("--bad-rate", type=float, default=0.002)
+    p.add_argument("--seed", type=int, default=7)
+    _common(p)
+
+    p = sub.add_parser("generate", help="write a synthetic feed's raw landing")
+    p.add_argument("--raw", required=True, help="landing directory to write")
+    p.add_argument("--start", type=_date_arg, required=True)
+    p.add_argument("--days", type=int, required=True)
+    p.add_argument("--users", type=int, default=2000)
+    p.add_argument("--articles", type=int, default=3000)
+    p.add_argument("--tags", type=int, default=200)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--bad-rate", type=float, default=0.0)
+    p.add_argument("--requests-per-user", type=float, default=3.0,
+                   help="mean requests (of 10 impressions) per active user per day")
+    p.add_argument("--timezone", default="UTC", help="time zone of day boundaries")
+
+    p = sub.add_parser("import-kuairand", help="convert KuaiRand-Pure CSVs into the raw landing")
+    p.add_argument("--src", required=True, help="folder with the KuaiRand-Pure CSV files")
+    p.add_argument("--raw", required=True, help="landing directory to write")
+
+    p = sub.add_parser("run", help="the daily chain, in order, for each date")
+    p.add_argument("--date", type=_date_arg, required=True)
+    p.add_argument("--until", type=_date_arg, help="last date (inclusive); default --date")
+    p.add_argument("--steps", help=f"comma-separated subset of {','.join(STEPS)} (default: all)")
+    _common(p)
+
+    for step in STEPS:
+        p = sub.add_parser(step, help=f"run the {step} step for one date")
+        p.add_argument("--date", type=_date_arg, required=True)
+        _common(p)
+
+    sub.add_parser("config", help="print the built-in defaults as TOML")
+    return parser
+
+
+def _parse_steps(text: str | None) -> list[str]:
+    if not text:
+        return list(STEPS)
+    wanted = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in STEPS]
+    if unknown:
+        raise ConfigError(f"--steps: unknown step(s) {unknown}; known: {', '.join(STEPS)}")
+    return [s for s in STEPS if s in wanted]  # always in chain order
+
+
+def run_chain(spark, config: Config, dates: list[dt.date], steps: list[str]) -> list[dict]:
+    reports = []
+    for date in dates:
+        for step in steps:
+            t0 = time.monotonic()
+            log.info("%s %s: starting", step, date)
+            report = STEPS[step](spark, config, date)
+            log.info("%s %s: done in %.1fs", step, date, time.monotonic() - t0)
+            reports.append({"step": step, "date": date.isoformat(), "report": report})
+    return reports
+
+
+def _session(config: Config, app: str):
+    from jobs.common.session import build_session
+
+    return build_session(config, app, set_master=True)
+
+
+def _summarise_ingest(reports: list[dict], config: Config) -> str:
+    from jobs.common.storage import absolute_uri
+
+    lines = [f"{'date':<12}{'events landed':>15}{'accepted':>12}{'rejected':>10}  top reasons"]
+    for r in reports:
+        if r["step"] != "ingest":
+            continue
+        ev = r["report"]["sources"]["events"]
+        refused = sum(ev["rejected"].values())
+        top = ", ".join(f"{k} {v}" for k, v in sorted(ev["rejected"].items(), key=lambda kv: -kv[1])[:3])
+        lines.append(f"{r['date']:<12}{ev['landed']:>15,}{ev['accepted']:>12,}{refused:>10,}  {top}")
+    root = absolute_uri(config.storage.warehouse)
+    lines.append(f"tables: {root}/<table>/dt=YYYY-MM-DD/  ({config.storage.format})")
+    lines.append(f"run reports: {root}/_runs/<step>/<date>.json")
+    return "\n".join(lines)
+
+
+def cmd_demo(args) -> int:
+    from jobs.synthetic import FeedParams, generate
+
+    base = Path(args.dir).resolve()
+    raw, warehouse = base / "raw", base / "warehouse"
+    for path in (raw, warehouse):
+        if path.exists():
+            shutil.rmtree(path)
+    args.warehouse, args.raw = args.warehouse or str(warehouse), args.raw or str(raw)
+    config = config_from_args(args)
+    params = FeedParams(users=args.users, articles=args.articles, seed=args.seed, bad_rate=args.bad_rate)
+    log.info("generating %d days of synthetic feed into %s", args.days, config.storage.raw)
+    generate(config.storage.raw, args.start, args.days, params, config.time.timezone)
+    dates = list(date_range(args.start, args.start + dt.timedelta(days=args.days - 1)))
+    spark = _session(config, "tagrecall-demo")
+    reports = run_chain(spark, config, dates, list(STEPS))
+    print(_summarise_ingest(reports, config))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from jobs.synthetic import FeedParams, generate
+
+    params = FeedParams(users=args.users, articles=args.articles, tags=args.tags, seed=args.seed,
+                        bad_rate=args.bad_rate, requests_per_active_user=args.requests_per_user)
+    summary = generate(args.raw, args.start, args.days, params, args.timezone)
+    for day, info in summary["per_day"].items():
+        print(f"{day}: {info['events_landed']:,} events, {info['articles_landed']:,} articles, "
+              f"{info['users_landed']:,} users landed")
+    print(f"planted truth: {Path(args.raw).resolve() / '_truth'}  ({summary['seconds']}s)")
+    return 0
+
+
+def cmd_import_kuairand(args) -> int:
+    from jobs.kuairand import import_kuairand
+
+    summary = import_kuairand(args.src, args.raw)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_run(args) -> int:
+    config = config_from_args(args)
+    steps = _parse_steps(args.steps)
+    dates = list(date_range(args.date, args.until or args.date))
+    spark = _session(config, "tagrecall-run")
+    reports = run_chain(spark, config, dates, steps)
+    if "ingest" in steps:
+        print(_summarise_ingest(reports, config))
+    return 0
+
+
+def cmd_step(args) -> int:
+    config = config_from_args(args)
+    spark = _session(config, f"tagrecall-{args.command}")
+    report = STEPS[args.command](spark, config, args.date)
+    print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=2, default=str))
+    return 0
+
+
+def step_main(step: str, argv: list[str] | None = None) -> int:
+    """Entry point for spark-submit: the submitter sets the master; we never do."""
+    parser = argparse.ArgumentParser(prog=f"tagrecall-{step}")
+    parser.add_argument("--date", type=_date_arg, required=True)
+    _common(parser)
+    args = parser.parse_args(argv)
+    _configure_logging(False)
+    config = config_from_args(args)
+    from jobs.common.session import build_session
+
+    spark = build_session(config, f"tagrecall-{step}", set_master=False)
+    STEPS[step](spark, config, args.date)
+    return 0
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    handlers = {"demo": cmd_demo, "generate": cmd_generate, "import-kuairand": cmd_import_kuairand,
+                "run": cmd_run, "config": lambda _a: print(defaults_as_toml()) or 0}
+    handler = handlers.get(args.command, cmd_step)
+    try:
+        return handler(args)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 2
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Helpers shared by every step: configuration, dates, Spark session, storage."""

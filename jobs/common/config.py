@@ -1,0 +1,297 @@
+"""One TOML configuration for every tunable, with built-in defaults.
+
+Precedence: built-in defaults < ``--config FILE`` < command-line flags (``--warehouse``,
+``--set section.key=value``...). Unknown sections or keys and values of the wrong type or
+out of range are refused with a ConfigError naming them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from schemas.tables import EVENT_TYPES
+
+TABLE_FORMATS = ("parquet", "delta")
+RAW_FORMATS = ("json", "parquet")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used as given."""
+
+
+def _require(ok: bool, where: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    warehouse: str = "warehouse"
+    raw: str = "raw"
+    format: str = "parquet"
+    raw_format: str = "json"
+
+    def validate(self, where: str) -> None:
+        _require(self.format in TABLE_FORMATS, f"{where}.format",
+                 f"{self.format!r} is not one of {', '.join(TABLE_FORMATS)}")
+        _require(self.raw_format in RAW_FORMATS, f"{where}.raw_format",
+                 f"{self.raw_format!r} is not one of {', '.join(RAW_FORMATS)}")
+        _require(bool(self.warehouse), f"{where}.warehouse", "must not be empty")
+        _require(bool(self.raw), f"{where}.raw", "must not be empty")
+
+
+@dataclass(frozen=True)
+class TimeConfig:
+    # Day boundaries of the logical date D are midnights in this zone.
+    timezone: str = "UTC"
+
+    def validate(self, where: str) -> None:
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"{where}.timezone: {self.timezone!r} is not an IANA time zone "
+                              "(e.g. 'UTC', 'Asia/Shanghai')") from None
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    # Events may land up to this long after the day they happened (late data).
+    late_tolerance_hours: float = 24.0
+    # Events stamped up to this far after the day's end are clock skew, not the future.
+    clock_skew_minutes: float = 5.0
+    # Dwell above this is refused as absurd (a tab left open, a broken client timer).
+    max_dwell_ms: int = 6 * 3600 * 1000
+    max_position: int = 10_000
+    # The step fails (after writing `rejected`) when more than this share of events is refused.
+    max_reject_ratio: float = 0.05
+
+    def validate(self, where: str) -> None:
+        _require(self.late_tolerance_hours >= 0, f"{where}.late_tolerance_hours", "must be >= 0")
+        _require(self.clock_skew_minutes >= 0, f"{where}.clock_skew_minutes", "must be >= 0")
+        _require(self.max_dwell_ms > 0, f"{where}.max_dwell_ms", "must be > 0")
+        _require(self.max_position > 0, f"{where}.max_position", "must be > 0")
+        _require(0 <= self.max_reject_ratio <= 1, f"{where}.max_reject_ratio",
+                 f"{self.max_reject_ratio} is not between 0 and 1")
+
+
+def _default_half_lives() -> dict[str, float]:
+    return {"long": 30.0, "short": 3.0}
+
+
+def _default_event_weights() -> dict[str, float]:
+    return {"impression": 0.0, "click": 1.0, "like": 2.0, "comment": 2.0, "favorite": 3.0,
+            "share": 3.0}
+
+
+@dataclass(frozen=True)
+class ProfilesConfig:
+    half_life_days: dict[str, float] = field(default_factory=_default_half_lives)
+    event_weights: dict[str, float] = field(default_factory=_default_event_weights)
+    # A click adds dwell_weight * min(log1p(dwell_sec) / log1p(dwell_cap_sec), 1).
+    dwell_weight: float = 1.0
+    dwell_cap_sec: float = 600.0
+    min_weight: float = 1e-3
+    max_tags_per_user: int = 100
+
+    def validate(self, where: str) -> None:
+        _require(len(self.half_life_days) > 0, f"{where}.half_life_days", "needs at least one horizon")
+        for name, days in self.half_life_days.items():
+            _require(name.isidentifier(), f"{where}.half_life_days.{name}",
+                     "horizon names must be identifiers (they become column names)")
+            _require(days > 0, f"{where}.half_life_days.{name}", f"{days} is not > 0")
+        unknown = sorted(set(self.event_weights) - set(EVENT_TYPES))
+        _require(not unknown, f"{where}.event_weights",
+                 f"unknown event types {unknown}; known: {', '.join(EVENT_TYPES)}")
+        _require(self.dwell_cap_sec > 0, f"{where}.dwell_cap_sec", "must be > 0")
+        _require(self.min_weight >= 0, f"{where}.min_weight", "must be >= 0")
+        _require(self.max_tags_per_user > 0, f"{where}.max_tags_per_user", "must be > 0")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    top_k: int = 200
+    freshness_half_life_days: float = 3.0
+    max_age_days: float = 30.0
+    quality_window_days: int = 14
+    # Pseudo-impressions of the global click-through rate added to every article.
+    prior_strength: float = 50.0
+
+    def validate(self, where: str) -> None:
+        _require(self.top_k > 0, f"{where}.top_k", "must be > 0")
+        _require(self.freshness_half_life_days > 0, f"{where}.freshness_half_life_days", "must be > 0")
+        _require(self.max_age_days > 0, f"{where}.max_age_days", "must be > 0")
+        _require(self.quality_window_days > 0, f"{where}.quality_window_days", "must be > 0")
+        _require(self.prior_strength >= 0, f"{where}.prior_strength", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    top_n: int = 20
+    candidate_tags: int = 50
+
+    def validate(self, where: str) -> None:
+        _require(self.top_n > 0, f"{where}.top_n", "must be > 0")
+        _require(self.candidate_tags >= self.top_n, f"{where}.candidate_tags", "must be >= export.top_n")
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    # Used by the `tagrecall` command only; under spark-submit the submitter sets the master.
+    master: str = "local[*]"
+    shuffle_partitions: int = 8
+    driver_memory: str = "4g"
+    conf: dict[str, str] = field(default_factory=dict)
+
+    def validate(self, where: str) -> None:
+        _require(bool(self.master), f"{where}.master", "must not be empty")
+        _require(self.shuffle_partitions > 0, f"{where}.shuffle_partitions", "must be > 0")
+
+
+@dataclass(frozen=True)
+class Config:
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    time: TimeConfig = field(default_factory=TimeConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+
+    def validate(self) -> Config:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate(f.name)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **sections: Any) -> Config:
+        return dataclasses.replace(self, **sections).validate()
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is dict:
+        key_type, value_type = typing.get_args(hint)
+        _require(isinstance(value, dict), where, f"expected a table, got {type(value).__name__}")
+        return {_coerce(k, key_type, f"{where}.{k}"): _coerce(v, value_type, f"{where}.{k}")
+                for k, v in value.items()}
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        _require(ok, where, f"expected a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        _require(ok, where, f"expected an integer, got {value!r}")
+        return value
+    if hint is str:
+        _require(isinstance(value, str), where, f"expected a string, got {value!r}")
+        return value
+    if hint is bool:
+        _require(isinstance(value, bool), where, f"expected true or false, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint} at {where}")
+
+
+def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    _require(not unknown, where, f"unknown key(s) {unknown}; known keys: {', '.join(sorted(known))}")
+    return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()})
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    unknown = sorted(set(data) - set(sections))
+    _require(not unknown, source,
+             f"unknown section(s) {unknown}; known sections: {', '.join(sorted(sections))}")
+    hints = typing.get_type_hints(Config)
+    built = {}
+    for name, values in data.items():
+        _require(isinstance(values, dict), f"{source}: [{name}]", "must be a table")
+        built[name] = _build_section(hints[name], values, f"{source}: {name}")
+    return Config(**built).validate()
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(assignment: str) -> tuple[list[str], Any]:
+    """``"index.top_k=100"`` -> (["index", "top_k"], 100). The value is read as a TOML
+    value when it parses as one, else as a bare string."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected section.key=value")
+    dotted, raw_value = assignment.split("=", 1)
+    path = dotted.strip().split(".")
+    if len(path) < 2 or not all(path):
+        raise ConfigError(f"--set {assignment!r}: expected section.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw_value}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw_value
+    return path, value
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                assignments: list[str] | None = None) -> Config:
+    """Defaults, then the TOML file at ``path``, then ``overrides`` ({"storage": {...}}),
+    then ``assignments`` ("section.key=value")."""
+    data: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = _merge(data, overrides or {})
+    for assignment in assignments or []:
+        keys, value = parse_override(assignment)
+        nested: Any = value
+        for key in reversed(keys):
+            nested = {key: nested}
+        data = _merge(data, nested)
+    return config_from_dict(data, source)
+
+
+def defaults_as_toml() -> str:
+    """The built-in defaults written as a TOML file (``tagrecall config``)."""
+    lines: list[str] = []
+    for section, values in Config().to_dict().items():
+        lines.append(f"[{section}]")
+        tables = []
+        for key, value in values.items():
+            if isinstance(value, dict):
+                tables.append((key, value))
+            else:
+                lines.append(f"{key} = {_toml_value(value)}")
+        for key, value in tables:
+            inner = ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items())
+            lines.append(f"{key} = {{ {inner} }}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)

@@ -1,0 +1,91 @@
+"""Building a SparkSession for the `tagrecall` command and for spark-submit entry points.
+
+Library code never builds a session: it receives one. The master comes from the caller
+(``--master`` / config for the `tagrecall` command, spark-submit otherwise).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from jobs.common.config import Config
+
+log = logging.getLogger(__name__)
+
+DELTA_PACKAGE_HINT = "io.delta:delta-spark_2.13"
+
+
+class DeltaUnavailableError(RuntimeError):
+    """Delta Lake was asked for but its jars cannot be loaded."""
+
+
+def _delta_error(cause: str) -> DeltaUnavailableError:
+    return DeltaUnavailableError(
+        f"--format delta needs the Delta Lake jars ({DELTA_PACKAGE_HINT}), and they could not be "
+        f"loaded: {cause}. delta-spark resolves them from Maven Central when the session starts. "
+        "Either give this machine access to Maven (or a mirror via spark.jars.repositories), "
+        "put the jars on the classpath yourself (spark.jars / spark-submit --jars), "
+        "install the extra with `pip install tagrecall[delta]`, or use --format parquet."
+    )
+
+
+def session_builder(config: Config, app_name: str, *, set_master: bool):
+    """A configured builder; ``set_master`` is False under spark-submit."""
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(app_name)
+    if set_master:
+        builder = builder.master(config.spark.master)
+        builder = builder.config("spark.driver.memory", config.spark.driver_memory)
+    settings = {
+        "spark.sql.session.timeZone": config.time.timezone,
+        "spark.sql.shuffle.partitions": str(config.spark.shuffle_partitions),
+        "spark.sql.sources.partitionOverwriteMode": "dynamic",
+        "spark.ui.showConsoleProgress": "true",
+        **config.spark.conf,
+    }
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    if config.storage.format == "delta":
+        builder = _with_delta(builder)
+    return builder
+
+
+def _with_delta(builder):
+    try:
+        from delta import configure_spark_with_delta_pip
+    except ImportError:
+        raise _delta_error("the delta-spark Python package is not installed") from None
+    builder = builder.config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+    builder = builder.config("spark.sql.catalog.spark_catalog",
+                             "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+    return configure_spark_with_delta_pip(builder)
+
+
+def build_session(config: Config, app_name: str = "tagrecall", *, set_master: bool = True):
+    """Start (or reuse) a SparkSession; with --format delta, fail clearly when the jars
+    cannot be resolved."""
+    builder = session_builder(config, app_name, set_master=set_master)
+    # Python workers must run the same interpreter (and packages) as the driver.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    try:
+        spark = builder.getOrCreate()
+    except Exception as exc:  # the JVM's failure to resolve packages surfaces as many types
+        if config.storage.format == "delta":
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise _delta_error(first_line) from exc
+        raise
+    if config.storage.format == "delta":
+        check_delta_available(spark)
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def check_delta_available(spark) -> None:
+    """Raise DeltaUnavailableError unless Delta's classes are on the session's classpath."""
+    try:
+        spark._jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")
+    except Exception as exc:
+        raise _delta_error("io.delta.tables.DeltaTable is not on the classpath") from exc

@@ -1,0 +1,225 @@
+"""Reading and writing one date partition of a table, and the run reports.
+
+Tables live at ``<warehouse>/<table>/dt=<D>/`` in Parquet (default) or Delta.
+
+Parquet writes are staged and swapped in: the new partition is written under
+``<table>/_staging/``, the old one renamed aside, the new one renamed into place, the old
+one deleted. A reader sees the old partition or the new one, never part of either; if a job
+dies between the two renames, the next read or write of that partition puts the old one
+back. Renames are atomic on local and HDFS file systems; on object stores, where they are
+copies, use Delta.
+
+Delta writes go through ``replaceWhere`` on the ``dt`` column: one transaction per partition.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs.common.config import Config
+from schemas.catalog import PARTITION_COLUMN, run_report_location, table
+
+log = logging.getLogger(__name__)
+
+STAGING_DIR = "_staging"
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+class MissingPartitionError(FileNotFoundError):
+    """An input partition a step needs does not exist."""
+
+
+def absolute_uri(uri: str) -> str:
+    """Local paths become absolute ``file:`` URIs; URIs with a scheme are kept as they are."""
+    if _SCHEME.match(uri) or uri.startswith("file:"):
+        return uri
+    return "file://" + os.path.abspath(uri)
+
+
+@dataclass
+class _FileSystem:
+    """The Hadoop FileSystem behind a URI, so local, HDFS and object stores work alike."""
+
+    spark: SparkSession
+
+    def _path(self, uri: str):
+        jvm = self.spark._jvm
+        path = jvm.org.apache.hadoop.fs.Path(absolute_uri(uri))
+        return path.getFileSystem(self.spark._jsc.hadoopConfiguration()), path
+
+    def exists(self, uri: str) -> bool:
+        fs, path = self._path(uri)
+        return fs.exists(path)
+
+    def rename(self, src: str, dst: str) -> None:
+        fs, src_path = self._path(src)
+        _, dst_path = self._path(dst)
+        fs.mkdirs(dst_path.getParent())
+        if not fs.rename(src_path, dst_path):
+            raise OSError(f"could not rename {src} to {dst}")
+
+    def delete(self, uri: str) -> None:
+        fs, path = self._path(uri)
+        if fs.exists(path):
+            fs.delete(path, True)
+
+    def list_names(self, uri: str) -> list[str]:
+        fs, path = self._path(uri)
+        if not fs.exists(path):
+            return []
+        return sorted(status.getPath().getName() for status in fs.listStatus(path))
+
+    def write_text(self, uri: str, text: str) -> None:
+        """Write a small file atomically: to a hidden temporary name, then rename."""
+        fs, path = self._path(uri)
+        fs.mkdirs(path.getParent())
+        tmp = self.spark._jvm.org.apache.hadoop.fs.Path(path.getParent(), f".{path.getName()}.{uuid.uuid4().hex}")
+        stream = fs.create(tmp, True)
+        try:
+            stream.write(bytearray(text.encode("utf-8")))
+        finally:
+            stream.close()
+        if fs.exists(path):
+            fs.delete(path, False)
+        if not fs.rename(tmp, path):
+            raise OSError(f"could not write {uri}")
+
+    def read_text(self, uri: str) -> str:
+        fs, path = self._path(uri)
+        stream = fs.open(path)
+        try:
+            reader = self.spark._jvm.java.io.BufferedReader(
+                self.spark._jvm.java.io.InputStreamReader(stream, "UTF-8"))
+            lines = []
+            line = reader.readLine()
+            while line is not None:
+                lines.append(line)
+                line = reader.readLine()
+            return "\n".join(lines)
+        finally:
+            stream.close()
+
+
+class Warehouse:
+    """Partition-level access to the tables of one warehouse in one format."""
+
+    def __init__(self, spark: SparkSession, config: Config):
+        self.spark = spark
+        self.root = absolute_uri(config.storage.warehouse)
+        self.format = config.storage.format
+        self.fs = _FileSystem(spark)
+
+    def location(self, name: str) -> str:
+        return table(name).location(self.root)
+
+    def partition_location(self, name: str, date: str) -> str:
+        return table(name).partition_location(self.root, date)
+
+    # -- Parquet staging and recovery ---------------------------------------------------
+    def _staging(self, name: str) -> str:
+        return f"{self.location(name)}/{STAGING_DIR}"
+
+    def _recover(self, name: str, date: str) -> None:
+        """Put back a partition left aside by a job that died between its two renames."""
+        target = self.partition_location(name, date)
+        if self.fs.exists(target):
+            return
+        prefix = f"{PARTITION_COLUMN}={date}."
+        for entry in self.fs.list_names(self._staging(name)):
+            if entry.startswith(prefix) and entry.endswith(".replaced"):
+                log.warning("restoring %s from %s (a previous write died mid-swap)", target, entry)
+                self.fs.rename(f"{self._staging(name)}/{entry}", target)
+                return
+
+    def _write_parquet(self, df: DataFrame, name: str, date: str) -> None:
+        self._recover(name, date)
+        token = uuid.uuid4().hex
+        staged = f"{self._staging(name)}/{PARTITION_COLUMN}={date}.{token}"
+        target = self.partition_location(name, date)
+        df.write.mode("errorifexists").parquet(staged)
+        replaced = f"{staged}.replaced"
+        if self.fs.exists(target):
+            self.fs.rename(target, replaced)
+        self.fs.rename(staged, target)
+        self.fs.delete(replaced)
+
+    # -- public API ----------------------------------------------------------------------
+    def write_partition(self, df: DataFrame, name: str, date: str) -> None:
+        """Replace partition ``date`` of table ``name`` with ``df``; nothing else changes."""
+        if PARTITION_COLUMN in df.columns:
+            raise ValueError(f"{name}: drop the {PARTITION_COLUMN!r} column before writing; "
+                             "the partition is given by the date argument")
+        if self.format == "delta":
+            (df.withColumn(PARTITION_COLUMN, F.lit(date))
+               .write.format("delta").mode("overwrite")
+               .option("replaceWhere", f"{PARTITION_COLUMN} = '{date}'")
+               .partitionBy(PARTITION_COLUMN)
+               .save(self.location(name)))
+        else:
+            self._write_parquet(df, name, date)
+
+    def has_partition(self, name: str, date: str) -> bool:
+        if self.format == "delta":
+            if not self.fs.exists(f"{self.location(name)}/_delta_log"):
+                return False
+            return bool(self._read_delta(name).where(F.col(PARTITION_COLUMN) == date).limit(1).count())
+        self._recover(name, date)
+        return self.fs.exists(self.partition_location(name, date))
+
+    def _read_delta(self, name: str) -> DataFrame:
+        return self.spark.read.format("delta").load(self.location(name))
+
+    def read_partition(self, name: str, date: str, hint: str = "") -> DataFrame:
+        """Partition ``date`` of ``name``, without the ``dt`` column; MissingPartitionError
+        naming the path when it does not exist."""
+        if not self.has_partition(name, date):
+            writer = table(name).written_by
+            raise MissingPartitionError(
+                f"{name} for {date} not found at {self.partition_location(name, date)}: "
+                f"run `tagrecall {writer} --date {date}` first{hint}")
+        if self.format == "delta":
+            return self._read_delta(name).where(F.col(PARTITION_COLUMN) == date).drop(PARTITION_COLUMN)
+        return self.spark.read.parquet(self.partition_location(name, date))
+
+    def read_partitions(self, name: str, dates: list[str]) -> DataFrame | None:
+        """The union of the existing partitions among ``dates``, with a ``dt`` column;
+        None when none exists."""
+        present = [d for d in dates if self.has_partition(name, d)]
+        if not present:
+            return None
+        frames = [self.read_partition(name, d).withColumn(PARTITION_COLUMN, F.lit(d)) for d in present]
+        out = frames[0]
+        for frame in frames[1:]:
+            out = out.unionByName(frame)
+        return out
+
+    def partitions(self, name: str) -> list[str]:
+        """Dates of the partitions of ``name`` that exist, sorted."""
+        if self.format == "delta":
+            if not self.fs.exists(f"{self.location(name)}/_delta_log"):
+                return []
+            rows = self._read_delta(name).select(PARTITION_COLUMN).distinct().collect()
+            return sorted(r[0] for r in rows)
+        prefix = f"{PARTITION_COLUMN}="
+        return [n[len(prefix):] for n in self.fs.list_names(self.location(name)) if n.startswith(prefix)]
+
+    # -- run reports ----------------------------------------------------------------------
+    def write_run_report(self, step: str, date: str, report: dict[str, Any]) -> str:
+        uri = run_report_location(self.root, step, date)
+        self.fs.write_text(uri, json.dumps(report, indent=2, sort_keys=True, default=str))
+        return uri
+
+    def read_run_report(self, step: str, date: str) -> dict[str, Any]:
+        uri = run_report_location(self.root, step, date)
+        if not self.fs.exists(uri):
+            raise MissingPartitionError(f"run report {uri} not found: run `tagrecall {step} --date {date}`")
+        return json.loads(self.fs.read_text(uri))

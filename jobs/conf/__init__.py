@@ -1,0 +1,1 @@
+"""Configuration files shipped with tagrecall (e.g. kuairand.toml)."""

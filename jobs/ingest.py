@@ -1,0 +1,459 @@
+"""Ingest step: raw landing of D -> ``events``, ``articles``, ``users`` and ``rejected``.
+
+Every landed record ends in exactly one place: a validated row of its table, or a row of
+``rejected`` with its reason (article and user versions superseded by a newer version of
+the same id are counted, not rejected). The step checks that invariant against what it
+wrote and reports it in ``_runs/ingest/<D>.json``. Above ``ingest.max_reject_ratio`` the
+step fails after writing ``rejected`` (so the bad records can be inspected) and before
+writing ``events`` (so later steps do not run on a broken day).
+
+Validation is by rules applied in a fixed order; a record is refused for the first rule
+it breaks (see REASONS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import math
+import time
+
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import (
+    ArrayType,
+    MapType,
+    StringType,
+    StructField,
+    StructType,
+)
+
+from jobs.common.config import Config
+from jobs.common.dates import day_bounds
+from jobs.common.landing import raw_dates, read_raw_records
+from jobs.common.storage import Warehouse
+from schemas.tables import ARTICLES, EVENT_TYPES, EVENTS, REJECTED, USERS
+
+log = logging.getLogger(__name__)
+
+STEP = "ingest"
+
+# Reasons a record is refused, in the order the rules are applied.
+REASONS = (
+    "malformed_record",     # not a JSON object
+    "missing_field",        # a required field is null or empty
+    "bad_type",             # a field that does not parse as its type
+    "unknown_event_type",
+    "negative_dwell",
+    "absurd_dwell",         # above ingest.max_dwell_ms
+    "bad_position",         # negative or above ingest.max_position
+    "bad_tags",             # articles: weight not in (0, 1], empty or repeated tag
+    "too_late",             # event_time before D's start minus the late-data tolerance
+    "in_future",            # event_time after D's end plus the clock-skew tolerance
+    "unknown_user",
+    "unknown_article",
+    "duplicate_event_id",   # same event_id earlier in the day, or ingested on a recent day
+)
+
+_CORRUPT = "_corrupt"
+
+
+def _string_schema(*names: str) -> StructType:
+    # Every field is read as a string so a wrong type is a rule violation, not a lost row.
+    return StructType([StructField(n, StringType()) for n in names] + [StructField(_CORRUPT, StringType())])
+
+
+RAW_EVENT_SCHEMA = _string_schema(*EVENTS.fieldNames())
+RAW_ARTICLE_SCHEMA = _string_schema("article_id", "publish_time", "updated_time", "tags")
+RAW_USER_SCHEMA = _string_schema("user_id", "features", "updated_time")
+RAW_TAGS = ArrayType(StructType([StructField("tag", StringType()), StructField("weight", StringType())]))
+RAW_FEATURES = MapType(StringType(), StringType())
+
+
+# -- small column helpers --------------------------------------------------------------
+def _first_failure(rules: list[tuple[Column, str, Column | str | None]]) -> tuple[Column, Column]:
+    """(reason, detail) of the first rule whose condition holds; null when none does."""
+    reason = F.lit(None).cast("string")
+    detail = F.lit(None).cast("string")
+    for condition, name, note in reversed(rules):
+        note_col = note if isinstance(note, Column) else F.lit(note)
+        reason = F.when(condition, F.lit(name)).otherwise(reason)
+        detail = F.when(condition, note_col.cast("string")).otherwise(detail)
+    return reason, detail
+
+
+def _blank(c: Column) -> Column:
+    return c.isNull() | (F.trim(c) == "")
+
+
+def parse_time(c: Column) -> Column:
+    """Epoch milliseconds, or an ISO-8601 timestamp (naive ones in the session time zone).
+    try_* on purpose: this is the ingest boundary, where bad values become reasons."""
+    return F.coalesce(F.timestamp_millis(c.try_cast("bigint")), F.try_to_timestamp(c))
+
+
+def _bad_parse(raw_value: Column, parsed: Column) -> Column:
+    return raw_value.isNotNull() & parsed.isNull()
+
+
+def _malformed(df: DataFrame) -> Column:
+    return F.col(_CORRUPT).isNotNull() | _blank(F.col("raw"))
+
+
+# -- events --------------------------------------------------------------------------------
+def parse_events(records: DataFrame) -> DataFrame:
+    """raw -> raw + the event's fields as strings (all null for a malformed record)."""
+    return records.select("raw", F.from_json("raw", RAW_EVENT_SCHEMA, {
+        "mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT}).alias("r")).select("raw", "r.*")
+
+
+def with_event_checks(events: DataFrame, *, window_start: dt.datetime, window_end: dt.datetime,
+                      max_dwell_ms: int, max_position: int) -> DataFrame:
+    """Typed columns plus ``reason``/``detail`` of the first broken rule that needs no
+    other table (ids are checked against users and articles in ``with_known_ids``)."""
+    typed = events.select(
+        "raw", _CORRUPT,
+        F.col("event_id").alias("s_event_id"), F.col("user_id").alias("s_user_id"),
+        F.col("article_id").alias("s_article_id"), F.col("event_type").alias("s_event_type"),
+        F.col("event_time").alias("s_event_time"), F.col("dwell_ms").alias("s_dwell_ms"),
+        F.col("position").alias("s_position"), F.col("request_id"),
+    ).select(
+        "*",
+        F.trim("s_event_id").alias("event_id"), F.trim("s_user_id").alias("user_id"),
+        F.trim("s_article_id").alias("article_id"), F.lower(F.trim("s_event_type")).alias("event_type"),
+        parse_time(F.col("s_event_time")).alias("event_time"),
+        F.col("s_dwell_ms").try_cast("bigint").alias("dwell_ms"),
+        F.col("s_position").try_cast("int").alias("position"),
+    )
+    missing = [(_blank(F.col(f"s_{name}")), name) for name in
+               ("event_id", "user_id", "article_id", "event_type", "event_time")]
+    missing_names = F.concat_ws(",", *[F.when(c, F.lit(n)) for c, n in missing])
+    bad_types = F.concat_ws(",",
+                            F.when(_bad_parse(F.col("s_event_time"), F.col("event_time")), F.lit("event_time")),
+                            F.when(_bad_parse(F.col("s_dwell_ms"), F.col("dwell_ms")), F.lit("dwell_ms")),
+                            F.when(_bad_parse(F.col("s_position"), F.col("position")), F.lit("position")))
+    lower, upper = F.lit(window_start), F.lit(window_end)
+    reason, detail = _first_failure([
+        (_malformed(typed), "malformed_record", None),
+        (missing_names != "", "missing_field", missing_names),
+        (bad_types != "", "bad_type", bad_types),
+        (~F.col("event_type").isin(*EVENT_TYPES), "unknown_event_type", F.col("s_event_type")),
+        (F.col("dwell_ms") < 0, "negative_dwell", F.col("dwell_ms")),
+        (F.col("dwell_ms") > max_dwell_ms, "absurd_dwell", F.col("dwell_ms")),
+        ((F.col("position") < 0) | (F.col("position") > max_position), "bad_position", F.col("position")),
+        (F.col("event_time") < lower, "too_late", F.col("event_time")),
+        (F.col("event_time") >= upper, "in_future", F.col("event_time")),
+    ])
+    return typed.select(*EVENTS.fieldNames(), "raw", reason.alias("reason"), detail.alias("detail"))
+
+
+def with_known_ids(events: DataFrame, users: DataFrame, articles: DataFrame) -> DataFrame:
+    """Refuse events whose user or article is not in D's snapshots."""
+    known_users = users.select("user_id", F.lit(True).alias("_user_known"))
+    known_articles = articles.select("article_id", F.lit(True).alias("_article_known"))
+    joined = events.join(known_users, "user_id", "left").join(known_articles, "article_id", "left")
+    reason, detail = _first_failure([
+        (F.col("reason").isNotNull(), "_keep", None),
+        (F.col("_user_known").isNull(), "unknown_user", F.col("user_id")),
+        (F.col("_article_known").isNull(), "unknown_article", F.col("article_id")),
+    ])
+    return (joined
+            .withColumn("detail", F.when(reason == "_keep", F.col("detail")).otherwise(detail))
+            .withColumn("reason", F.when(reason == "_keep", F.col("reason")).otherwise(reason))
+            .drop("_user_known", "_article_known"))
+
+
+def with_duplicates_marked(events: DataFrame, seen_ids: DataFrame | None) -> DataFrame:
+    """Among otherwise valid events, keep one record per event_id (the same one on every
+    run) and refuse the others, and refuse ids already ingested on a recent day
+    (``seen_ids``: column event_id). ``events`` must be persisted: it is read twice."""
+    valid = events.where(F.col("reason").isNull())
+    # Narrow aggregate (id, hash, row id) instead of a window over whole rows: duplicates
+    # are rare, so only the few duplicated ids come back to the join, broadcast by AQE.
+    tie = F.struct(F.xxhash64("raw").alias("h"), F.col("_row").alias("row"))
+    dup_ids = (valid.select("event_id", tie.alias("tie"))
+               .groupBy("event_id").agg(F.count("*").alias("_copies"), F.min("tie").alias("_keep"))
+               .where(F.col("_copies") > 1)
+               .select("event_id", F.col("_keep.row").alias("_keep_row")))
+    marked = events.join(dup_ids, "event_id", "left")
+    is_dup = F.col("reason").isNull() & F.col("_keep_row").isNotNull() & (F.col("_row") != F.col("_keep_row"))
+    if seen_ids is not None:
+        # Only events that could have landed before (event_time before D's start) are
+        # looked up, so the join's small side is the late events, broadcast.
+        seen = (seen_ids.join(F.broadcast(valid.where(F.col("_late")).select("event_id").distinct()),
+                              "event_id")
+                .select("event_id", F.lit(True).alias("_seen")).distinct())
+        marked = marked.join(seen, "event_id", "left")
+        is_seen = F.col("reason").isNull() & F.col("_seen").isNotNull()
+        marked = (marked.withColumn("detail", F.when(is_seen, F.lit("ingested on an earlier day"))
+                                    .when(is_dup, F.lit("repeated within the day")).otherwise(F.col("detail")))
+                  .withColumn("reason", F.when(is_seen | is_dup, F.lit("duplicate_event_id"))
+                              .otherwise(F.col("reason")))
+                  .drop("_seen"))
+    else:
+        marked = (marked.withColumn("detail", F.when(is_dup, F.lit("repeated within the day"))
+                                    .otherwise(F.col("detail")))
+                  .withColumn("reason", F.when(is_dup, F.lit("duplicate_event_id")).otherwise(F.col("reason"))))
+    return marked.drop("_keep_row")
+
+
+# -- articles and users --------------------------------------------------------------------
+def parse_articles(records: DataFrame) -> DataFrame:
+    parsed = records.select("raw", F.from_json("raw", RAW_ARTICLE_SCHEMA, {
+        "mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT}).alias("r")).select("raw", "r.*")
+    return parsed.select(
+        "raw", _CORRUPT,
+        F.col("article_id").alias("s_article_id"), F.col("publish_time").alias("s_publish_time"),
+        F.col("updated_time").alias("s_updated_time"), F.col("tags").alias("s_tags"),
+        F.trim("article_id").alias("article_id"),
+        parse_time(F.col("publish_time")).alias("publish_time"),
+        parse_time(F.col("updated_time")).alias("updated_time_given"),
+        F.from_json("tags", RAW_TAGS).alias("raw_tags"),
+    ).withColumn("tags", F.transform("raw_tags", lambda t: F.struct(
+        F.trim(t["tag"]).alias("tag"), t["weight"].try_cast("double").alias("weight"))))
+
+
+def with_article_checks(articles: DataFrame) -> DataFrame:
+    tags = F.col("tags")
+    bad_weight = F.exists(tags, lambda t: t["weight"].isNull() | ~(t["weight"] > 0) | (t["weight"] > 1))
+    bad_tag = F.exists(tags, lambda t: _blank(t["tag"]))
+    repeated = F.size(F.array_distinct(F.transform(tags, lambda t: t["tag"]))) != F.size(tags)
+    missing = F.concat_ws(",", F.when(_blank(F.col("s_article_id")), F.lit("article_id")),
+                          F.when(_blank(F.col("s_publish_time")), F.lit("publish_time")),
+                          F.when(F.col("s_tags").isNull(), F.lit("tags")))
+    bad_types = F.concat_ws(",",
+                            F.when(_bad_parse(F.col("s_publish_time"), F.col("publish_time")), F.lit("publish_time")),
+                            F.when(_bad_parse(F.col("s_updated_time"), F.col("updated_time_given")),
+                                   F.lit("updated_time")),
+                            F.when(_bad_parse(F.col("s_tags"), F.col("raw_tags")), F.lit("tags")))
+    reason, detail = _first_failure([
+        (_malformed(articles), "malformed_record", None),
+        (missing != "", "missing_field", missing),
+        (bad_types != "", "bad_type", bad_types),
+        (bad_weight | bad_tag | repeated, "bad_tags", F.col("s_tags")),
+    ])
+    return articles.select(
+        "article_id", "publish_time",
+        F.coalesce("updated_time_given", "publish_time").alias("updated_time"),
+        "tags", "raw", reason.alias("reason"), detail.alias("detail"))
+
+
+def parse_users(records: DataFrame) -> DataFrame:
+    parsed = records.select("raw", F.from_json("raw", RAW_USER_SCHEMA, {
+        "mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT}).alias("r")).select("raw", "r.*")
+    return parsed.select(
+        "raw", _CORRUPT, F.col("user_id").alias("s_user_id"), F.col("features").alias("s_features"),
+        F.col("updated_time").alias("s_updated_time"),
+        F.trim("user_id").alias("user_id"),
+        F.from_json("features", RAW_FEATURES).alias("features"),
+        parse_time(F.col("updated_time")).alias("updated_time"))
+
+
+def with_user_checks(users: DataFrame, *, landed_at: dt.datetime) -> DataFrame:
+    missing = F.when(_blank(F.col("s_user_id")), F.lit("user_id"))
+    bad_types = F.concat_ws(",",
+                            F.when(_bad_parse(F.col("s_features"), F.col("features")), F.lit("features")),
+                            F.when(_bad_parse(F.col("s_updated_time"), F.col("updated_time")),
+                                   F.lit("updated_time")))
+    reason, detail = _first_failure([
+        (_malformed(users), "malformed_record", None),
+        (missing.isNotNull(), "missing_field", missing),
+        (bad_types != "", "bad_type", bad_types),
+    ])
+    # A user record without updated_time is as new as the day it landed.
+    return users.select(
+        "user_id",
+        F.coalesce("features", F.create_map().cast(RAW_FEATURES)).alias("features"),
+        F.coalesce("updated_time", F.lit(landed_at)).alias("updated_time"),
+        "raw", reason.alias("reason"), detail.alias("detail"))
+
+
+def latest_versions(versions: DataFrame, key: str, *, order: list[Column]) -> DataFrame:
+    """One row per ``key``: the greatest by ``order`` (descending); ties by a content hash
+    so the choice is the same on every run."""
+    from pyspark.sql import Window
+
+    # to_json because Spark refuses to hash maps directly.
+    content = F.xxhash64(F.to_json(F.struct(*[c for c in versions.columns if c not in (key, "_landed")])))
+    w = Window.partitionBy(key).orderBy(*[o.desc() for o in order], content.desc())
+    return versions.withColumn("_n", F.row_number().over(w)).where(F.col("_n") == 1).drop("_n")
+
+
+def snapshot(previous: DataFrame | None, accepted: DataFrame, key: str, columns: list[str]) -> DataFrame:
+    """As-of-D snapshot: each id's latest version among yesterday's snapshot and D's
+    accepted versions (a version landing on D wins a tie on updated_time)."""
+    today = accepted.select(*columns, F.lit(1).alias("_landed"))
+    versions = today if previous is None else previous.select(*columns, F.lit(0).alias("_landed")).unionByName(today)
+    return latest_versions(versions, key, order=[F.col("updated_time"), F.col("_landed")]).select(*columns)
+
+
+# -- the step --------------------------------------------------------------------------------
+class RejectRatioExceeded(RuntimeError):
+    pass
+
+
+def _rejected_rows(df: DataFrame, source: str) -> DataFrame:
+    return df.where(F.col("reason").isNotNull()).select(
+        F.lit(source).alias("source"), "raw", "reason", "detail")
+
+
+def _counts_by_reason(df: DataFrame) -> dict[str | None, int]:
+    return {r["reason"]: r["count"] for r in df.groupBy("reason").count().collect()}
+
+
+def _bootstrap_versions(spark, config, source, date, parse, check) -> DataFrame | None:
+    """Valid versions from landed partitions before ``date`` (used when no snapshot of
+    D-1 exists yet: the first day, or a warehouse rebuilt from raw)."""
+    earlier = [d for d in raw_dates(spark, config, source) if d < date]
+    if not earlier:
+        return None
+    log.info("no %s snapshot for the day before %s: rebuilding it from %d landed day(s)",
+             source, date, len(earlier))
+    frames = [check(parse(read_raw_records(spark, config, source, d)), d).where(F.col("reason").isNull())
+              for d in earlier]
+    out = frames[0]
+    for frame in frames[1:]:
+        out = out.unionByName(frame)
+    return out
+
+
+def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
+    """Ingest the landing of ``date``; returns the run report (also written to _runs)."""
+    started = time.monotonic()
+    day = date.isoformat()
+    previous_day = (date - dt.timedelta(days=1)).isoformat()
+    wh = Warehouse(spark, config)
+    start, end = day_bounds(date, config.time.timezone)
+    ing = config.ingest
+    timings: dict[str, float] = {}
+
+    def timed(label, fn):
+        t0 = time.monotonic()
+        out = fn()
+        timings[label] = round(time.monotonic() - t0, 3)
+        return out
+
+    # Articles and users first: events are checked against the snapshots of D.
+    landed_at = end - dt.timedelta(microseconds=1)
+    article_check = lambda df, _d: with_article_checks(df)  # noqa: E731
+    user_check = lambda df, d: with_user_checks(  # noqa: E731
+        df, landed_at=day_bounds(dt.date.fromisoformat(d), config.time.timezone)[1] - dt.timedelta(microseconds=1))
+
+    sources = {
+        "articles": (parse_articles, article_check, "article_id", ARTICLES.fieldNames()),
+        "users": (parse_users, user_check, "user_id", USERS.fieldNames()),
+    }
+    counts: dict[str, dict] = {}
+    snapshots: dict[str, DataFrame] = {}
+    rejected_frames: list[DataFrame] = []
+    for source, (parse, check, key, columns) in sources.items():
+        checked = check(parse(read_raw_records(spark, config, source, day)), day)
+        checked = checked.persist(StorageLevel.MEMORY_AND_DISK)
+        if wh.has_partition(source, previous_day):
+            previous = wh.read_partition(source, previous_day)
+        else:
+            previous = _bootstrap_versions(spark, config, source, day, parse, check)
+            previous = None if previous is None else previous.select(*columns)
+        accepted = checked.where(F.col("reason").isNull())
+        snap = snapshot(previous, accepted, key, columns)
+        timings_key = f"write_{source}"
+        timed(timings_key, lambda s=snap, n=source: wh.write_partition(s, n, day))
+        snapshots[source] = wh.read_partition(source, day)
+        by_reason = _counts_by_reason(checked)
+        landed = sum(by_reason.values())
+        counts[source] = {"landed": landed, "accepted": by_reason.get(None, 0),
+                          "rejected": {k: v for k, v in by_reason.items() if k is not None}}
+        rejected_frames.append(_rejected_rows(checked, source))
+
+    # Events.
+    late_start = start - dt.timedelta(hours=ing.late_tolerance_hours)
+    skew_end = end + dt.timedelta(minutes=ing.clock_skew_minutes)
+    checked = (parse_events(read_raw_records(spark, config, "events", day))
+               .transform(with_event_checks, window_start=late_start, window_end=skew_end,
+                          max_dwell_ms=ing.max_dwell_ms, max_position=ing.max_position)
+               .transform(with_known_ids, users=snapshots["users"], articles=snapshots["articles"])
+               .withColumn("_late", F.col("event_time") < F.lit(start))
+               .withColumn("_row", F.monotonically_increasing_id()))
+    # Keep raw only where it may be needed (refused rows, the duplicate tie-break).
+    checked = checked.persist(StorageLevel.MEMORY_AND_DISK)
+    lookback = max(1, math.ceil((ing.late_tolerance_hours * 60 + ing.clock_skew_minutes) / (24 * 60)))
+    earlier_days = [(date - dt.timedelta(days=k)).isoformat() for k in range(1, lookback + 1)]
+    earlier = wh.read_partitions("events", earlier_days)
+    seen_ids = None if earlier is None else earlier.select("event_id")
+    final = with_duplicates_marked(checked, seen_ids).persist(StorageLevel.MEMORY_AND_DISK)
+
+    by_reason = timed("validate_events", lambda: _counts_by_reason(final))
+    landed = sum(by_reason.values())
+    accepted = by_reason.get(None, 0)
+    rejected_events = {k: v for k, v in by_reason.items() if k is not None}
+    counts["events"] = {"landed": landed, "accepted": accepted, "rejected": rejected_events}
+    rejected_frames.append(_rejected_rows(final, "events"))
+
+    rejected = rejected_frames[0]
+    for frame in rejected_frames[1:]:
+        rejected = rejected.unionByName(frame)
+    timed("write_rejected", lambda: wh.write_partition(rejected.select(*REJECTED.fieldNames()), "rejected", day))
+
+    ratios = {s: (sum(c["rejected"].values()) / c["landed"] if c["landed"] else 0.0) for s, c in counts.items()}
+    over = {s: r for s, r in ratios.items() if r > ing.max_reject_ratio}
+    report = {
+        "step": STEP, "date": day, "window": {"start": start.isoformat(), "end": end.isoformat(),
+                                              "accepts_from": late_start.isoformat(),
+                                              "accepts_until": skew_end.isoformat()},
+        "sources": counts, "reject_ratio": ratios, "config": config.to_dict(),
+    }
+    if over:
+        report.update(status="failed", timings_sec=timings,
+                      seconds=round(time.monotonic() - started, 3))
+        wh.write_run_report(STEP, day, report)
+        for df in (checked, final):
+            df.unpersist()
+        worst = ", ".join(f"{s} {r:.1%}" for s, r in over.items())
+        raise RejectRatioExceeded(
+            f"ingest {day}: reject ratio above ingest.max_reject_ratio={ing.max_reject_ratio:.1%} "
+            f"({worst}). Refused records are in {wh.partition_location('rejected', day)} with their "
+            "reasons; fix the upstream export or raise the threshold, then re-run this date.")
+
+    events = final.where(F.col("reason").isNull()).select(*EVENTS.fieldNames())
+    timed("write_events", lambda: wh.write_partition(events, "events", day))
+    for df in (checked, final):
+        df.unpersist()
+
+    # No record lost: what was landed equals what was written, counted from the tables.
+    written = {
+        "events": wh.read_partition("events", day).count(),
+        "articles": wh.read_partition("articles", day).count(),
+        "users": wh.read_partition("users", day).count(),
+    }
+    rejected_written = {r["source"]: r["count"] for r in
+                        wh.read_partition("rejected", day).groupBy("source").count().collect()}
+    balance = {}
+    for source, c in counts.items():
+        refused = rejected_written.get(source, 0)
+        ok = c["landed"] == c["accepted"] + refused
+        if source == "events":
+            ok = ok and written["events"] == c["accepted"]
+        balance[source] = {"landed": c["landed"], "accepted": c["accepted"], "rejected": refused, "balanced": ok}
+        if not ok:
+            raise RuntimeError(f"ingest {day}: {source} do not balance: landed {c['landed']}, "
+                               f"accepted {c['accepted']}, rejected written {refused}")
+    report.update(status="succeeded", balance=balance, rows_written=written,
+                  rows_written_rejected=rejected_written, timings_sec=timings,
+                  seconds=round(time.monotonic() - started, 3))
+    wh.write_run_report(STEP, day, report)
+    log.info("ingest %s: %d events accepted, %d refused, %.1fs", day, accepted,
+             sum(rejected_events.values()), report["seconds"])
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """spark-submit entry point: ``spark-submit jobs/ingest.py --date D [--config F]``."""
+    from jobs.cli import step_main
+
+    return step_main(STEP, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

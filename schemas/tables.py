@@ -1,0 +1,144 @@
+"""Spark schemas of every table in the contract (DESIGN.md, "Interfaces").
+
+Importing this module needs pyspark installed but no running Spark. The partition
+column ``dt`` is not part of these schemas: it is the directory a partition lives in.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql.types import (
+    ArrayType,
+    DoubleType,
+    IntegerType,
+    LongType,
+    MapType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+EVENT_TYPES = ("impression", "click", "like", "comment", "favorite", "share")
+
+TAG_WEIGHTS = ArrayType(
+    StructType([StructField("tag", StringType(), False), StructField("weight", DoubleType(), False)]),
+    containsNull=False,
+)
+
+EVENTS = StructType(
+    [
+        StructField("event_id", StringType(), False),
+        StructField("user_id", StringType(), False),
+        StructField("article_id", StringType(), False),
+        StructField("event_type", StringType(), False),
+        StructField("event_time", TimestampType(), False),
+        StructField("dwell_ms", LongType(), True),
+        StructField("position", IntegerType(), True),
+        StructField("request_id", StringType(), True),
+    ]
+)
+
+REJECTED = StructType(
+    [
+        StructField("source", StringType(), False),
+        StructField("raw", StringType(), True),
+        StructField("reason", StringType(), False),
+        StructField("detail", StringType(), True),
+    ]
+)
+
+ARTICLES = StructType(
+    [
+        StructField("article_id", StringType(), False),
+        StructField("publish_time", TimestampType(), False),
+        StructField("updated_time", TimestampType(), False),
+        StructField("tags", TAG_WEIGHTS, False),
+    ]
+)
+
+USERS = StructType(
+    [
+        StructField("user_id", StringType(), False),
+        StructField("features", MapType(StringType(), StringType(), True), False),
+        StructField("updated_time", TimestampType(), False),
+    ]
+)
+
+USER_TAG_PROFILE = StructType(
+    [
+        StructField("user_id", StringType(), False),
+        StructField("tag", StringType(), False),
+        StructField("long_weight", DoubleType(), False),
+        StructField("short_weight", DoubleType(), False),
+        StructField("impressions", DoubleType(), False),
+        StructField("clicks", DoubleType(), False),
+        StructField("last_event_time", TimestampType(), False),
+    ]
+)
+
+TAG_INDEX = StructType(
+    [
+        StructField("tag", StringType(), False),
+        StructField("rank", IntegerType(), False),
+        StructField("article_id", StringType(), False),
+        StructField("score", DoubleType(), False),
+        StructField("tag_weight", DoubleType(), False),
+        StructField("quality", DoubleType(), False),
+        StructField("freshness", DoubleType(), False),
+    ]
+)
+
+TAG_STATS = StructType(
+    [
+        StructField("tag", StringType(), False),
+        StructField("impressions", DoubleType(), False),
+        StructField("clicks", DoubleType(), False),
+        StructField("ctr", DoubleType(), False),
+        StructField("mean_dwell_sec", DoubleType(), True),
+        StructField("articles", LongType(), False),
+    ]
+)
+
+TRAINING_TRIPLES = StructType(
+    [
+        StructField("event_id", StringType(), False),
+        StructField("user_id", StringType(), False),
+        StructField("article_id", StringType(), False),
+        StructField("tag", StringType(), False),
+        StructField("click", IntegerType(), False),
+        StructField("dwell_sec", DoubleType(), True),
+    ]
+)
+
+USER_TOP_TAGS = StructType(
+    [
+        StructField("user_id", StringType(), False),
+        StructField("rank", IntegerType(), False),
+        StructField("tag", StringType(), False),
+        StructField("p_click", DoubleType(), True),
+        StructField("dwell_sec", DoubleType(), True),
+        StructField("score", DoubleType(), False),
+        StructField("model_version", StringType(), False),
+    ]
+)
+
+RECALL_EVAL = StructType(
+    [
+        StructField("method", StringType(), False),
+        StructField("metric", StringType(), False),
+        StructField("value", DoubleType(), True),
+    ]
+)
+
+SCHEMAS: dict[str, StructType] = {
+    "events": EVENTS,
+    "rejected": REJECTED,
+    "articles": ARTICLES,
+    "users": USERS,
+    "user_tag_profile": USER_TAG_PROFILE,
+    "tag_index": TAG_INDEX,
+    "tag_stats": TAG_STATS,
+    "training_triples": TRAINING_TRIPLES,
+    "user_top_tags": USER_TOP_TAGS,
+    "recall_eval": RECALL_EVAL,
+}
