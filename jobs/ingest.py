@@ -397,7 +397,8 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
     timed("write_rejected", lambda: wh.write_partition(rejected.select(*REJECTED.fieldNames()), "rejected", day))
 
     ratios = {s: (sum(c["rejected"].values()) / c["landed"] if c["landed"] else 0.0) for s, c in counts.items()}
-    over = {s: r for s, r in ratios.items() if r > ing.max_reject_ratio}
+    over = {s: r for s, r in ratios.items()
+            if r > ing.max_reject_ratio and counts[s]["landed"] >= ing.reject_ratio_min_records}
     report = {
         "step": STEP, "date": day, "window": {"start": start.isoformat(), "end": end.isoformat(),
                                               "accepts_from": late_start.isoformat(),

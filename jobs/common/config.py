@@ -70,12 +70,16 @@ class IngestConfig:
     max_position: int = 10_000
     # The step fails (after writing `rejected`) when more than this share of events is refused.
     max_reject_ratio: float = 0.05
+    # ...for sources with at least this many landed records (a day's few new users should
+    # not fail the step over one bad record).
+    reject_ratio_min_records: int = 100
 
     def validate(self, where: str) -> None:
         _require(self.late_tolerance_hours >= 0, f"{where}.late_tolerance_hours", "must be >= 0")
         _require(self.clock_skew_minutes >= 0, f"{where}.clock_skew_minutes", "must be >= 0")
         _require(self.max_dwell_ms > 0, f"{where}.max_dwell_ms", "must be > 0")
         _require(self.max_position > 0, f"{where}.max_position", "must be > 0")
+        _require(self.reject_ratio_min_records >= 0, f"{where}.reject_ratio_min_records", "must be >= 0")
         _require(0 <= self.max_reject_ratio <= 1, f"{where}.max_reject_ratio",
                  f"{self.max_reject_ratio} is not between 0 and 1")
 

@@ -1,0 +1,62 @@
+"""One Spark session for the whole test run (chispa's pattern), and small helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobs.common.config import Config, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("TAGRECALL_SHARED_DATA", REPO.parent / "shared" / "data"))
+KUAIRAND = SHARED_DATA / "kuairand-pure"
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    local_dir = tmp_path_factory.mktemp("spark-local")
+    session = (SparkSession.builder.master("local[2]").appName("tagrecall-tests")
+               .config("spark.sql.shuffle.partitions", "2")
+               .config("spark.default.parallelism", "2")
+               .config("spark.ui.enabled", "false")
+               .config("spark.ui.showConsoleProgress", "false")
+               .config("spark.sql.session.timeZone", "UTC")
+               .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
+               .config("spark.local.dir", str(local_dir))
+               .config("spark.driver.memory", "2g")
+               .getOrCreate())
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    """A Config whose warehouse and raw landing live in this test's tmp dir."""
+
+    def make(**sections) -> Config:
+        overrides = {"storage": {"warehouse": str(tmp_path / "warehouse"), "raw": str(tmp_path / "raw")}}
+        for name, values in sections.items():
+            overrides.setdefault(name, {}).update(values)
+        return load_config(overrides=overrides)
+
+    return make
+
+
+def write_landing(raw: Path, source: str, day: str, lines: list[str | dict]) -> Path:
+    """Write records (dicts as JSON, strings verbatim) as one JSON-lines file."""
+    folder = raw / source / f"dt={day}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "part-00000.jsonl"
+    with open(path, "w") as fh:
+        for line in lines:
+            fh.write(line if isinstance(line, str) else json.dumps(line))
+            fh.write("\n")
+    return path
