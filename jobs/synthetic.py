@@ -315,7 +315,7 @@ class FeedGenerator:
             a_tags, a_w = c.tags[art], c.weights[art]
             match = (a_tags[:, :, None] == slots_t[:, None, :]) & (a_tags[:, :, None] >= 0)
             affinity = (match * a_w[:, :, None] * slots_w[:, None, :]).sum(axis=(1, 2))
-            logit = -2.2 + 5.0 * affinity + c.quality[art]
+            logit = -3.0 + 12.0 * affinity + c.quality[art]
             p_click = _sigmoid(logit) / np.sqrt(1.0 + pos)
             click = rng.random(n) < p_click
             dwell = np.exp(rng.normal(np.log(20_000) + 1.5 * affinity + 0.3 * c.quality[art], 0.9))
