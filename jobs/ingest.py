@@ -13,13 +13,11 @@ it breaks (see REASONS).
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import logging
 import math
 import time
 
-from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
@@ -73,15 +71,23 @@ RAW_FEATURES = MapType(StringType(), StringType())
 
 
 # -- small column helpers --------------------------------------------------------------
-def _first_failure(rules: list[tuple[Column, str, Column | str | None]]) -> tuple[Column, Column]:
-    """(reason, detail) of the first rule whose condition holds; null when none does."""
-    reason = F.lit(None).cast("string")
-    detail = F.lit(None).cast("string")
-    for condition, name, note in reversed(rules):
-        note_col = note if isinstance(note, Column) else F.lit(note)
-        reason = F.when(condition, F.lit(name)).otherwise(reason)
-        detail = F.when(condition, note_col.cast("string")).otherwise(detail)
-    return reason, detail
+def with_first_failure(df: DataFrame, rules: list[tuple[Column, str, Column | str | None]]) -> DataFrame:
+    """Add ``reason`` (the name of the first rule whose condition holds, else null) and
+    ``detail``. Each condition is computed once into a flag column and the flags are then
+    referenced: nesting the conditions into one CASE expression made Spark's generated
+    code too large to compile, and it fell back to a slow interpreter."""
+    flags = [F.coalesce(cond, F.lit(False)).alias(f"_rule{i}") for i, (cond, _, _) in enumerate(rules)]
+    flagged = df.select("*", *flags)
+    reason = F.coalesce(*[F.when(F.col(f"_rule{i}"), F.lit(name)) for i, (_, name, _) in enumerate(rules)])
+    detail = F.coalesce(*[
+        F.when(F.col(f"_rule{i}"), (note if isinstance(note, Column) else F.lit(note)).cast("string"))
+        for i, (_, _, note) in enumerate(rules) if note is not None])
+    first = F.coalesce(*[F.when(F.col(f"_rule{i}"), F.lit(i)) for i in range(len(rules))])
+    # A rule with no note gives no detail, even when a later rule with a note also holds.
+    no_note = [i for i, (_, _, note) in enumerate(rules) if note is None]
+    detail = F.when(first.isin(*no_note), F.lit(None).cast("string")).otherwise(detail) if no_note else detail
+    return flagged.withColumn("reason", reason).withColumn("detail", detail).drop(
+        *[f"_rule{i}" for i in range(len(rules))])
 
 
 def _blank(c: Column) -> Column:
@@ -98,7 +104,7 @@ def _bad_parse(raw_value: Column, parsed: Column) -> Column:
     return raw_value.isNotNull() & parsed.isNull()
 
 
-def _malformed(df: DataFrame) -> Column:
+def _malformed(_df: DataFrame) -> Column:
     return F.col(_CORRUPT).isNotNull() | _blank(F.col("raw"))
 
 
@@ -135,7 +141,7 @@ def with_event_checks(events: DataFrame, *, window_start: dt.datetime, window_en
                             F.when(_bad_parse(F.col("s_dwell_ms"), F.col("dwell_ms")), F.lit("dwell_ms")),
                             F.when(_bad_parse(F.col("s_position"), F.col("position")), F.lit("position")))
     lower, upper = F.lit(window_start), F.lit(window_end)
-    reason, detail = _first_failure([
+    checked = typed.transform(with_first_failure, [
         (_malformed(typed), "malformed_record", None),
         (missing_names != "", "missing_field", missing_names),
         (bad_types != "", "bad_type", bad_types),
@@ -146,7 +152,7 @@ def with_event_checks(events: DataFrame, *, window_start: dt.datetime, window_en
         (F.col("event_time") < lower, "too_late", F.col("event_time")),
         (F.col("event_time") >= upper, "in_future", F.col("event_time")),
     ])
-    return typed.select(*EVENTS.fieldNames(), "raw", reason.alias("reason"), detail.alias("detail"))
+    return checked.select(*EVENTS.fieldNames(), "raw", "reason", "detail")
 
 
 def with_known_ids(events: DataFrame, users: DataFrame, articles: DataFrame) -> DataFrame:
@@ -154,49 +160,48 @@ def with_known_ids(events: DataFrame, users: DataFrame, articles: DataFrame) -> 
     known_users = users.select("user_id", F.lit(True).alias("_user_known"))
     known_articles = articles.select("article_id", F.lit(True).alias("_article_known"))
     joined = events.join(known_users, "user_id", "left").join(known_articles, "article_id", "left")
-    reason, detail = _first_failure([
-        (F.col("reason").isNotNull(), "_keep", None),
-        (F.col("_user_known").isNull(), "unknown_user", F.col("user_id")),
-        (F.col("_article_known").isNull(), "unknown_article", F.col("article_id")),
-    ])
+    unknown_user = F.col("reason").isNull() & F.col("_user_known").isNull()
+    unknown_article = F.col("reason").isNull() & F.col("_article_known").isNull()
     return (joined
-            .withColumn("detail", F.when(reason == "_keep", F.col("detail")).otherwise(detail))
-            .withColumn("reason", F.when(reason == "_keep", F.col("reason")).otherwise(reason))
+            .withColumn("detail", F.when(unknown_user, F.col("user_id"))
+                        .when(unknown_article, F.col("article_id")).otherwise(F.col("detail")))
+            .withColumn("reason", F.when(unknown_user, F.lit("unknown_user"))
+                        .when(unknown_article, F.lit("unknown_article")).otherwise(F.col("reason")))
             .drop("_user_known", "_article_known"))
 
 
-def with_duplicates_marked(events: DataFrame, seen_ids: DataFrame | None) -> DataFrame:
-    """Among otherwise valid events, keep one record per event_id (the same one on every
-    run) and refuse the others, and refuse ids already ingested on a recent day
-    (``seen_ids``: column event_id). ``events`` must be persisted: it is read twice."""
+def duplicate_losers(events: DataFrame, seen_ids: DataFrame | None) -> DataFrame:
+    """Rows (``_row``) to refuse as duplicates, with a detail: among otherwise valid
+    events, every copy of an event_id but one (the same one on every run), and ids already
+    ingested on a recent day (``seen_ids``: column event_id)."""
     valid = events.where(F.col("reason").isNull())
-    # Narrow aggregate (id, hash, row id) instead of a window over whole rows: duplicates
-    # are rare, so only the few duplicated ids come back to the join, broadcast by AQE.
+    # Narrow aggregate (id, hash, row id) instead of a window over whole rows: only the
+    # few duplicated ids come out of it.
     tie = F.struct(F.xxhash64("raw").alias("h"), F.col("_row").alias("row"))
     dup_ids = (valid.select("event_id", tie.alias("tie"))
                .groupBy("event_id").agg(F.count("*").alias("_copies"), F.min("tie").alias("_keep"))
                .where(F.col("_copies") > 1)
                .select("event_id", F.col("_keep.row").alias("_keep_row")))
-    marked = events.join(dup_ids, "event_id", "left")
-    is_dup = F.col("reason").isNull() & F.col("_keep_row").isNotNull() & (F.col("_row") != F.col("_keep_row"))
-    if seen_ids is not None:
-        # Only events that could have landed before (event_time before D's start) are
-        # looked up, so the join's small side is the late events, broadcast.
-        seen = (seen_ids.join(F.broadcast(valid.where(F.col("_late")).select("event_id").distinct()),
-                              "event_id")
-                .select("event_id", F.lit(True).alias("_seen")).distinct())
-        marked = marked.join(seen, "event_id", "left")
-        is_seen = F.col("reason").isNull() & F.col("_seen").isNotNull()
-        marked = (marked.withColumn("detail", F.when(is_seen, F.lit("ingested on an earlier day"))
-                                    .when(is_dup, F.lit("repeated within the day")).otherwise(F.col("detail")))
-                  .withColumn("reason", F.when(is_seen | is_dup, F.lit("duplicate_event_id"))
-                              .otherwise(F.col("reason")))
-                  .drop("_seen"))
-    else:
-        marked = (marked.withColumn("detail", F.when(is_dup, F.lit("repeated within the day"))
-                                    .otherwise(F.col("detail")))
-                  .withColumn("reason", F.when(is_dup, F.lit("duplicate_event_id")).otherwise(F.col("reason"))))
-    return marked.drop("_keep_row")
+    repeated = (valid.select("event_id", "_row").join(dup_ids, "event_id")
+                .where(F.col("_row") != F.col("_keep_row"))
+                .select("_row", F.lit("repeated within the day").alias("_dup_detail")))
+    if seen_ids is None:
+        return repeated
+    # Only events dated before D's start can have landed on an earlier day, so the join's
+    # small side is the late events, broadcast.
+    late = valid.where(F.col("_late")).select("event_id", "_row")
+    seen = (seen_ids.join(F.broadcast(late), "event_id")
+            .select("_row", F.lit("ingested on an earlier day").alias("_dup_detail")))
+    # An id seen before is refused in every copy; the earlier-day detail wins.
+    return seen.unionByName(repeated).groupBy("_row").agg(F.min("_dup_detail").alias("_dup_detail"))
+
+
+def with_duplicates_marked(events: DataFrame, losers: DataFrame) -> DataFrame:
+    marked = events.join(F.broadcast(losers), "_row", "left")
+    is_dup = F.col("_dup_detail").isNotNull()
+    return (marked.withColumn("detail", F.when(is_dup, F.col("_dup_detail")).otherwise(F.col("detail")))
+            .withColumn("reason", F.when(is_dup, F.lit("duplicate_event_id")).otherwise(F.col("reason")))
+            .drop("_dup_detail"))
 
 
 # -- articles and users --------------------------------------------------------------------
@@ -228,16 +233,16 @@ def with_article_checks(articles: DataFrame) -> DataFrame:
                             F.when(_bad_parse(F.col("s_updated_time"), F.col("updated_time_given")),
                                    F.lit("updated_time")),
                             F.when(_bad_parse(F.col("s_tags"), F.col("raw_tags")), F.lit("tags")))
-    reason, detail = _first_failure([
+    checked = articles.transform(with_first_failure, [
         (_malformed(articles), "malformed_record", None),
         (missing != "", "missing_field", missing),
         (bad_types != "", "bad_type", bad_types),
         (bad_weight | bad_tag | repeated, "bad_tags", F.col("s_tags")),
     ])
-    return articles.select(
+    return checked.select(
         "article_id", "publish_time",
         F.coalesce("updated_time_given", "publish_time").alias("updated_time"),
-        "tags", "raw", reason.alias("reason"), detail.alias("detail"))
+        "tags", "raw", "reason", "detail")
 
 
 def parse_users(records: DataFrame) -> DataFrame:
@@ -257,17 +262,17 @@ def with_user_checks(users: DataFrame, *, landed_at: dt.datetime) -> DataFrame:
                             F.when(_bad_parse(F.col("s_features"), F.col("features")), F.lit("features")),
                             F.when(_bad_parse(F.col("s_updated_time"), F.col("updated_time")),
                                    F.lit("updated_time")))
-    reason, detail = _first_failure([
+    checked = users.transform(with_first_failure, [
         (_malformed(users), "malformed_record", None),
         (missing.isNotNull(), "missing_field", missing),
         (bad_types != "", "bad_type", bad_types),
     ])
     # A user record without updated_time is as new as the day it landed.
-    return users.select(
+    return checked.select(
         "user_id",
         F.coalesce("features", F.create_map().cast(RAW_FEATURES)).alias("features"),
         F.coalesce("updated_time", F.lit(landed_at)).alias("updated_time"),
-        "raw", reason.alias("reason"), detail.alias("detail"))
+        "raw", "reason", "detail")
 
 
 def latest_versions(versions: DataFrame, key: str, *, order: list[Column]) -> DataFrame:
@@ -336,7 +341,6 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
         return out
 
     # Articles and users first: events are checked against the snapshots of D.
-    landed_at = end - dt.timedelta(microseconds=1)
     article_check = lambda df, _d: with_article_checks(df)  # noqa: E731
     user_check = lambda df, d: with_user_checks(  # noqa: E731
         df, landed_at=day_bounds(dt.date.fromisoformat(d), config.time.timezone)[1] - dt.timedelta(microseconds=1))
@@ -350,7 +354,7 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
     rejected_frames: list[DataFrame] = []
     for source, (parse, check, key, columns) in sources.items():
         checked = check(parse(read_raw_records(spark, config, source, day)), day)
-        checked = checked.persist(StorageLevel.MEMORY_AND_DISK)
+        checked = checked.cache()  # small: a day of article or user records
         if wh.has_partition(source, previous_day):
             previous = wh.read_partition(source, previous_day)
         else:
@@ -361,7 +365,7 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
         timings_key = f"write_{source}"
         timed(timings_key, lambda s=snap, n=source: wh.write_partition(s, n, day))
         snapshots[source] = wh.read_partition(source, day)
-        by_reason = _counts_by_reason(checked)
+        by_reason = timed(f"count_{source}", lambda c=checked: _counts_by_reason(c))
         landed = sum(by_reason.values())
         counts[source] = {"landed": landed, "accepted": by_reason.get(None, 0),
                           "rejected": {k: v for k, v in by_reason.items() if k is not None}}
@@ -376,13 +380,16 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
                .transform(with_known_ids, users=snapshots["users"], articles=snapshots["articles"])
                .withColumn("_late", F.col("event_time") < F.lit(start))
                .withColumn("_row", F.monotonically_increasing_id()))
-    # Keep raw only where it may be needed (refused rows, the duplicate tie-break).
-    checked = checked.persist(StorageLevel.MEMORY_AND_DISK)
+    # The parsed, checked day is read several times below (duplicates, counts, the two
+    # outputs): parse the JSON once into scratch Parquet.
+    checked, scratch = timed("parse_events", lambda: wh.stage(checked, f"ingest-{day}"))
     lookback = max(1, math.ceil((ing.late_tolerance_hours * 60 + ing.clock_skew_minutes) / (24 * 60)))
     earlier_days = [(date - dt.timedelta(days=k)).isoformat() for k in range(1, lookback + 1)]
     earlier = wh.read_partitions("events", earlier_days)
     seen_ids = None if earlier is None else earlier.select("event_id")
-    final = with_duplicates_marked(checked, seen_ids).persist(StorageLevel.MEMORY_AND_DISK)
+    losers, losers_scratch = timed("find_duplicates", lambda: wh.stage(duplicate_losers(checked, seen_ids),
+                                                                      f"ingest-duplicates-{day}"))
+    final = with_duplicates_marked(checked, losers)
 
     by_reason = timed("validate_events", lambda: _counts_by_reason(final))
     landed = sum(by_reason.values())
@@ -409,8 +416,8 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
         report.update(status="failed", timings_sec=timings,
                       seconds=round(time.monotonic() - started, 3))
         wh.write_run_report(STEP, day, report)
-        for df in (checked, final):
-            df.unpersist()
+        wh.unstage(scratch)
+        wh.unstage(losers_scratch)
         worst = ", ".join(f"{s} {r:.1%}" for s, r in over.items())
         raise RejectRatioExceeded(
             f"ingest {day}: reject ratio above ingest.max_reject_ratio={ing.max_reject_ratio:.1%} "
@@ -419,10 +426,11 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
 
     events = final.where(F.col("reason").isNull()).select(*EVENTS.fieldNames())
     timed("write_events", lambda: wh.write_partition(events, "events", day))
-    for df in (checked, final):
-        df.unpersist()
+    wh.unstage(scratch)
+    wh.unstage(losers_scratch)
 
     # No record lost: what was landed equals what was written, counted from the tables.
+    t_verify = time.monotonic()
     written = {
         "events": wh.read_partition("events", day).count(),
         "articles": wh.read_partition("articles", day).count(),
@@ -440,6 +448,7 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
         if not ok:
             raise RuntimeError(f"ingest {day}: {source} do not balance: landed {c['landed']}, "
                                f"accepted {c['accepted']}, rejected written {refused}")
+    timings["verify"] = round(time.monotonic() - t_verify, 3)
     report.update(status="succeeded", balance=balance, rows_written=written,
                   rows_written_rejected=rejected_written, timings_sec=timings,
                   seconds=round(time.monotonic() - started, 3))

@@ -22,7 +22,6 @@ Choices (see README, "Real data"):
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from pathlib import Path
 

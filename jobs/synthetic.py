@@ -366,7 +366,6 @@ class FeedGenerator:
         new_users = np.arange(p.users)
         new_articles = np.arange(p.articles)
         late_carry: list[pd.DataFrame] = []
-        user_truth = []
         for d in range(self.days):
             day = self.start + dt.timedelta(days=d)
             s, e = (epoch_ms(x) for x in day_bounds(day, self.tz))
@@ -391,7 +390,7 @@ class FeedGenerator:
             ):
                 lines = [json.dumps(r) for r in records]
                 bad, counts = self._bad_lines(lines, kinds, (s, e),
-                                              lambda r, j, k=idkey, src=source: {**r, k: f"{src[0]}_bad_{d}_{j}"})
+                                              lambda r, j, k=idkey, src=source, n=d: {**r, k: f"{src[0]}_bad_{n}_{j}"})
                 self._write_lines(self._dir(source, day) / "part-00000.jsonl", lines + bad)
                 day_truth[f"{source}_landed"] = len(lines) + len(bad)
                 day_truth["bad"][source] = counts

@@ -84,9 +84,9 @@ def _delta_probe(tmp_path) -> str | None:
     """Start a Delta session in a child process; None when it works, else why not."""
     code = ("from jobs.common.config import load_config\n"
             "from jobs.common.session import build_session\n"
-            "c = load_config(overrides={'storage': {'format': 'delta'}, 'spark': {'master': 'local[1]'}})\n"
+            "c = load_config(overrides={{'storage': {{'format': 'delta'}}, 'spark': {{'master': 'local[1]'}}}})\n"
             "s = build_session(c, 'delta-probe')\n"
-            "s.range(1).write.format('delta').save(%r)\n" % str(tmp_path / "probe"))
+            "s.range(1).write.format('delta').save({!r})\n".format(str(tmp_path / "probe")))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYSPARK_PYTHON": sys.executable})
     return None if proc.returncode == 0 else proc.stderr

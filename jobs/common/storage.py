@@ -212,6 +212,18 @@ class Warehouse:
         prefix = f"{PARTITION_COLUMN}="
         return [n[len(prefix):] for n in self.fs.list_names(self.location(name)) if n.startswith(prefix)]
 
+    # -- scratch space ---------------------------------------------------------------------
+    def stage(self, df: DataFrame, label: str) -> tuple[DataFrame, str]:
+        """Write ``df`` to scratch Parquet and read it back: a step that reads an expensive
+        intermediate several times pays for it once (cheaper than Spark's in-memory cache
+        for wide string columns). Returns the frame and its location for ``unstage``."""
+        location = f"{self.root}/_scratch/{label}-{uuid.uuid4().hex}"
+        df.write.parquet(location)
+        return self.spark.read.parquet(location), location
+
+    def unstage(self, location: str) -> None:
+        self.fs.delete(location)
+
     # -- run reports ----------------------------------------------------------------------
     def write_run_report(self, step: str, date: str, report: dict[str, Any]) -> str:
         uri = run_report_location(self.root, step, date)
