@@ -100,7 +100,7 @@ def main() -> int:
     for r in results:
         print(f"{r['events']:>12,} {r['bare_s']:>12.1f} {r['ingest_s']:>10.1f} {r['bare_events_per_s']:>12,} "
               f"{r['ingest_events_per_s']:>12,} {r['ratio']:>7.2f}")
-    print("target: ratio <= 1.30 (medians of %d runs each, alternating)" % args.repeat)
+    print(f"target: ratio <= 1.30 (medians of {args.repeat} runs each, alternating)")
     (out / "ingest.json").write_text(json.dumps(results, indent=2))
     return 0
 
