@@ -108,11 +108,16 @@ def _malformed(_df: DataFrame) -> Column:
     return F.col(_CORRUPT).isNotNull() | _blank(F.col("raw"))
 
 
+def parse_json_records(records: DataFrame, schema: StructType) -> DataFrame:
+    """raw -> raw + the schema's fields as strings; a record that is not a JSON object has
+    all fields null and its text in ``_corrupt``."""
+    return records.select("raw", F.from_json("raw", schema, {
+        "mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT}).alias("r")).select("raw", "r.*")
+
+
 # -- events --------------------------------------------------------------------------------
 def parse_events(records: DataFrame) -> DataFrame:
-    """raw -> raw + the event's fields as strings (all null for a malformed record)."""
-    return records.select("raw", F.from_json("raw", RAW_EVENT_SCHEMA, {
-        "mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT}).alias("r")).select("raw", "r.*")
+    return parse_json_records(records, RAW_EVENT_SCHEMA)
 
 
 def with_event_checks(events: DataFrame, *, window_start: dt.datetime, window_end: dt.datetime,
@@ -206,8 +211,7 @@ def with_duplicates_marked(events: DataFrame, losers: DataFrame) -> DataFrame:
 
 # -- articles and users --------------------------------------------------------------------
 def parse_articles(records: DataFrame) -> DataFrame:
-    parsed = records.select("raw", F.from_json("raw", RAW_ARTICLE_SCHEMA, {
-        "mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT}).alias("r")).select("raw", "r.*")
+    parsed = parse_json_records(records, RAW_ARTICLE_SCHEMA)
     return parsed.select(
         "raw", _CORRUPT,
         F.col("article_id").alias("s_article_id"), F.col("publish_time").alias("s_publish_time"),
@@ -246,8 +250,7 @@ def with_article_checks(articles: DataFrame) -> DataFrame:
 
 
 def parse_users(records: DataFrame) -> DataFrame:
-    parsed = records.select("raw", F.from_json("raw", RAW_USER_SCHEMA, {
-        "mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT}).alias("r")).select("raw", "r.*")
+    parsed = parse_json_records(records, RAW_USER_SCHEMA)
     return parsed.select(
         "raw", _CORRUPT, F.col("user_id").alias("s_user_id"), F.col("features").alias("s_features"),
         F.col("updated_time").alias("s_updated_time"),
