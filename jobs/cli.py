@@ -29,8 +29,8 @@ from jobs.common.dates import date_range, parse_date
 
 log = logging.getLogger("tagrecall")
 
-# The daily chain, in order. Each entry: step name -> "module:function" is avoided on
-# purpose; the functions are imported when a step runs so `tagrecall --help` stays fast.
+# The daily chain, in order. Step modules are imported when a step runs, so that
+# `tagrecall --help` does not pay for importing Spark.
 
 
 def _ingest(spark, config, date):
