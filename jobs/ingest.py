@@ -385,52 +385,48 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
                .withColumn("_row", F.monotonically_increasing_id()))
     # The parsed, checked day is read several times below (duplicates, counts, the two
     # outputs): parse the JSON once into scratch Parquet.
-    checked, scratch = timed("parse_events", lambda: wh.stage(checked, f"ingest-{day}"))
-    lookback = max(1, math.ceil((ing.late_tolerance_hours * 60 + ing.clock_skew_minutes) / (24 * 60)))
-    earlier_days = [(date - dt.timedelta(days=k)).isoformat() for k in range(1, lookback + 1)]
-    earlier = wh.read_partitions("events", earlier_days)
-    seen_ids = None if earlier is None else earlier.select("event_id")
-    losers, losers_scratch = timed("find_duplicates", lambda: wh.stage(duplicate_losers(checked, seen_ids),
-                                                                      f"ingest-duplicates-{day}"))
-    final = with_duplicates_marked(checked, losers)
+    with wh.scratch(f"ingest-{day}") as stage:
+        checked = timed("parse_events", lambda: stage(checked, "checked"))
+        lookback = max(1, math.ceil((ing.late_tolerance_hours * 60 + ing.clock_skew_minutes) / (24 * 60)))
+        earlier_days = [(date - dt.timedelta(days=k)).isoformat() for k in range(1, lookback + 1)]
+        earlier = wh.read_partitions("events", earlier_days)
+        seen_ids = None if earlier is None else earlier.select("event_id")
+        losers = timed("find_duplicates", lambda: stage(duplicate_losers(checked, seen_ids), "duplicates"))
+        final = with_duplicates_marked(checked, losers)
 
-    by_reason = timed("validate_events", lambda: _counts_by_reason(final))
-    landed = sum(by_reason.values())
-    accepted = by_reason.get(None, 0)
-    rejected_events = {k: v for k, v in by_reason.items() if k is not None}
-    counts["events"] = {"landed": landed, "accepted": accepted, "rejected": rejected_events}
-    rejected_frames.append(_rejected_rows(final, "events"))
+        by_reason = timed("validate_events", lambda: _counts_by_reason(final))
+        landed = sum(by_reason.values())
+        accepted = by_reason.get(None, 0)
+        rejected_events = {k: v for k, v in by_reason.items() if k is not None}
+        counts["events"] = {"landed": landed, "accepted": accepted, "rejected": rejected_events}
+        rejected_frames.append(_rejected_rows(final, "events"))
 
-    rejected = rejected_frames[0]
-    for frame in rejected_frames[1:]:
-        rejected = rejected.unionByName(frame)
-    timed("write_rejected", lambda: wh.write_partition(rejected.select(*REJECTED.fieldNames()), "rejected", day))
+        rejected = rejected_frames[0]
+        for frame in rejected_frames[1:]:
+            rejected = rejected.unionByName(frame)
+        timed("write_rejected", lambda: wh.write_partition(rejected.select(*REJECTED.fieldNames()), "rejected", day))
 
-    ratios = {s: (sum(c["rejected"].values()) / c["landed"] if c["landed"] else 0.0) for s, c in counts.items()}
-    over = {s: r for s, r in ratios.items()
-            if r > ing.max_reject_ratio and counts[s]["landed"] >= ing.reject_ratio_min_records}
-    report = {
-        "step": STEP, "date": day, "window": {"start": start.isoformat(), "end": end.isoformat(),
-                                              "accepts_from": late_start.isoformat(),
-                                              "accepts_until": skew_end.isoformat()},
-        "sources": counts, "reject_ratio": ratios, "config": config.to_dict(),
-    }
-    if over:
-        report.update(status="failed", timings_sec=timings,
-                      seconds=round(time.monotonic() - started, 3))
-        wh.write_run_report(STEP, day, report)
-        wh.unstage(scratch)
-        wh.unstage(losers_scratch)
-        worst = ", ".join(f"{s} {r:.1%}" for s, r in over.items())
-        raise RejectRatioExceeded(
-            f"ingest {day}: reject ratio above ingest.max_reject_ratio={ing.max_reject_ratio:.1%} "
-            f"({worst}). Refused records are in {wh.partition_location('rejected', day)} with their "
-            "reasons; fix the upstream export or raise the threshold, then re-run this date.")
+        ratios = {s: (sum(c["rejected"].values()) / c["landed"] if c["landed"] else 0.0) for s, c in counts.items()}
+        over = {s: r for s, r in ratios.items()
+                if r > ing.max_reject_ratio and counts[s]["landed"] >= ing.reject_ratio_min_records}
+        report = {
+            "step": STEP, "date": day, "window": {"start": start.isoformat(), "end": end.isoformat(),
+                                                  "accepts_from": late_start.isoformat(),
+                                                  "accepts_until": skew_end.isoformat()},
+            "sources": counts, "reject_ratio": ratios, "config": config.to_dict(),
+        }
+        if over:
+            report.update(status="failed", timings_sec=timings,
+                          seconds=round(time.monotonic() - started, 3))
+            wh.write_run_report(STEP, day, report)
+            worst = ", ".join(f"{s} {r:.1%}" for s, r in over.items())
+            raise RejectRatioExceeded(
+                f"ingest {day}: reject ratio above ingest.max_reject_ratio={ing.max_reject_ratio:.1%} "
+                f"({worst}). Refused records are in {wh.partition_location('rejected', day)} with their "
+                "reasons; fix the upstream export or raise the threshold, then re-run this date.")
 
-    events = final.where(F.col("reason").isNull()).select(*EVENTS.fieldNames())
-    timed("write_events", lambda: wh.write_partition(events, "events", day))
-    wh.unstage(scratch)
-    wh.unstage(losers_scratch)
+        events = final.where(F.col("reason").isNull()).select(*EVENTS.fieldNames())
+        timed("write_events", lambda: wh.write_partition(events, "events", day))
 
     # No record lost: what was landed equals what was written, counted from the tables.
     t_verify = time.monotonic()

@@ -19,6 +19,8 @@ import logging
 import os
 import re
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -213,16 +215,22 @@ class Warehouse:
         return [n[len(prefix):] for n in self.fs.list_names(self.location(name)) if n.startswith(prefix)]
 
     # -- scratch space ---------------------------------------------------------------------
-    def stage(self, df: DataFrame, label: str) -> tuple[DataFrame, str]:
-        """Write ``df`` to scratch Parquet and read it back: a step that reads an expensive
-        intermediate several times pays for it once (cheaper than Spark's in-memory cache
-        for wide string columns). Returns the frame and its location for ``unstage``."""
-        location = f"{self.root}/_scratch/{label}-{uuid.uuid4().hex}"
-        df.write.parquet(location)
-        return self.spark.read.parquet(location), location
+    @contextmanager
+    def scratch(self, label: str) -> Iterator[Callable[[DataFrame, str], DataFrame]]:
+        """A scratch folder for one step run, deleted on exit whether the step succeeds or
+        fails. Yields ``stage(df, name)``, which writes ``df`` there as Parquet and reads it
+        back: a step that reads an expensive intermediate several times pays for it once
+        (cheaper than Spark's in-memory cache for wide string columns)."""
+        folder = f"{self.root}/_scratch/{label}-{uuid.uuid4().hex}"
 
-    def unstage(self, location: str) -> None:
-        self.fs.delete(location)
+        def stage(df: DataFrame, name: str) -> DataFrame:
+            df.write.parquet(f"{folder}/{name}")
+            return self.spark.read.parquet(f"{folder}/{name}")
+
+        try:
+            yield stage
+        finally:
+            self.fs.delete(folder)
 
     # -- run reports ----------------------------------------------------------------------
     def write_run_report(self, step: str, date: str, report: dict[str, Any]) -> str:
