@@ -5,7 +5,8 @@ functions that spark-submit and Airflow call.
     tagrecall generate --raw DIR --start D --days N [--users --articles --tags --seed --bad-rate]
     tagrecall import-kuairand --src DIR --raw DIR
     tagrecall run --date D [--until D2] [--steps a,b,...]
-    tagrecall ingest --date D
+    tagrecall ingest|profiles|index --date D   (profiles: [--full])
+    tagrecall profile-eval --date D [--until D2] [--top-n 1,3,5]
     tagrecall config                    print the built-in defaults as TOML
 
 Common options: --config FILE --warehouse URI --raw URI --format parquet|delta --master URL
@@ -39,9 +40,40 @@ def _ingest(spark, config, date):
     return ingest.run(spark, config, date)
 
 
+def _profiles(spark, config, date, full=False):
+    from jobs import profiles
+
+    return profiles.run(spark, config, date, full=full)
+
+
+def _index(spark, config, date):
+    from jobs import index
+
+    return index.run(spark, config, date)
+
+
 STEPS: dict[str, Callable] = {
     "ingest": _ingest,
+    "profiles": _profiles,
+    "index": _index,
 }
+
+# Options a single step takes besides --date (`tagrecall <step>` and spark-submit).
+STEP_OPTIONS: dict[str, list[tuple[str, dict]]] = {
+    "profiles": [("--full", {"action": "store_true",
+                             "help": "recompute from every events partition up to --date instead "
+                                     "of yesterday's profile + today's events"})],
+}
+
+
+def _add_step_options(parser: argparse.ArgumentParser, step: str) -> None:
+    for flag, kwargs in STEP_OPTIONS.get(step, []):
+        parser.add_argument(flag, **kwargs)
+
+
+def _step_kwargs(args: argparse.Namespace, step: str) -> dict:
+    return {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_"))
+            for flag, _ in STEP_OPTIONS.get(step, [])}
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -115,7 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
     for step in STEPS:
         p = sub.add_parser(step, help=f"run the {step} step for one date")
         p.add_argument("--date", type=_date_arg, required=True)
+        _add_step_options(p, step)
         _common(p)
+
+    p = sub.add_parser("profile-eval", help="how well D's profiles predict D+1's clicked tags, against baselines")
+    p.add_argument("--date", type=_date_arg, required=True)
+    p.add_argument("--until", type=_date_arg, help="last profile date (inclusive); default --date")
+    p.add_argument("--top-n", default="1,3,5", help="comma-separated list sizes N (default 1,3,5)")
+    p.add_argument("--truth", help="a synthetic landing's _truth folder: also report planted-interest recovery")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    _common(p)
 
     sub.add_parser("config", help="print the built-in defaults as TOML")
     return parser
@@ -221,8 +262,33 @@ def cmd_run(args) -> int:
 def cmd_step(args) -> int:
     config = config_from_args(args)
     spark = _session(config, f"tagrecall-{args.command}")
-    report = STEPS[args.command](spark, config, args.date)
+    report = STEPS[args.command](spark, config, args.date, **_step_kwargs(args, args.command))
     print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=2, default=str))
+    return 0
+
+
+def cmd_profile_eval(args) -> int:
+    from jobs import profile_eval
+
+    try:
+        top_ns = sorted({int(x) for x in args.top_n.split(",") if x.strip()})
+    except ValueError:
+        raise ConfigError(f"--top-n {args.top_n!r}: expected comma-separated integers, e.g. 1,3,5") from None
+    if not top_ns or min(top_ns) < 1:
+        raise ConfigError(f"--top-n {args.top_n!r}: list sizes must be >= 1")
+    config = config_from_args(args)
+    spark = _session(config, "tagrecall-profile-eval")
+    rows, recovery = [], []
+    for date in date_range(args.date, args.until or args.date):
+        rows += profile_eval.next_day_hit_rates(spark, config, date, top_ns)
+        if args.truth:
+            recovery.append(profile_eval.planted_recovery(spark, config, date, args.truth))
+    if args.json:
+        print(json.dumps({"hit_rates": rows, "recovery": recovery}, indent=2))
+    else:
+        print(profile_eval.format_hit_rates(rows))
+        for r in recovery:
+            print(profile_eval.format_recovery(r))
     return 0
 
 
@@ -230,6 +296,7 @@ def step_main(step: str, argv: list[str] | None = None) -> int:
     """Entry point for spark-submit: the submitter sets the master; we never do."""
     parser = argparse.ArgumentParser(prog=f"tagrecall-{step}")
     parser.add_argument("--date", type=_date_arg, required=True)
+    _add_step_options(parser, step)
     _common(parser)
     args = parser.parse_args(argv)
     _configure_logging(False)
@@ -237,7 +304,7 @@ def step_main(step: str, argv: list[str] | None = None) -> int:
     from jobs.common.session import build_session
 
     spark = build_session(config, f"tagrecall-{step}", set_master=False)
-    STEPS[step](spark, config, args.date)
+    STEPS[step](spark, config, args.date, **_step_kwargs(args, step))
     return 0
 
 
@@ -252,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
     handlers = {"demo": cmd_demo, "generate": cmd_generate, "import-kuairand": cmd_import_kuairand,
-                "run": cmd_run, "config": lambda _a: print(defaults_as_toml()) or 0}
+                "run": cmd_run, "profile-eval": cmd_profile_eval, "config": lambda _a: print(defaults_as_toml()) or 0}
     handler = handlers.get(args.command, cmd_step)
     try:
         return handler(args)

@@ -64,17 +64,22 @@ USERS = StructType(
     ]
 )
 
-USER_TAG_PROFILE = StructType(
-    [
-        StructField("user_id", StringType(), False),
-        StructField("tag", StringType(), False),
-        StructField("long_weight", DoubleType(), False),
-        StructField("short_weight", DoubleType(), False),
-        StructField("impressions", DoubleType(), False),
-        StructField("clicks", DoubleType(), False),
-        StructField("last_event_time", TimestampType(), False),
-    ]
-)
+def user_tag_profile_schema(horizons: tuple[str, ...] | list[str] = ("long", "short")) -> StructType:
+    """One ``<horizon>_weight`` column per configured horizon (profiles.half_life_days);
+    the defaults give ``long_weight`` and ``short_weight``. ``impressions`` and ``clicks``
+    are decayed counts on profiles.counts_horizon."""
+    return StructType(
+        [StructField("user_id", StringType(), False), StructField("tag", StringType(), False)]
+        + [StructField(f"{h}_weight", DoubleType(), False) for h in horizons]
+        + [
+            StructField("impressions", DoubleType(), False),
+            StructField("clicks", DoubleType(), False),
+            StructField("last_event_time", TimestampType(), False),
+        ]
+    )
+
+
+USER_TAG_PROFILE = user_tag_profile_schema()
 
 TAG_INDEX = StructType(
     [

@@ -60,3 +60,14 @@ def write_landing(raw: Path, source: str, day: str, lines: list[str | dict]) -> 
             fh.write(line if isinstance(line, str) else json.dumps(line))
             fh.write("\n")
     return path
+
+
+def put_partition(spark, config: Config, name: str, day: str, rows: list[tuple | dict]):
+    """Write ``rows`` as partition ``day`` of table ``name`` in the contract's schema,
+    bypassing the step that normally writes it (for tests of the steps that read it)."""
+    from jobs.common.storage import Warehouse
+    from schemas.catalog import table
+
+    df = spark.createDataFrame(rows, table(name).schema())
+    Warehouse(spark, config).write_partition(df, name, day)
+    return df

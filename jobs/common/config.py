@@ -100,8 +100,14 @@ class ProfilesConfig:
     # A click adds dwell_weight * min(log1p(dwell_sec) / log1p(dwell_cap_sec), 1).
     dwell_weight: float = 1.0
     dwell_cap_sec: float = 600.0
+    # A (user, tag) row is dropped when every horizon's weight and its decayed impression
+    # count are below min_weight; then each user keeps the max_tags_per_user tags with the
+    # largest share of one of their horizons (see jobs/profiles.py, "Bounds").
     min_weight: float = 1e-3
     max_tags_per_user: int = 100
+    # Decayed impression and click counts (for the user's own click-through rate on a tag)
+    # use this horizon's half-life.
+    counts_horizon: str = "long"
 
     def validate(self, where: str) -> None:
         _require(len(self.half_life_days) > 0, f"{where}.half_life_days", "needs at least one horizon")
@@ -115,6 +121,9 @@ class ProfilesConfig:
         _require(self.dwell_cap_sec > 0, f"{where}.dwell_cap_sec", "must be > 0")
         _require(self.min_weight >= 0, f"{where}.min_weight", "must be >= 0")
         _require(self.max_tags_per_user > 0, f"{where}.max_tags_per_user", "must be > 0")
+        _require(self.counts_horizon in self.half_life_days, f"{where}.counts_horizon",
+                 f"{self.counts_horizon!r} is not one of the horizons in half_life_days "
+                 f"({', '.join(self.half_life_days)})")
 
 
 @dataclass(frozen=True)
@@ -123,6 +132,8 @@ class IndexConfig:
     freshness_half_life_days: float = 3.0
     max_age_days: float = 30.0
     quality_window_days: int = 14
+    # Impressions, clicks and dwell in the quality window decay with this half-life.
+    quality_half_life_days: float = 7.0
     # Pseudo-impressions of the global click-through rate added to every article.
     prior_strength: float = 50.0
 
@@ -131,6 +142,7 @@ class IndexConfig:
         _require(self.freshness_half_life_days > 0, f"{where}.freshness_half_life_days", "must be > 0")
         _require(self.max_age_days > 0, f"{where}.max_age_days", "must be > 0")
         _require(self.quality_window_days > 0, f"{where}.quality_window_days", "must be > 0")
+        _require(self.quality_half_life_days > 0, f"{where}.quality_half_life_days", "must be > 0")
         _require(self.prior_strength >= 0, f"{where}.prior_strength", "must be >= 0")
 
 

@@ -1,0 +1,151 @@
+"""How good the profiles are, measured two ways (``tagrecall profile-eval``).
+
+Next-day prediction (any data): for the users who click on D+1, does D's profile name the
+tags of what they click? For each method and N, over the clicks of D+1 (user, article):
+
+- ``click_coverage``: the share of clicks whose article (as of D+1's snapshot) carries at
+  least one of the user's top-N tags;
+- ``user_hit_rate``: the share of clicking users with at least one such click.
+
+Methods: ``long`` and ``short`` rank the user's tags by that horizon's weight; ``blend`` by
+0.5 x (long weight / the user's long total) + 0.5 x (short weight / the user's short total);
+``global`` gives everyone the N tags most clicked on D (a non-personal baseline). Users
+without a profile at D count as misses for the personal methods.
+
+Planted-interest recovery (synthetic data only, from ``<raw>/_truth``): for users with at
+least ``min_clicks`` decayed clicks in their profile, the mean of
+``|top-3 profile tags by long weight ∩ top-3 planted long interests| / 3`` and the
+precision@3 of those tags against all planted interests on D (long and that day's short
+ones), each next to the same figures for the 3 globally strongest tags.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from jobs.common.config import Config
+from jobs.common.storage import Warehouse
+from jobs.profiles import TABLE
+
+METHODS = ("long", "short", "blend", "global")
+
+
+def ranked_tags(profile: DataFrame, method: str, top_n: int) -> DataFrame:
+    """(user_id, tag, rank) for the user's top ``top_n`` profile tags by ``method``."""
+    if method in ("long", "short"):
+        score = F.col(f"{method}_weight")
+    elif method == "blend":
+        by_user = Window.partitionBy("user_id")
+        score = sum(0.5 * F.coalesce(F.col(c) / F.nullif(F.sum(c).over(by_user), F.lit(0.0)), F.lit(0.0))
+                    for c in ("long_weight", "short_weight"))
+    else:
+        raise ValueError(f"unknown profile ranking {method!r}; known: long, short, blend")
+    ranked = profile.select("user_id", "tag", score.alias("_score")).where(F.col("_score") > 0)
+    order = Window.partitionBy("user_id").orderBy(F.desc("_score"), "tag")
+    return (ranked.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= top_n)
+            .select("user_id", "tag", "rank"))
+
+
+def most_clicked_tags(events: DataFrame, articles: DataFrame, top_n: int) -> list[str]:
+    tags = articles.select("article_id", F.explode("tags.tag").alias("tag"))
+    counts = (events.where(F.col("event_type") == "click").join(tags, "article_id")
+              .groupBy("tag").count().orderBy(F.desc("count"), "tag").limit(top_n).collect())
+    return [r["tag"] for r in counts]
+
+
+def next_day_hit_rates(spark: SparkSession, config: Config, date: dt.date, top_ns: list[int]) -> list[dict]:
+    """Rows {date, method, top_n, click_coverage, user_hit_rate, clicks, users}."""
+    wh = Warehouse(spark, config)
+    day, nxt = date.isoformat(), (date + dt.timedelta(days=1)).isoformat()
+    profile = wh.read_partition(TABLE, day)
+    clicks = (wh.read_partition("events", nxt).where(F.col("event_type") == "click")
+              .select("user_id", "article_id").withColumn("_click", F.monotonically_increasing_id()))
+    clicks = clicks.persist()
+    click_tags = clicks.join(wh.read_partition("articles", nxt).select("article_id", F.explode("tags.tag").alias("tag")),
+                             "article_id")
+    n_clicks = clicks.count()
+    n_users = clicks.select("user_id").distinct().count()
+    today_events, today_articles = wh.read_partition("events", day), wh.read_partition("articles", day)
+    rows = []
+    for n in top_ns:
+        lists = {m: ranked_tags(profile, m, n) for m in ("long", "short", "blend")}
+        top_global = most_clicked_tags(today_events, today_articles, n)
+        lists["global"] = (clicks.select("user_id").distinct()
+                           .crossJoin(spark.createDataFrame([(t,) for t in top_global] or [("",)], "tag string")))
+        for method in METHODS:
+            hits = click_tags.join(lists[method].select("user_id", "tag"), ["user_id", "tag"]).select(
+                "_click", "user_id").distinct()
+            hit_clicks = hits.count()
+            hit_users = hits.select("user_id").distinct().count()
+            rows.append({"date": day, "method": method, "top_n": n, "clicks": n_clicks, "users": n_users,
+                         "click_coverage": hit_clicks / n_clicks if n_clicks else None,
+                         "user_hit_rate": hit_users / n_users if n_users else None})
+    clicks.unpersist()
+    return rows
+
+
+def format_hit_rates(rows: list[dict]) -> str:
+    lines = [f"{'date':<12}{'N':>4}  {'method':<8}{'click coverage':>16}{'user hit rate':>15}{'clicks':>9}{'users':>7}"]
+    for r in rows:
+        cov = "n/a" if r["click_coverage"] is None else f"{r['click_coverage']:.3f}"
+        hit = "n/a" if r["user_hit_rate"] is None else f"{r['user_hit_rate']:.3f}"
+        lines.append(f"{r['date']:<12}{r['top_n']:>4}  {r['method']:<8}{cov:>16}{hit:>15}{r['clicks']:>9,}{r['users']:>7,}")
+    return "\n".join(lines)
+
+
+def planted_recovery(spark: SparkSession, config: Config, date: dt.date, truth_dir: str | Path,
+                     min_clicks: float = 20.0) -> dict:
+    """Recovery of the synthetic generator's planted interests by D's profile (module docstring)."""
+    truth = Path(truth_dir)
+    long_rows, short_rows = [], []
+    with open(truth / "users.jsonl") as fh:
+        for line in fh:
+            rec = json.loads(line)
+            ranked = sorted(rec["long_interests"].items(), key=lambda kv: (-kv[1], kv[0]))
+            long_rows += [(rec["user_id"], t, i + 1) for i, (t, _) in enumerate(ranked)]
+    short_file = truth / "short_interests" / f"dt={date.isoformat()}.jsonl"
+    if short_file.exists():
+        with open(short_file) as fh:
+            for line in fh:
+                rec = json.loads(line)
+                short_rows += [(rec["user_id"], t) for t in rec["short_interests"]]
+    planted_long = spark.createDataFrame(long_rows, "user_id string, tag string, truth_rank int")
+    planted_all = planted_long.select("user_id", "tag").unionByName(
+        spark.createDataFrame(short_rows, "user_id string, tag string")).distinct()
+    profile = Warehouse(spark, config).read_partition(TABLE, date.isoformat())
+    users = (profile.groupBy("user_id").agg(F.sum("clicks").alias("c")).where(F.col("c") >= min_clicks)
+             .select("user_id"))
+    top3 = ranked_tags(profile, "long", 3).join(users, "user_id")
+    strongest = [r["tag"] for r in profile.groupBy("tag").agg(F.sum("long_weight").alias("w"))
+                 .orderBy(F.desc("w"), "tag").limit(3).collect()]
+    global3 = users.crossJoin(spark.createDataFrame([(t,) for t in strongest], "tag string"))
+    n_users = users.count()
+
+    def mean_hits(tags: DataFrame, truth_tags: DataFrame) -> float | None:
+        if not n_users:
+            return None
+        return tags.join(truth_tags.select("user_id", "tag"), ["user_id", "tag"]).count() / (3 * n_users)
+
+    truth_top3 = planted_long.where(F.col("truth_rank") <= 3)
+    return {"date": date.isoformat(), "users": n_users, "min_clicks": min_clicks,
+            "top3_overlap_long": mean_hits(top3, truth_top3),
+            "top3_overlap_long_global": mean_hits(global3, truth_top3),
+            "precision3_all": mean_hits(top3, planted_all),
+            "precision3_all_global": mean_hits(global3, planted_all)}
+
+
+def format_recovery(r: dict) -> str:
+    def f(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
+    return (f"planted-interest recovery at {r['date']} ({r['users']:,} users with >= {r['min_clicks']:g} "
+            f"decayed clicks):\n"
+            f"  top-3 overlap with planted long top-3: profile {f(r['top3_overlap_long'])}, "
+            f"3 globally strongest tags {f(r['top3_overlap_long_global'])}\n"
+            f"  precision@3 against all planted interests: profile {f(r['precision3_all'])}, "
+            f"3 globally strongest tags {f(r['precision3_all_global'])}")
