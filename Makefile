@@ -42,6 +42,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/profiles.py
 
 # The project's pure-Python code as one zip for spark-submit --py-files.
 dist: setup

@@ -207,6 +207,21 @@ def _summarise_ingest(reports: list[dict], config: Config) -> str:
     return "\n".join(lines)
 
 
+def _summarise_profiles_and_index(reports: list[dict]) -> str:
+    index = {r["date"]: r["report"] for r in reports if r["step"] == "index"}
+    lines = [f"\n{'date':<12}{'profile rows':>14}{'users':>9}{'tags':>6}  {'mode':<12}"
+             f"{'index rows':>11}{'articles':>10}{'prior ctr':>11}"]
+    for r in reports:
+        if r["step"] != "profiles":
+            continue
+        p, i = r["report"], index.get(r["date"], {})
+        ctr = i.get("prior", {}).get("ctr")
+        lines.append(f"{r['date']:<12}{p['rows_written']['user_tag_profile']:>14,}{p['users']:>9,}{p['tags']:>6,}  "
+                     f"{p['mode']:<12}{i.get('rows_written', {}).get('tag_index', 0):>11,}"
+                     f"{i.get('articles_eligible', 0):>10,}{'' if ctr is None else f'{ctr:.4f}':>11}")
+    return "\n".join(lines)
+
+
 def cmd_demo(args) -> int:
     from jobs.synthetic import FeedParams, generate
 
@@ -224,6 +239,14 @@ def cmd_demo(args) -> int:
     spark = _session(config, "tagrecall-demo")
     reports = run_chain(spark, config, dates, list(STEPS))
     print(_summarise_ingest(reports, config))
+    print(_summarise_profiles_and_index(reports))
+    from jobs import profile_eval
+
+    if len(dates) >= 2:
+        print(f"\nhow well the profile of {dates[-2]} names the tags clicked on {dates[-1]}:")
+        print(profile_eval.format_hit_rates(profile_eval.next_day_hit_rates(spark, config, dates[-2], [1, 3, 5])))
+    truth = Path(config.storage.raw) / "_truth"
+    print(profile_eval.format_recovery(profile_eval.planted_recovery(spark, config, dates[-1], truth)))
     return 0
 
 

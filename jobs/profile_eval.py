@@ -9,8 +9,10 @@ tags of what they click? For each method and N, over the clicks of D+1 (user, ar
 
 Methods: ``long`` and ``short`` rank the user's tags by that horizon's weight; ``blend`` by
 0.5 x (long weight / the user's long total) + 0.5 x (short weight / the user's short total);
-``global`` gives everyone the N tags most clicked on D (a non-personal baseline). Users
-without a profile at D count as misses for the personal methods.
+``global`` gives everyone the N tags most clicked on D (a non-personal baseline). A user
+whose profile has fewer than N tags with a positive weight (or no profile) gets the list
+filled up with the global tags not already in it, as the export step does: every method
+names N tags for every user, so the comparison is between equally long lists.
 
 Planted-interest recovery (synthetic data only, from ``<raw>/_truth``): for users with at
 least ``min_clicks`` decayed clicks in their profile, the mean of
@@ -51,6 +53,18 @@ def ranked_tags(profile: DataFrame, method: str, top_n: int) -> DataFrame:
             .select("user_id", "tag", "rank"))
 
 
+def filled(personal: DataFrame, fallback: DataFrame, top_n: int) -> DataFrame:
+    """(user_id, tag, rank): the user's ``personal`` tags first, then ``fallback``'s tags not
+    already among them, ``top_n`` in all. ``fallback`` has a row per user to be served."""
+    both = (personal.select("user_id", "tag", F.lit(0).alias("_src"), "rank")
+            .unionByName(fallback.select("user_id", "tag", F.lit(1).alias("_src"), "rank")))
+    first = Window.partitionBy("user_id", "tag").orderBy("_src", "rank")
+    deduped = both.withColumn("_k", F.row_number().over(first)).where(F.col("_k") == 1)
+    order = Window.partitionBy("user_id").orderBy("_src", "rank", "tag")
+    return (deduped.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= top_n)
+            .select("user_id", "tag", "rank"))
+
+
 def most_clicked_tags(events: DataFrame, articles: DataFrame, top_n: int) -> list[str]:
     tags = articles.select("article_id", F.explode("tags.tag").alias("tag"))
     counts = (events.where(F.col("event_type") == "click").join(tags, "article_id")
@@ -71,12 +85,15 @@ def next_day_hit_rates(spark: SparkSession, config: Config, date: dt.date, top_n
     n_clicks = clicks.count()
     n_users = clicks.select("user_id").distinct().count()
     today_events, today_articles = wh.read_partition("events", day), wh.read_partition("articles", day)
+    clickers = clicks.select("user_id").distinct()
     rows = []
     for n in top_ns:
-        lists = {m: ranked_tags(profile, m, n) for m in ("long", "short", "blend")}
         top_global = most_clicked_tags(today_events, today_articles, n)
-        lists["global"] = (clicks.select("user_id").distinct()
-                           .crossJoin(spark.createDataFrame([(t,) for t in top_global] or [("",)], "tag string")))
+        global_list = clickers.crossJoin(spark.createDataFrame(
+            [(t, i + 1) for i, t in enumerate(top_global)] or [("", 1)], "tag string, rank int"))
+        lists = {m: filled(ranked_tags(profile, m, n).join(clickers, "user_id"), global_list, n)
+                 for m in ("long", "short", "blend")}
+        lists["global"] = global_list
         for method in METHODS:
             hits = click_tags.join(lists[method].select("user_id", "tag"), ["user_id", "tag"]).select(
                 "_click", "user_id").distinct()

@@ -63,3 +63,35 @@ def test_two_real_days_ingest_with_every_row_accounted_for(spark, imported, tmp_
         assert refused == 0, report["sources"]["events"]["rejected"]
     assert wh.read_partition("users", "2022-04-26").count() == 27_285
     assert wh.read_partition("articles", "2022-04-26").count() == 7_583
+
+
+def test_real_days_profile_every_user_with_a_tagged_event(spark, imported, tmp_path):
+    """No user lost: the profile of 04-26 holds exactly the users with an event on a tagged
+    video over 04-25..04-26 (counted here from the landing files), and each of their tags."""
+    from jobs import index, profiles
+
+    config = load_config(REPO / "jobs" / "conf" / "kuairand.toml",
+                         overrides={"storage": {"raw": str(imported), "warehouse": str(tmp_path / "wh")}})
+    days = (dt.date(2022, 4, 25), dt.date(2022, 4, 26))
+    for day in days:
+        ingest.run(spark, config, day)
+        profiles.run(spark, config, day)
+    index.run(spark, config, days[-1])
+    tags = {}
+    for path in sorted(imported.glob("articles/dt=*/*.jsonl")):
+        if path.parent.name > "dt=2022-04-26":
+            continue
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            tags[rec["article_id"]] = {t["tag"] for t in rec["tags"]}
+    expected = set()
+    for day in days:
+        for path in imported.glob(f"events/dt={day}/*.jsonl"):
+            for line in path.read_text().splitlines():
+                rec = json.loads(line)
+                expected |= {(rec["user_id"], t) for t in tags.get(rec["article_id"], ())}
+    got = {(r["user_id"], r["tag"]) for r in
+           Warehouse(spark, config).read_partition("user_tag_profile", "2022-04-26").select("user_id", "tag").collect()}
+    assert got == expected
+    stats = Warehouse(spark, config).read_partition("tag_stats", "2022-04-26")
+    assert stats.count() == len({t for ts in tags.values() for t in ts})

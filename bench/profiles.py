@@ -1,0 +1,304 @@
+"""The profiles step at scale: incremental vs full, flat cost as history grows, and DuckDB.
+
+    python bench/profiles.py [--events 10m] [--days 30] [--out bench/out] [--keep]
+
+An events table of --days days (--events a day) and a daily articles snapshot are written
+straight into a warehouse under --out with Spark (the ingest step is benchmarked on its own,
+bench/ingest.py), shaped like the synthetic feed: ~12 events per user a day (85k users per
+million events), Zipf-skewed articles and tags, 1-5 tags per article, impressions, clicks
+with dwell, likes, comments, favorites, shares. Then, in one run:
+
+  (a) profiles at day 1 (full over one day) and day 2 (incremental): the cost of a day
+      when history is short;
+      profiles at day N-1 (full over N-1 days, to have a profile to increment from), then
+      at day N incremental, then at day N full over N days (the recomputation the
+      incremental job avoids);
+  (b) day N's incremental aggregation as one DuckDB SQL query over the same Parquet files
+      (yesterday's profile, day N's events, day N's articles), with the same pruning and
+      capping, in a separate process: a single-machine reference. Its output is compared
+      with Spark's (rows, and the sum of each weight column).
+
+Peak memory: the resident set of the Spark driver JVM (sampled every 0.2 s) and the peak
+resident set of the DuckDB process. Prints a table; figures go to the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+from pyspark.sql import functions as F
+
+from jobs import profiles
+from jobs.common.config import load_config
+from jobs.common.dates import day_bounds
+from jobs.common.session import build_session
+from jobs.common.storage import Warehouse
+
+START = dt.date(2026, 1, 1)
+USERS_PER_MILLION = 85_000
+TAGS = 1000
+
+
+def _size(text: str) -> int:
+    text = text.lower().strip()
+    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
+    return int(float(text[:-1] if scale > 1 else text) * scale)
+
+
+class PeakRSS:
+    """Peak resident set of this process and its children (the Spark JVM), sampled."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+
+    def _sample(self) -> int:
+        me = psutil.Process()
+        total = me.memory_info().rss
+        for child in me.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def __enter__(self):
+        self.peak = self._sample()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self._sample())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def write_articles(spark, wh: Warehouse, articles: int, days: list[dt.date]) -> None:
+    start_sec = day_bounds(days[0], "UTC")[0].timestamp()
+    # Tag of slot i of article a: a Zipf-like draw from a hash, deduplicated per article.
+    draw = "pow(pmod(hash(id, i), 1000003) / 1000003.0 + 1e-9, 3)"
+    names = F.expr(f"array_distinct(transform(sequence(1, 1 + pmod(hash(id), 5)), "
+                   f"i -> format_string('t%04d', cast({draw} * {TAGS} as int))))")
+    df = (spark.range(articles)
+          .withColumn("names", names)
+          .select(F.format_string("a%07d", "id").alias("article_id"),
+                  F.timestamp_seconds(F.lit(start_sec) - (F.pmod(F.hash("id", F.lit(7)), 60 * 86400))
+                                      .cast("double")).alias("publish_time"),
+                  F.expr("transform(names, t -> named_struct('tag', t, 'weight', 1.0 / size(names)))")
+                  .alias("tags")))
+    df = df.withColumn("updated_time", F.col("publish_time")).select("article_id", "publish_time",
+                                                                      "updated_time", "tags")
+    staged = f"{wh.root}/_bench_articles"
+    df.write.mode("overwrite").parquet(staged)
+    for day in days:
+        wh.write_partition(spark.read.parquet(staged), "articles", day.isoformat())
+
+
+def write_events(spark, wh: Warehouse, day: dt.date, n: int, users: int, articles: int, seed: int) -> None:
+    start_sec = day_bounds(day, "UTC")[0].timestamp()
+    r = F.rand(seed + 2)
+    etype = (F.when(r < 0.74, "impression").when(r < 0.94, "click").when(r < 0.97, "like")
+             .when(r < 0.98, "comment").when(r < 0.99, "favorite").otherwise("share"))
+    df = (spark.range(n)
+          .select(F.format_string(f"e{day:%Y%m%d}%09d", "id").alias("event_id"),
+                  F.format_string("u%07d", (F.rand(seed) * users).cast("int")).alias("user_id"),
+                  F.format_string("a%07d", (F.pow(F.rand(seed + 1), 2.0) * articles).cast("int")).alias("article_id"),
+                  etype.alias("event_type"),
+                  F.timestamp_seconds(F.lit(start_sec) + F.rand(seed + 3) * 86399.0).alias("event_time"),
+                  F.exp(F.randn(seed + 4) * 0.9 + math.log(20_000)).cast("long").alias("_dwell"),
+                  (F.rand(seed + 5) * 10).cast("int").alias("position"))
+          .withColumn("dwell_ms", F.when(F.col("event_type") == "click", F.col("_dwell")))
+          .withColumn("request_id", F.concat("user_id", F.lit("-"), (F.col("position") * 0).cast("string")))
+          .select("event_id", "user_id", "article_id", "event_type", "event_time", "dwell_ms", "position",
+                  "request_id"))
+    wh.write_partition(df, "events", day.isoformat())
+
+
+DUCKDB_SQL = """
+SET threads = {threads};
+SET memory_limit = '{memory_limit}';
+COPY (
+WITH ev AS (
+  SELECT user_id, article_id, event_type, event_time,
+         {signal} AS s,
+         {end_sec} - epoch_us(event_time) / 1e6 AS age
+  FROM read_parquet('{events}/*.parquet')
+), per_article AS (
+  SELECT user_id, article_id,
+         {per_article_weights},
+         sum(CASE WHEN event_type = 'impression' THEN exp({count_rate} * age) ELSE 0 END) AS imp,
+         sum(CASE WHEN event_type = 'click' THEN exp({count_rate} * age) ELSE 0 END) AS clk,
+         max(event_time) AS last_t
+  FROM ev GROUP BY user_id, article_id
+), article_tags AS (
+  SELECT article_id, t.tag AS tag, t.weight AS tag_weight
+  FROM (SELECT article_id, unnest(tags) AS t FROM read_parquet('{articles}/*.parquet'))
+), today AS (
+  SELECT p.user_id, a.tag, {today_weights},
+         sum(imp) AS impressions, sum(clk) AS clicks, max(last_t) AS last_event_time
+  FROM per_article p JOIN article_tags a USING (article_id) GROUP BY p.user_id, a.tag
+), previous AS (
+  SELECT user_id, tag, {previous_weights}, impressions * {count_factor} AS impressions,
+         clicks * {count_factor} AS clicks, last_event_time
+  FROM read_parquet('{previous}/*.parquet')
+), merged AS (
+  SELECT user_id, tag, {merged_weights}, sum(impressions) AS impressions, sum(clicks) AS clicks,
+         max(last_event_time) AS last_event_time
+  FROM (SELECT * FROM previous UNION ALL BY NAME SELECT * FROM today) GROUP BY user_id, tag
+), kept AS (
+  SELECT *, greatest({shares}) AS share FROM merged WHERE greatest({weight_cols}, impressions) >= {min_weight}
+)
+SELECT user_id, tag, {weight_cols}, impressions, clicks, last_event_time FROM kept
+QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY share DESC, impressions DESC, tag) <= {max_tags}
+) TO '{out}' (FORMAT parquet);
+"""
+
+
+def duckdb_sql(config, day: dt.date, wh: Warehouse, out: str, threads: int, memory_limit: str) -> str:
+    cfg = config.profiles
+    _, end = day_bounds(day, config.time.timezone)
+    prev_end = day_bounds(day - dt.timedelta(days=1), config.time.timezone)[1]
+    step = (end - prev_end).total_seconds()
+    ln2 = math.log(2.0)
+    rate = {h: -ln2 / (days * 86400.0) for h, days in cfg.half_life_days.items()}
+    weights = " ".join(f"WHEN '{k}' THEN {v!r}" for k, v in cfg.event_weights.items())
+    signal = (f"coalesce(CASE event_type {weights} END, 0.0) + CASE WHEN event_type = 'click' AND dwell_ms "
+              f"IS NOT NULL THEN {cfg.dwell_weight!r} * least(ln(1 + greatest(dwell_ms / 1000.0, 0)) / "
+              f"{math.log1p(cfg.dwell_cap_sec)!r}, 1.0) ELSE 0 END")
+    hs = list(cfg.half_life_days)
+
+    def path(name, d):
+        return wh.partition_location(name, d.isoformat()).removeprefix("file://")
+
+    return DUCKDB_SQL.format(
+        threads=threads, memory_limit=memory_limit, signal=signal, end_sec=end.timestamp(),
+        events=path("events", day), articles=path("articles", day),
+        previous=path("user_tag_profile", day - dt.timedelta(days=1)), out=out,
+        per_article_weights=", ".join(f"sum(s * exp({rate[h]!r} * age)) AS w_{h}" for h in hs),
+        count_rate=repr(rate[cfg.counts_horizon]),
+        today_weights=", ".join(f"sum(w_{h} * tag_weight) AS {h}_weight" for h in hs),
+        previous_weights=", ".join(f"{h}_weight * {math.exp(rate[h] * step)!r} AS {h}_weight" for h in hs),
+        count_factor=repr(math.exp(rate[cfg.counts_horizon] * step)),
+        merged_weights=", ".join(f"sum({h}_weight) AS {h}_weight" for h in hs),
+        weight_cols=", ".join(f"{h}_weight" for h in hs),
+        shares=", ".join(f"coalesce({h}_weight / nullif(sum({h}_weight) OVER (PARTITION BY user_id), 0), 0)"
+                         for h in hs),
+        min_weight=repr(cfg.min_weight), max_tags=cfg.max_tags_per_user)
+
+
+DUCKDB_RUNNER = """
+import json, sys, time, resource, duckdb
+sql = open(sys.argv[1]).read()
+t0 = time.monotonic()
+duckdb.connect().execute(sql)
+seconds = time.monotonic() - t0
+print(json.dumps({"seconds": seconds, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def run_duckdb(sql: str, workdir: Path) -> dict:
+    (workdir / "query.sql").write_text(sql)
+    done = subprocess.run([sys.executable, "-c", DUCKDB_RUNNER, str(workdir / "query.sql")],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"DuckDB query failed ({workdir / 'query.sql'}):\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _timed(label: str, fn, results: dict) -> None:
+    with PeakRSS() as mem:
+        t0 = time.monotonic()
+        report = fn()
+        seconds = time.monotonic() - t0
+    results[label] = {"seconds": seconds, "peak_rss": mem.peak,
+                      "rows": report["rows_written"]["user_tag_profile"] if report else None}
+    print(f"  {label}: {seconds:.1f}s, peak RSS {mem.peak / 2**30:.2f} GiB", flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", default="10m", help="events a day (default 10m)")
+    ap.add_argument("--days", type=int, default=30)
+    ap.add_argument("--out", default="bench/out")
+    ap.add_argument("--driver-memory", default="10g")
+    ap.add_argument("--keep", action="store_true", help="reuse a warehouse already generated under --out")
+    args = ap.parse_args()
+    n = _size(args.events)
+    users = max(1000, n * USERS_PER_MILLION // 1_000_000)
+    articles = max(3000, users // 20)
+    base = Path(args.out).resolve() / f"profiles-{n}-{args.days}"
+    days = [START + dt.timedelta(days=k) for k in range(args.days)]
+    config = load_config(overrides={"storage": {"warehouse": str(base / "warehouse"), "raw": str(base / "raw")},
+                                    "spark": {"driver_memory": args.driver_memory,
+                                              "conf": {"spark.ui.showConsoleProgress": "false"}}})
+    spark = build_session(config, "tagrecall-bench-profiles", set_master=True)
+    spark.sparkContext.setLogLevel("ERROR")
+    wh = Warehouse(spark, config)
+    marker = base / "generated.json"
+    if not (args.keep and marker.exists()):
+        if base.exists():
+            shutil.rmtree(base)
+        t0 = time.monotonic()
+        write_articles(spark, wh, articles, days)
+        for k, day in enumerate(days):
+            write_events(spark, wh, day, n, users, articles, seed=1000 + k)
+            print(f"events {day}: {n:,} written ({time.monotonic() - t0:.0f}s)", flush=True)
+        marker.write_text(json.dumps({"events": n, "days": args.days, "users": users, "articles": articles}))
+    print(f"{args.days} days x {n:,} events, {users:,} users, {articles:,} articles, {TAGS} tags; "
+          f"{psutil.cpu_count()} cores", flush=True)
+
+    results: dict = {}
+    _timed("day 1 full (1 day)", lambda: profiles.run(spark, config, days[0], full=True), results)
+    _timed("day 2 incremental", lambda: profiles.run(spark, config, days[1]), results)
+    last, before = days[-1], days[-2]
+    _timed(f"day {args.days - 1} full ({args.days - 1} days, setup)",
+           lambda: profiles.run(spark, config, before, full=True), results)
+    _timed(f"day {args.days} incremental", lambda: profiles.run(spark, config, last), results)
+    incremental = wh.read_partition("user_tag_profile", last.isoformat())
+    spark_sums = incremental.agg(F.count(F.lit(1)).alias("rows"), F.sum("long_weight").alias("long"),
+                                 F.sum("short_weight").alias("short")).first().asDict()
+    _timed(f"day {args.days} full ({args.days} days)", lambda: profiles.run(spark, config, last, full=True), results)
+    spark.stop()
+
+    duck_out = base / "duckdb_profile.parquet"
+    sql = duckdb_sql(config, last, wh, str(duck_out), threads=psutil.cpu_count(), memory_limit="16GB")
+    duck = run_duckdb(sql, base)
+    import duckdb
+
+    duck_sums = duckdb.sql(f"SELECT count(*) AS rows, sum(long_weight) AS long, sum(short_weight) AS short "
+                           f"FROM read_parquet('{duck_out}')").fetchall()[0]
+    print(f"  duckdb day {args.days} incremental: {duck['seconds']:.1f}s, peak RSS {duck['peak_rss'] / 2**30:.2f} GiB")
+    print(f"  outputs: spark {spark_sums}, duckdb rows={duck_sums[0]} long={duck_sums[1]} short={duck_sums[2]}")
+
+    inc = results[f"day {args.days} incremental"]
+    full = results[f"day {args.days} full ({args.days} days)"]
+    day2 = results["day 2 incremental"]
+    print()
+    print(f"| run | seconds | peak RSS (GiB) | profile rows |")
+    print(f"|---|---|---|---|")
+    for label, r in results.items():
+        print(f"| Spark {label} | {r['seconds']:.1f} | {r['peak_rss'] / 2**30:.2f} | {r['rows']:,} |")
+    print(f"| DuckDB day {args.days} incremental | {duck['seconds']:.1f} | {duck['peak_rss'] / 2**30:.2f} | "
+          f"{duck_sums[0]:,} |")
+    print()
+    print(f"full / incremental at day {args.days}: {full['seconds'] / inc['seconds']:.1f}x")
+    print(f"incremental day {args.days} / day 2: {inc['seconds'] / day2['seconds']:.2f}x")
+    print(f"Spark / DuckDB (day {args.days} incremental): {inc['seconds'] / duck['seconds']:.2f}x (goal <= 2x)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
