@@ -25,6 +25,7 @@ resident set of the DuckDB process. Prints a table; figures go to the README.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import math
@@ -65,10 +66,8 @@ class PeakRSS:
         me = psutil.Process()
         total = me.memory_info().rss
         for child in me.children(recursive=True):
-            try:
+            with contextlib.suppress(psutil.Error):
                 total += child.memory_info().rss
-            except psutil.Error:
-                pass
         return total
 
     def __enter__(self):
@@ -287,8 +286,8 @@ def main() -> int:
     full = results[f"day {args.days} full ({args.days} days)"]
     day2 = results["day 2 incremental"]
     print()
-    print(f"| run | seconds | peak RSS (GiB) | profile rows |")
-    print(f"|---|---|---|---|")
+    print("| run | seconds | peak RSS (GiB) | profile rows |")
+    print("|---|---|---|---|")
     for label, r in results.items():
         print(f"| Spark {label} | {r['seconds']:.1f} | {r['peak_rss'] / 2**30:.2f} | {r['rows']:,} |")
     print(f"| DuckDB day {args.days} incremental | {duck['seconds']:.1f} | {duck['peak_rss'] / 2**30:.2f} | "

@@ -77,7 +77,7 @@ def test_next_day_figures_match_a_computation_by_hand(spark, feed):
 
 def test_demo_sized_feed_indexes_articles_published_that_day(spark, feed):
     config, base = feed
-    truth = [json.loads(line) for line in open(base / "raw" / "_truth" / "articles.jsonl")]
+    truth = [json.loads(line) for line in (base / "raw" / "_truth" / "articles.jsonl").read_text().splitlines()]
     start_ms = int(dt.datetime.combine(DAYS[-1], dt.time(0), tzinfo=dt.UTC).timestamp() * 1000)
     published_today = {a["article_id"] for a in truth if start_ms <= a["publish_time"] < start_ms + 86_400_000}
     assert published_today, "the generator publishes articles every day"
