@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= test,delta,bench
+EXTRAS ?= test,delta,bench,model
 
 .PHONY: setup java demo test lint bench dist clean
 

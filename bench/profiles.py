@@ -269,9 +269,7 @@ def main() -> int:
     incremental = wh.read_partition("user_tag_profile", last.isoformat())
     spark_sums = incremental.agg(F.count(F.lit(1)).alias("rows"), F.sum("long_weight").alias("long"),
                                  F.sum("short_weight").alias("short")).first().asDict()
-    _timed(f"day {args.days} full ({args.days} days)", lambda: profiles.run(spark, config, last, full=True), results)
-    spark.stop()
-
+    # DuckDB right after the incremental run it is compared with, on the same inputs.
     duck_out = base / "duckdb_profile.parquet"
     sql = duckdb_sql(config, last, wh, str(duck_out), threads=psutil.cpu_count(), memory_limit="16GB")
     duck = run_duckdb(sql, base)
@@ -280,7 +278,10 @@ def main() -> int:
     duck_sums = duckdb.sql(f"SELECT count(*) AS rows, sum(long_weight) AS long, sum(short_weight) AS short "
                            f"FROM read_parquet('{duck_out}')").fetchall()[0]
     print(f"  duckdb day {args.days} incremental: {duck['seconds']:.1f}s, peak RSS {duck['peak_rss'] / 2**30:.2f} GiB")
-    print(f"  outputs: spark {spark_sums}, duckdb rows={duck_sums[0]} long={duck_sums[1]} short={duck_sums[2]}")
+    print(f"  outputs: spark {spark_sums}, duckdb rows={duck_sums[0]} long={duck_sums[1]} short={duck_sums[2]}",
+          flush=True)
+    _timed(f"day {args.days} full ({args.days} days)", lambda: profiles.run(spark, config, last, full=True), results)
+    spark.stop()
 
     inc = results[f"day {args.days} incremental"]
     full = results[f"day {args.days} full ({args.days} days)"]

@@ -5,7 +5,7 @@ functions that spark-submit and Airflow call.
     tagrecall generate --raw DIR --start D --days N [--users --articles --tags --seed --bad-rate]
     tagrecall import-kuairand --src DIR --raw DIR
     tagrecall run --date D [--until D2] [--steps a,b,...]
-    tagrecall ingest|profiles|index --date D   (profiles: [--full])
+    tagrecall ingest|profiles|index|triples|train --date D  (profiles: [--full])
     tagrecall profile-eval --date D [--until D2] [--top-n 1,3,5]
     tagrecall config                    print the built-in defaults as TOML
 
@@ -52,11 +52,29 @@ def _index(spark, config, date):
     return index.run(spark, config, date)
 
 
+def _triples(spark, config, date):
+    from jobs import triples
+
+    return triples.run(spark, config, date)
+
+
+def _train(spark, config, date):
+    # Training needs no Spark (it streams the triples' Parquet); TensorFlow is imported here only.
+    from models import train
+
+    return train.run(config, date)
+
+
 STEPS: dict[str, Callable] = {
     "ingest": _ingest,
     "profiles": _profiles,
     "index": _index,
+    "triples": _triples,
+    "train": _train,
 }
+
+# Steps that run without a Spark session when run alone.
+WITHOUT_SPARK = {"train"}
 
 # Options a single step takes besides --date (`tagrecall <step>` and spark-submit).
 STEP_OPTIONS: dict[str, list[tuple[str, dict]]] = {
@@ -284,7 +302,7 @@ def cmd_run(args) -> int:
 
 def cmd_step(args) -> int:
     config = config_from_args(args)
-    spark = _session(config, f"tagrecall-{args.command}")
+    spark = None if args.command in WITHOUT_SPARK else _session(config, f"tagrecall-{args.command}")
     report = STEPS[args.command](spark, config, args.date, **_step_kwargs(args, args.command))
     print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=2, default=str))
     return 0

@@ -156,6 +156,74 @@ class ExportConfig:
         _require(self.candidate_tags >= self.top_n, f"{where}.candidate_tags", "must be >= export.top_n")
 
 
+def _default_user_features() -> list[str]:
+    return ["age", "gender", "city_tier", "device"]
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    # Keys of users.features used as categorical model inputs (a missing key is its own value).
+    user_features: list[str] = field(default_factory=_default_user_features)
+    # A user's click-through rate on a tag is shrunk towards the tag's own with this many
+    # pseudo-impressions.
+    user_ctr_prior: float = 5.0
+    # Export scores every candidate at this context (see DESIGN.md, no train/serve skew).
+    reference_position: int = 0
+    reference_hour: int = 20
+
+    def validate(self, where: str) -> None:
+        _require(all(f and f.replace("_", "").isalnum() for f in self.user_features), f"{where}.user_features",
+                 "names must be letters, digits and underscores (they become column names)")
+        _require(self.user_ctr_prior >= 0, f"{where}.user_ctr_prior", "must be >= 0")
+        _require(self.reference_position >= 0, f"{where}.reference_position", "must be >= 0")
+        _require(0 <= self.reference_hour <= 23, f"{where}.reference_hour", "must be 0..23")
+
+
+LOSS_WEIGHTINGS = ("uncertainty", "equal", "fixed")
+TASKS = ("click", "dwell")
+
+
+def _default_fixed_weights() -> dict[str, float]:
+    return {"click": 1.0, "dwell": 0.5}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # Train on the triples of the window_days days ending at D; the last one validates.
+    window_days: int = 7
+    loss_weighting: str = "uncertainty"
+    fixed_weights: dict[str, float] = field(default_factory=_default_fixed_weights)
+    # Which tasks the model learns: both, or one for the single-task baselines.
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    embedding_dim: int = 8
+    bottom_units: list[int] = field(default_factory=lambda: [64, 32])
+    tower_units: list[int] = field(default_factory=lambda: [16])
+    cross_buckets: int = 4096
+    learning_rate: float = 0.002
+    batch_size: int = 1024
+    epochs: int = 8
+    patience: int = 2
+    seed: int = 0
+    # The new model is promoted unless its validation CTR AUC is below the current model's
+    # (on the same validation day) by more than this.
+    auc_tolerance: float = 0.005
+
+    def validate(self, where: str) -> None:
+        _require(self.window_days >= 2, f"{where}.window_days", "must be >= 2 (one day validates)")
+        _require(self.loss_weighting in LOSS_WEIGHTINGS, f"{where}.loss_weighting",
+                 f"{self.loss_weighting!r} is not one of {', '.join(LOSS_WEIGHTINGS)}")
+        _require(set(self.fixed_weights) <= set(TASKS), f"{where}.fixed_weights", f"keys must be among {TASKS}")
+        _require(bool(self.tasks) and set(self.tasks) <= set(TASKS), f"{where}.tasks",
+                 f"must be a non-empty subset of {list(TASKS)}")
+        _require(all(u > 0 for u in self.bottom_units + self.tower_units), f"{where}.bottom_units/tower_units",
+                 "layer sizes must be > 0")
+        for key in ("embedding_dim", "cross_buckets", "batch_size", "epochs"):
+            _require(getattr(self, key) > 0, f"{where}.{key}", "must be > 0")
+        _require(self.learning_rate > 0, f"{where}.learning_rate", "must be > 0")
+        _require(self.patience >= 0, f"{where}.patience", "must be >= 0")
+        _require(self.auc_tolerance >= 0, f"{where}.auc_tolerance", "must be >= 0")
+
+
 @dataclass(frozen=True)
 class SparkConfig:
     # Used by the `tagrecall` command only; under spark-submit the submitter sets the master.
@@ -177,6 +245,8 @@ class Config:
     profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
 
     def validate(self) -> Config:
@@ -198,6 +268,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         _require(isinstance(value, dict), where, f"expected a table, got {type(value).__name__}")
         return {_coerce(k, key_type, f"{where}.{k}"): _coerce(v, value_type, f"{where}.{k}")
                 for k, v in value.items()}
+    if origin is list:
+        (item_type,) = typing.get_args(hint)
+        _require(isinstance(value, list), where, f"expected a list, got {type(value).__name__}")
+        return [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
     if hint is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         _require(ok, where, f"expected a number, got {value!r}")

@@ -1,0 +1,132 @@
+"""The one definition of the model's features, used by ``triples`` (training) and ``export``
+(scoring): no train/serve skew by construction.
+
+``build(wh, config, date, pairs)`` takes (user_id, tag, position, request_index, hour) rows
+describing day D and adds every feature, computed only from tables of D-1 (the state at the
+start of D): nothing of D or later can leak in.
+
+Features (names in ``feature_spec``):
+
+- categorical: ``tag``; ``u_<key>`` for each key in features.user_features (users as of
+  D-1; a missing user or key is the empty string); ``position`` ("none" when unknown) and
+  ``hour`` (of the request, in time.timezone) as context.
+- numeric: per profile horizon h, ``<h>_weight`` (0 when the tag is not in the profile) and
+  ``<h>_rank`` (1 = the user's strongest tag; profiles.max_tags_per_user + 1 when absent);
+  ``user_tag_ctr`` = (clicks + k x tag_ctr) / (impressions + k), k = features.user_ctr_prior,
+  from the decayed counts; ``user_tag_impressions``; the tag's statistics
+  ``tag_impressions``, ``tag_clicks``, ``tag_ctr``, ``tag_mean_dwell`` (the mean over tags
+  when unknown), ``tag_articles``; ``match``, the cosine between the user's long-horizon tag
+  vector and the mean tag vector of the articles indexed under the tag (0 when either is
+  empty); ``request_index`` (0 = the user's first request of the day).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from jobs.common.config import Config
+from jobs.common.storage import Warehouse
+
+CONTEXT = ("position", "request_index", "hour")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    categorical: tuple[str, ...]
+    numeric: tuple[str, ...]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.categorical + self.numeric
+
+    def to_dict(self) -> dict:
+        return {"categorical": list(self.categorical), "numeric": list(self.numeric)}
+
+
+def feature_spec(config: Config) -> FeatureSpec:
+    horizons = list(config.profiles.half_life_days)
+    categorical = ("tag", *[f"u_{k}" for k in config.features.user_features], "position", "hour")
+    numeric = (*[f"{h}_weight" for h in horizons], *[f"{h}_rank" for h in horizons],
+               "user_tag_ctr", "user_tag_impressions", "tag_impressions", "tag_clicks", "tag_ctr",
+               "tag_mean_dwell", "tag_articles", "match", "request_index")
+    return FeatureSpec(categorical, numeric)
+
+
+def match_strength(profile: DataFrame, tag_index: DataFrame, articles: DataFrame, pairs: DataFrame) -> DataFrame:
+    """(user_id, tag, match): cosine between the user's long tag vector and the mean tag
+    vector of the articles indexed under ``tag``, for the (user_id, tag) in ``pairs``."""
+    art_tags = articles.select("article_id", F.explode("tags").alias("t")).select(
+        "article_id", F.col("t.tag").alias("co_tag"), F.col("t.weight").alias("w"))
+    per_tag = tag_index.groupBy("tag").agg(F.count(F.lit(1)).alias("_n"))
+    centroid = (tag_index.select("tag", "article_id").join(art_tags, "article_id")
+                .groupBy("tag", "co_tag").agg(F.sum("w").alias("_s"))
+                .join(per_tag, "tag").select("tag", "co_tag", (F.col("_s") / F.col("_n")).alias("m")))
+    centroid_norm = centroid.groupBy("tag").agg(F.sqrt(F.sum(F.col("m") * F.col("m"))).alias("_cn"))
+    user_vec = profile.select("user_id", F.col("tag").alias("co_tag"), F.col("long_weight").alias("u"))
+    user_norm = user_vec.groupBy("user_id").agg(F.sqrt(F.sum(F.col("u") * F.col("u"))).alias("_un"))
+    wanted = pairs.select("user_id", "tag").distinct()
+    dots = (wanted.join(centroid, "tag").join(user_vec, ["user_id", "co_tag"])
+            .groupBy("user_id", "tag").agg(F.sum(F.col("u") * F.col("m")).alias("_dot")))
+    return (dots.join(user_norm, "user_id").join(centroid_norm, "tag")
+            .select("user_id", "tag", F.coalesce(F.col("_dot") / F.nullif(F.col("_un") * F.col("_cn"), F.lit(0.0)),
+                                                 F.lit(0.0)).alias("match")))
+
+
+def build(wh: Warehouse, config: Config, date: dt.date, pairs: DataFrame) -> DataFrame:
+    """``pairs`` (user_id, tag, position, request_index, hour, ...) + every feature as of the
+    end of D-1. Other columns of ``pairs`` pass through."""
+    prev = (date - dt.timedelta(days=1)).isoformat()
+    hint = f" (features for {date} are computed from {prev}'s tables)"
+    profile = wh.read_partition("user_tag_profile", prev, hint)
+    stats = wh.read_partition("tag_stats", prev, hint)
+    index = wh.read_partition("tag_index", prev, hint)
+    articles = wh.read_partition("articles", prev, hint)
+    users = wh.read_partition("users", prev, hint)
+    horizons = list(config.profiles.half_life_days)
+    absent_rank = config.profiles.max_tags_per_user + 1
+
+    ranked = profile
+    for h in horizons:
+        order = Window.partitionBy("user_id").orderBy(F.desc(f"{h}_weight"), "tag")
+        ranked = ranked.withColumn(f"{h}_rank", F.when(F.col(f"{h}_weight") > 0, F.row_number().over(order)))
+    ranked = ranked.select("user_id", "tag", *[f"{h}_weight" for h in horizons], *[f"{h}_rank" for h in horizons],
+                           F.col("impressions").alias("_u_imp"), F.col("clicks").alias("_u_clk"))
+    mean_dwell = stats.agg(F.avg("mean_dwell_sec")).first()[0] or 0.0
+    tag_feats = stats.select("tag", F.col("impressions").alias("tag_impressions"),
+                             F.col("clicks").alias("tag_clicks"), F.col("ctr").alias("tag_ctr"),
+                             F.coalesce("mean_dwell_sec", F.lit(float(mean_dwell))).alias("tag_mean_dwell"),
+                             F.col("articles").cast("double").alias("tag_articles"))
+    user_cols = [F.coalesce(F.col("features")[k], F.lit("")).alias(f"u_{k}") for k in config.features.user_features]
+    user_feats = users.select("user_id", *user_cols)
+    k = config.features.user_ctr_prior
+
+    out = (pairs.join(ranked, ["user_id", "tag"], "left")
+           .join(F.broadcast(tag_feats), "tag", "left")
+           .join(user_feats, "user_id", "left")
+           .join(match_strength(profile, index, articles, pairs), ["user_id", "tag"], "left"))
+    tag_ctr = F.coalesce(F.col("tag_ctr"), F.lit(0.0))
+    u_imp, u_clk = F.coalesce(F.col("_u_imp"), F.lit(0.0)), F.coalesce(F.col("_u_clk"), F.lit(0.0))
+    filled = {
+        **{f"{h}_weight": F.coalesce(F.col(f"{h}_weight"), F.lit(0.0)) for h in horizons},
+        **{f"{h}_rank": F.coalesce(F.col(f"{h}_rank"), F.lit(absent_rank)).cast("double") for h in horizons},
+        "user_tag_ctr": F.coalesce((u_clk + k * tag_ctr) / F.nullif(u_imp + k, F.lit(0.0)), tag_ctr),
+        "user_tag_impressions": u_imp,
+        "tag_impressions": F.coalesce(F.col("tag_impressions"), F.lit(0.0)),
+        "tag_clicks": F.coalesce(F.col("tag_clicks"), F.lit(0.0)),
+        "tag_ctr": tag_ctr,
+        "tag_mean_dwell": F.coalesce(F.col("tag_mean_dwell"), F.lit(float(mean_dwell))),
+        "tag_articles": F.coalesce(F.col("tag_articles"), F.lit(0.0)),
+        "match": F.coalesce(F.col("match"), F.lit(0.0)),
+        "request_index": F.col("request_index").cast("double"),
+        "position": F.coalesce(F.col("position").cast("string"), F.lit("none")),
+        "hour": F.col("hour").cast("string"),
+        **{f"u_{k_}": F.coalesce(F.col(f"u_{k_}"), F.lit("")) for k_ in config.features.user_features},
+    }
+    out = out.withColumns(filled).drop("_u_imp", "_u_clk")
+    spec = feature_spec(config)
+    passthrough = [c for c in pairs.columns if c not in spec.columns]
+    return out.select(*passthrough, *spec.columns)

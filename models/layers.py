@@ -1,0 +1,82 @@
+"""Building blocks of the multi-task tag model: the task-weighted loss and the wide crosses.
+
+The loss (DESIGN.md, Kendall, Gal and Cipolla 2018), with s_i = log sigma_i^2 learned:
+
+    uncertainty:  L = exp(-s_click) * BCE + 0.5 * s_click + 0.5 * exp(-s_dwell) * MSE + 0.5 * s_dwell
+    equal:        L = BCE + MSE
+    fixed:        L = w_click * BCE + w_dwell * MSE
+
+BCE is over every sample; MSE (of log1p dwell seconds) over clicked samples only: a masked
+mean, so the dwell head learns E[log1p dwell | click] and the unclicked rows, whose dwell
+is unknown rather than zero, do not pull it towards zero.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+EPS = 1e-7
+
+
+def binary_crossentropy(y_true, p_pred):
+    p = ops.clip(p_pred, EPS, 1.0 - EPS)
+    return -ops.mean(y_true * ops.log(p) + (1.0 - y_true) * ops.log(1.0 - p))
+
+
+def masked_mse(y_true, y_pred, mask):
+    """Mean squared error over the rows where ``mask`` is 1 (0 when there are none)."""
+    se = ops.square(y_true - y_pred) * mask
+    return ops.sum(se) / ops.maximum(ops.sum(mask), 1.0)
+
+
+def combined_loss(bce, mse, weighting: str, log_vars=None, fixed=None):
+    """The weighted sum of the two task losses; ``log_vars`` = (s_click, s_dwell)."""
+    if weighting == "uncertainty":
+        s_click, s_dwell = log_vars
+        return ops.exp(-s_click) * bce + 0.5 * s_click + 0.5 * ops.exp(-s_dwell) * mse + 0.5 * s_dwell
+    if weighting == "equal":
+        return bce + mse
+    if weighting == "fixed":
+        return fixed["click"] * bce + fixed["dwell"] * mse
+    raise ValueError(f"unknown loss weighting {weighting!r}")
+
+
+def task_weights(weighting: str, log_vars=None, fixed=None) -> dict[str, float]:
+    """The factor in front of each task's loss (what uncertainty weighting learns)."""
+    if weighting == "uncertainty":
+        s_click, s_dwell = (float(ops.convert_to_numpy(v)) for v in log_vars)
+        import math
+
+        return {"click": math.exp(-s_click), "dwell": 0.5 * math.exp(-s_dwell)}
+    if weighting == "equal":
+        return {"click": 1.0, "dwell": 1.0}
+    return dict(fixed)
+
+
+@keras.saving.register_keras_serializable(package="tagrecall")
+class HashedCross(keras.layers.Layer):
+    """Integer ids (a, b) -> (a * P + b) mod buckets: the one-hot cross of two categorical
+    features for the wide part, without a vocabulary of pairs."""
+
+    PRIME = 1_000_003
+
+    def __init__(self, buckets: int, **kwargs):
+        super().__init__(**kwargs)
+        self.buckets = buckets
+
+    def call(self, a, b):
+        a = ops.cast(a, "int64")
+        b = ops.cast(b, "int64")
+        return ops.mod(a * self.PRIME + b, self.buckets)
+
+    def get_config(self):
+        return {**super().get_config(), "buckets": self.buckets}
+
+
+@keras.saving.register_keras_serializable(package="tagrecall")
+class Log1p(keras.layers.Layer):
+    """log1p of max(x, 0): counts and weights are heavy-tailed and non-negative."""
+
+    def call(self, x):
+        return ops.log1p(ops.maximum(x, 0.0))
