@@ -24,7 +24,14 @@ import numpy as np
 from jobs.common.config import ModelConfig
 from jobs.features import FeatureSpec
 from models.data import Statistics
-from models.layers import HashedCross, Log1p, binary_crossentropy, combined_loss, masked_mse, task_weights
+from models.layers import (
+    HashedCross,
+    Log1p,
+    binary_crossentropy,
+    combined_loss,
+    masked_mse,
+    task_weights,
+)
 
 
 def build_network(spec: FeatureSpec, stats: Statistics, cfg: ModelConfig, tasks: list[str]) -> keras.Model:
