@@ -71,3 +71,29 @@ def put_partition(spark, config: Config, name: str, day: str, rows: list[tuple |
     df = spark.createDataFrame(rows, table(name).schema())
     Warehouse(spark, config).write_partition(df, name, day)
     return df
+
+
+FEED_START = "2026-09-01"
+FEED_DAYS = 5
+
+
+@pytest.fixture(scope="session")
+def synthetic_feed(spark, tmp_path_factory):
+    """A small synthetic feed through ingest, profiles, index and triples for FEED_DAYS days:
+    (config, base folder, dates). Tests must not modify its warehouse (copy it first)."""
+    import datetime as dt
+
+    from jobs import index, ingest, profiles, triples
+    from jobs.synthetic import FeedParams, generate
+
+    base = tmp_path_factory.mktemp("feed")
+    config = load_config(overrides={"storage": {"warehouse": str(base / "warehouse"), "raw": str(base / "raw")}})
+    start = dt.date.fromisoformat(FEED_START)
+    dates = [start + dt.timedelta(days=k) for k in range(FEED_DAYS)]
+    generate(base / "raw", start, FEED_DAYS, FeedParams(users=900, articles=1500, seed=13))
+    for day in dates:
+        ingest.run(spark, config, day)
+        profiles.run(spark, config, day)
+        index.run(spark, config, day)
+        triples.run(spark, config, day)
+    return config, base, dates

@@ -9,23 +9,17 @@ import json
 import pandas as pd
 import pytest
 
-from jobs import index, ingest, profile_eval, profiles
-from jobs.common.config import load_config
-from jobs.synthetic import FeedParams, generate
+from jobs import profile_eval
 
-START = dt.date(2026, 9, 1)
-DAYS = [START + dt.timedelta(days=k) for k in range(5)]
+from tests.conftest import FEED_DAYS, FEED_START
+
+START = dt.date.fromisoformat(FEED_START)
+DAYS = [START + dt.timedelta(days=k) for k in range(FEED_DAYS)]
 
 
 @pytest.fixture(scope="module")
-def feed(spark, tmp_path_factory):
-    base = tmp_path_factory.mktemp("feed")
-    config = load_config(overrides={"storage": {"warehouse": str(base / "warehouse"), "raw": str(base / "raw")}})
-    generate(base / "raw", START, len(DAYS), FeedParams(users=900, articles=1500, seed=13))
-    for day in DAYS:
-        ingest.run(spark, config, day)
-        profiles.run(spark, config, day)
-    index.run(spark, config, DAYS[-1])
+def feed(synthetic_feed):
+    config, base, _ = synthetic_feed
     return config, base
 
 

@@ -1,0 +1,138 @@
+"""The multi-task model: loss formula by hand, the dwell mask, learned weights, save/load, gate."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from jobs.common.config import load_config  # noqa: E402
+from jobs.features import feature_spec  # noqa: E402
+from models import layers, metrics  # noqa: E402
+from models.data import Statistics  # noqa: E402
+from models.multitask import MultiTaskTrainer, TaskWeightLogger, build_network  # noqa: E402
+from models.train import gate  # noqa: E402
+
+
+def test_uncertainty_loss_matches_the_formula_by_hand():
+    bce, mse, s_click, s_dwell = 0.41, 2.3, -0.7, 0.9
+    got = float(layers.combined_loss(bce, mse, "uncertainty", (s_click, s_dwell)))
+    by_hand = math.exp(0.7) * 0.41 + 0.5 * -0.7 + 0.5 * math.exp(-0.9) * 2.3 + 0.5 * 0.9
+    assert got == pytest.approx(by_hand, rel=1e-6)
+    assert float(layers.combined_loss(bce, mse, "equal")) == pytest.approx(2.71, rel=1e-6)
+    assert float(layers.combined_loss(bce, mse, "fixed", fixed={"click": 2.0, "dwell": 0.1})) == \
+        pytest.approx(0.82 + 0.23, rel=1e-6)
+    w = layers.task_weights("uncertainty", (np.float32(s_click), np.float32(s_dwell)))
+    assert w["click"] == pytest.approx(math.exp(0.7), rel=1e-6)
+    assert w["dwell"] == pytest.approx(0.5 * math.exp(-0.9), rel=1e-6)
+
+
+def test_bce_and_the_dwell_mask_by_hand():
+    y = np.array([[1.0], [0.0], [1.0], [0.0]], dtype="float32")
+    p = np.array([[0.9], [0.2], [0.6], [0.5]], dtype="float32")
+    by_hand = -np.mean([math.log(0.9), math.log(0.8), math.log(0.6), math.log(0.5)])
+    assert float(layers.binary_crossentropy(y, p)) == pytest.approx(by_hand, rel=1e-5)
+    dwell = np.array([[3.0], [0.0], [4.0], [0.0]], dtype="float32")
+    pred = np.array([[2.0], [9.0], [1.0], [-5.0]], dtype="float32")
+    assert float(layers.masked_mse(dwell, pred, y)) == pytest.approx((1.0 + 9.0) / 2, rel=1e-6)
+    # what the unclicked rows hold or predict changes nothing
+    pred2 = pred.copy()
+    pred2[[1, 3]] = 100.0
+    assert float(layers.masked_mse(dwell, pred2, y)) == pytest.approx(5.0, rel=1e-6)
+    assert float(layers.masked_mse(dwell, pred, np.zeros_like(y))) == 0.0
+
+
+def _toy(n=4000, seed=0):
+    """Rows whose click depends on the tag and long_weight, dwell on the tag."""
+    config = load_config(overrides={"features": {"user_features": ["age"]}})
+    spec = feature_spec(config)
+    rng = np.random.default_rng(seed)
+    tags = rng.choice(["t1", "t2", "t3"], n)
+    x = {c: np.full((n, 1), "", dtype=object) for c in spec.categorical}
+    x["tag"] = tags.reshape(-1, 1).astype(object)
+    x["u_age"] = rng.choice(["a", "b"], (n, 1)).astype(object)
+    x["position"] = rng.choice(["0", "1", "2"], (n, 1)).astype(object)
+    x["hour"] = rng.choice(["9", "20"], (n, 1)).astype(object)
+    for c in spec.numeric:
+        x[c] = rng.random((n, 1)).astype("float32")
+    logit = -1.0 + 2.5 * x["long_weight"].ravel() + np.where(tags == "t1", 1.0, -0.5)
+    click = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype("float32").reshape(-1, 1)
+    dwell = (np.where(tags == "t2", 4.0, 2.5) + rng.normal(0, 0.3, n)).astype("float32").reshape(-1, 1) * click
+    stats = Statistics(rows=n, clicks=int(click.sum()),
+                       vocabularies={c: sorted({str(v) for v in x[c].ravel()}) for c in spec.categorical},
+                       mean=[0.4] * len(spec.numeric), variance=[0.05] * len(spec.numeric))
+    return config, spec, stats, x, {"click": click, "dwell": dwell}
+
+
+def _fit(weighting, tasks=("click", "dwell"), epochs=3, seed=1):
+    config, spec, stats, x, y = _toy()
+    keras.utils.set_random_seed(seed)
+    net = build_network(spec, stats, config.model, list(tasks))
+    trainer = MultiTaskTrainer(net, list(tasks), weighting, {"click": 1.0, "dwell": 0.5})
+    trainer.compile(optimizer=keras.optimizers.Adam(0.01))
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(256)
+    hist = trainer.fit(ds, epochs=epochs, verbose=0, callbacks=[TaskWeightLogger()])
+    return trainer, net, x, y, hist.history
+
+
+def test_learned_task_weights_move_and_are_logged_each_epoch():
+    trainer, _, _, _, history = _fit("uncertainty")
+    assert len(history["weight_click"]) == 3 and len(history["log_var_dwell"]) == 3
+    s = trainer.log_variances()
+    assert abs(s["click"]) > 0.05 and abs(s["dwell"]) > 0.05
+    assert history["weight_click"][0] != history["weight_click"][-1]
+    # with fixed weights the log variances do not train
+    fixed, *_ = _fit("fixed", epochs=1)
+    assert fixed.log_variances() == {"click": 0.0, "dwell": 0.0}
+
+
+def test_saved_model_loads_with_safe_mode_and_scores_identically(tmp_path):
+    _, net, x, _, _ = _fit("uncertainty", epochs=1)
+    before = net.predict_on_batch(x)
+    net.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    after = loaded.predict_on_batch(x)
+    for task in ("click", "dwell"):
+        np.testing.assert_allclose(np.asarray(after[task]), np.asarray(before[task]), rtol=1e-6)
+    # unseen categories fall in the out-of-vocabulary bucket instead of failing
+    x2 = dict(x)
+    x2["tag"] = np.full_like(x["tag"], "never-seen")
+    assert np.isfinite(np.asarray(loaded.predict_on_batch(x2)["click"])).all()
+
+
+def test_the_model_learns_the_signal_in_the_toy_data():
+    _, net, x, y, _ = _fit("uncertainty", epochs=4)
+    p = np.asarray(net.predict_on_batch(x)["click"]).ravel()
+    assert metrics.auc(y["click"], p) > 0.65
+
+
+def test_single_task_models_have_one_head():
+    _, net, x, _, _ = _fit("uncertainty", tasks=("click",), epochs=1)
+    assert set(net.predict_on_batch(x)) == {"click"}
+
+
+def test_auc_and_gauc_by_hand():
+    assert metrics.auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    assert metrics.auc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)
+    assert metrics.auc([1, 1], [0.2, 0.3]) is None
+    # user a: AUC 1 over 2 rows, user b: AUC 0 over 4 rows, user c: one class (left out)
+    g = metrics.gauc(["a", "a", "b", "b", "b", "b", "c"], [0, 1, 1, 1, 0, 0, 1],
+                     [0.1, 0.9, 0.1, 0.2, 0.8, 0.9, 0.5])
+    assert g == pytest.approx((1.0 * 2 + 0.0 * 4) / 6)
+
+
+def test_gate_refuses_a_worse_model_and_non_finite_losses():
+    hist = {"loss": [0.5, 0.4], "val_click_loss": [0.3, 0.29]}
+    ok, why = gate({"auc": 0.70, "log_loss": 0.3}, {"version": "v1", "auc": 0.72}, 0.005, ["click", "dwell"], hist)
+    assert not ok and "below the current model's" in why
+    ok, _ = gate({"auc": 0.716, "log_loss": 0.3}, {"version": "v1", "auc": 0.72}, 0.005, ["click", "dwell"], hist)
+    assert ok
+    ok, why = gate({"auc": 0.8, "log_loss": 0.3}, None, 0.005, ["click", "dwell"], {"loss": [0.5, float("nan")]})
+    assert not ok and "not finite" in why
+    ok, why = gate({"auc": 0.8, "log_loss": 0.3}, None, 0.005, ["dwell"], hist)
+    assert not ok and "no click head" in why

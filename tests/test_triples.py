@@ -1,0 +1,143 @@
+"""Triples: labels and no lost impression, one feature builder for training and scoring, no
+leakage from D; training end to end with the gate, and shuffled labels give AUC ~0.5."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pyspark.sql import functions as F
+
+from jobs import features, triples
+from jobs.common.config import load_config
+from jobs.common.storage import Warehouse
+
+
+def _pd(base, name, day):
+    return pd.read_parquet(base / "warehouse" / name / f"dt={day}")
+
+
+def test_every_impression_becomes_one_row_per_tag_with_its_label(synthetic_feed):
+    _, base, dates = synthetic_feed
+    day = dates[2].isoformat()
+    t = _pd(base, "training_triples", day)
+    ev = _pd(base, "events", day)
+    arts = _pd(base, "articles", day)
+    n_tags = {a: len(ts) for a, ts in zip(arts.article_id, arts.tags, strict=True)}
+    imps = ev[ev.event_type == "impression"]
+    assert set(t.event_id) == set(imps.event_id)
+    assert len(t) == sum(n_tags[a] for a in imps.article_id)
+    clicks = ev[ev.event_type == "click"]
+    clicked = set(zip(clicks.user_id, clicks.article_id, clicks.request_id, strict=True))
+    want = [int((u, a, r) in clicked) for u, a, r in zip(imps.user_id, imps.article_id, imps.request_id, strict=True)]
+    got = t.drop_duplicates("event_id").set_index("event_id").loc[imps.event_id, "click"].tolist()
+    assert got == want
+    assert t.loc[t.click == 0, "dwell_sec"].isna().all()
+    assert (t.loc[t.click == 1, "dwell_sec"] > 0).all()
+
+
+def test_scoring_path_builds_the_same_features_as_training(spark, synthetic_feed):
+    """Export builds (user, tag, context) rows directly; the triples build them from
+    impressions. Through the one builder both give identical feature rows."""
+    config, base, dates = synthetic_feed
+    day = dates[3]
+    wh = Warehouse(spark, config)
+    spec = features.feature_spec(config)
+    trained = wh.read_partition("training_triples", day.isoformat()).orderBy("event_id", "tag").limit(300)
+    rows = trained.select("user_id", "tag", "position", "request_index", "hour").distinct().collect()
+    pairs = spark.createDataFrame(
+        [(r["user_id"], r["tag"], None if r["position"] == "none" else int(r["position"]),
+          int(r["request_index"]), int(r["hour"])) for r in rows],
+        "user_id string, tag string, position int, request_index int, hour int")
+    scored = features.build(wh, config, day, pairs)
+    key = ["user_id", "tag", "position", "request_index", "hour"]
+    a = trained.select(*spec.columns, "user_id").dropDuplicates(key).toPandas().sort_values(key).reset_index(drop=True)
+    b = scored.select(*spec.columns, "user_id").toPandas().sort_values(key).reset_index(drop=True)
+    assert len(a) == len(b) == len(rows)
+    # Categorical columns equal exactly; numeric ones to 1e-12 (Spark's sums over partitions
+    # may add in another order: the last bit of a double can differ, a feature cannot).
+    pd.testing.assert_frame_equal(a[list(spec.categorical)], b[list(spec.categorical)], check_exact=True)
+    pd.testing.assert_frame_equal(a[list(spec.numeric)], b[list(spec.numeric)], check_exact=False, rtol=1e-12)
+
+
+def _copy(base, tmp_path, **sections):
+    shutil.copytree(base / "warehouse", tmp_path / "warehouse")
+    return load_config(overrides={"storage": {"warehouse": str(tmp_path / "warehouse"), "raw": str(base / "raw")},
+                                  **sections})
+
+
+def test_tables_of_day_d_cannot_change_day_ds_features(spark, synthetic_feed, tmp_path):
+    config, base, dates = synthetic_feed
+    day = dates[3].isoformat()
+    copy = _copy(base, tmp_path)
+    wh = Warehouse(spark, copy)
+    # Make D's own profile, index and tag statistics wildly different...
+    prof = wh.read_partition("user_tag_profile", day)
+    wh.write_partition(prof.withColumn("long_weight", F.col("long_weight") * 100 + 7), "user_tag_profile", day)
+    stats = wh.read_partition("tag_stats", day)
+    wh.write_partition(stats.withColumn("ctr", F.lit(0.99)), "tag_stats", day)
+    wh.write_partition(wh.read_partition("tag_index", day).limit(5), "tag_index", day)
+    # ...and the triples of D do not move: their features come from D-1 only.
+    triples.run(spark, copy, dates[3])
+    before = _pd(base, "training_triples", day).sort_values(["event_id", "tag"]).reset_index(drop=True)
+    after = _pd(tmp_path, "training_triples", day).sort_values(["event_id", "tag"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(before, after, check_exact=False, rtol=1e-12)
+    # Changing D-1's profile does move them (the test would see a leak).
+    prev = dates[2].isoformat()
+    wh.write_partition(wh.read_partition("user_tag_profile", prev).withColumn("long_weight", F.lit(3.0)),
+                       "user_tag_profile", prev)
+    triples.run(spark, copy, dates[3])
+    moved = _pd(tmp_path, "training_triples", day)
+    assert (moved.long_weight == 3.0).any() and not before.long_weight.eq(3.0).any()
+
+
+def test_first_day_without_a_previous_profile_is_skipped_with_a_reason(synthetic_feed):
+    _, base, dates = synthetic_feed
+    import json
+
+    report = json.loads((base / "warehouse" / "_runs" / "triples" / f"{dates[0]}.json").read_text())
+    assert report["status"] == "skipped" and "no user_tag_profile" in report["reason"]
+
+
+def _shuffle_labels(folder, seed):
+    rng = np.random.default_rng(seed)
+    for f in sorted(folder.glob("*.parquet")):
+        t = pq.read_table(f)
+        perm = rng.permutation(t.num_rows)
+        for col in ("click", "dwell_sec"):
+            t = t.set_column(t.schema.get_field_index(col), col, pa.array(t.column(col).to_numpy(zero_copy_only=False)[perm]))
+        pq.write_table(t, f)
+
+
+@pytest.mark.slow
+def test_training_promotes_then_gates_and_shuffled_labels_fall_to_chance(synthetic_feed, tmp_path):
+    pytest.importorskip("keras")
+    from models import registry, train
+
+    config, base, dates = synthetic_feed
+    model = {"window_days": 4, "epochs": 3, "batch_size": 512}
+    good = _copy(base, tmp_path / "a", model=model)
+    first = train.run(good, dates[-1])
+    assert first["promoted"] and first["gate"] == "no current model"
+    assert registry.current_version(good.storage.warehouse) == first["version"]
+    assert first["validation"]["auc"] > 0.58
+    loaded, meta = registry.load(good.storage.warehouse)
+    assert meta["features"] == features.feature_spec(good).to_dict()
+    # A much worse model (barely trained) is refused; current stays.
+    worse = load_config(overrides={"storage": {"warehouse": good.storage.warehouse, "raw": str(base / "raw")},
+                                   "model": {**model, "epochs": 1, "learning_rate": 1e-7}})
+    second = train.run(worse, dates[-1])
+    assert not second["promoted"] and "below the current model's" in second["gate"]
+    assert registry.current_version(good.storage.warehouse) == first["version"]
+    # Shuffled training labels: nothing left to learn, validation AUC ~0.5.
+    shuffled = _copy(base, tmp_path / "b", model=model)
+    for d in dates[1:-1]:
+        _shuffle_labels(tmp_path / "b" / "warehouse" / "training_triples" / f"dt={d}", seed=d.day)
+    noise = train.run(shuffled, dates[-1])
+    assert abs(noise["validation"]["auc"] - 0.5) < 0.05
+    assert first["validation"]["auc"] > noise["validation"]["auc"] + 0.05
