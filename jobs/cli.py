@@ -240,6 +240,32 @@ def _summarise_profiles_and_index(reports: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _summarise_training(reports: list[dict]) -> str:
+    lines = []
+    for r in reports:
+        if r["step"] != "train":
+            continue
+        t = r["report"]
+        if t["status"] != "succeeded":
+            lines.append(f"\ntrain {r['date']}: {t['status']} ({t.get('reason')})")
+            continue
+        v = t["validation"]
+
+        def f(x, fmt=".4f"):
+            return "n/a" if x is None else format(x, fmt)
+
+        lines.append(f"\nmodel {t['version']} ({t['epochs']} epochs on {t['train_rows']:,} rows from "
+                     f"{', '.join(t['train_days'])}), validated on {r['date']}:")
+        lines.append(f"  CTR AUC {f(v.get('auc'))}  GAUC {f(v.get('gauc'))}  log loss {f(v.get('log_loss'))}  "
+                     f"calibration {f(v.get('calibration'), '.3f')}  dwell RMSE {f(v.get('dwell_rmse_sec'), '.1f')} s  "
+                     f"MAE {f(v.get('dwell_mae_sec'), '.1f')} s")
+        weights = ", ".join(f"{k} {w:.3f}" for k, w in t["task_weights"].items())
+        lines.append(f"  learned task weights: {weights}; "
+                     f"{'promoted to current' if t['promoted'] else 'not promoted'} ({t['gate']})")
+        lines.append(f"  {t['model_dir']}: model.keras, metrics.json, history.json, history.png")
+    return "\n".join(lines)
+
+
 def cmd_demo(args) -> int:
     from jobs.synthetic import FeedParams, generate
 
@@ -255,7 +281,10 @@ def cmd_demo(args) -> int:
     generate(config.storage.raw, args.start, args.days, params, config.time.timezone)
     dates = list(date_range(args.start, args.start + dt.timedelta(days=args.days - 1)))
     spark = _session(config, "tagrecall-demo")
-    reports = run_chain(spark, config, dates, list(STEPS))
+    # The model is trained once, on the last day (its window covers the week); the steps
+    # before it run every day.
+    daily = [s for s in STEPS if s != "train"]
+    reports = run_chain(spark, config, dates[:-1], daily) + run_chain(spark, config, dates[-1:], list(STEPS))
     print(_summarise_ingest(reports, config))
     print(_summarise_profiles_and_index(reports))
     from jobs import profile_eval
@@ -265,6 +294,7 @@ def cmd_demo(args) -> int:
         print(profile_eval.format_hit_rates(profile_eval.next_day_hit_rates(spark, config, dates[-2], [1, 3, 5])))
     truth = Path(config.storage.raw) / "_truth"
     print(profile_eval.format_recovery(profile_eval.planted_recovery(spark, config, dates[-1], truth)))
+    print(_summarise_training(reports))
     return 0
 
 

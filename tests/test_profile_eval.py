@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 
 from jobs import profile_eval
-
 from tests.conftest import FEED_DAYS, FEED_START
 
 START = dt.date.fromisoformat(FEED_START)

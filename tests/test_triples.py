@@ -3,7 +3,6 @@ leakage from D; training end to end with the gate, and shuffled labels give AUC 
 
 from __future__ import annotations
 
-import datetime as dt
 import shutil
 
 import numpy as np
