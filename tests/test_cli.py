@@ -57,3 +57,10 @@ def test_generate_then_run_two_days_from_the_command_line(tmp_path):
         assert report["status"] == "succeeded"
         assert report["sources"]["events"]["landed"] == truth["events_landed"]
         assert all(b["balanced"] for b in report["balance"].values())
+    # The whole chain ran: day 2's profile was built from day 1's; no model could be
+    # trained yet (day 1 has no triples: no profile before it), and the report says so.
+    runs = tmp_path / "wh" / "_runs"
+    assert json.loads((runs / "profiles" / "2026-11-02.json").read_text())["mode"] == "incremental"
+    assert json.loads((runs / "triples" / "2026-11-02.json").read_text())["status"] == "succeeded"
+    train = json.loads((runs / "train" / "2026-11-02.json").read_text())
+    assert train["status"] == "skipped" and "no training_triples in the 6 days before" in train["reason"]
