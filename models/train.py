@@ -131,6 +131,10 @@ def plot_history(history: dict[str, list[float]], path: Path, title: str) -> Non
     ax2.set_xlabel("epoch")
     ax2.set_title("task weights")
     ax2.legend(fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
