@@ -129,7 +129,12 @@ class MultiTaskTrainer(keras.Model):
 
 
 class TaskWeightLogger(keras.callbacks.Callback):
-    """Adds each task's learned weight and log variance to the epoch's logs."""
+    """Adds each task's learned weight and log variance to the epoch's logs (so they land in
+    the history) and logs the epoch's task losses and weights as it ends."""
+
+    def __init__(self, label: str = "train"):
+        super().__init__()
+        self.label = label
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
@@ -139,3 +144,5 @@ class TaskWeightLogger(keras.callbacks.Callback):
             logs[f"weight_{task}"] = w
         for task, s in trainer.log_variances().items():
             logs[f"log_var_{task}"] = s
+        shown = ", ".join(f"{k}={float(v):.4f}" for k, v in sorted(logs.items()))
+        log.info("%s epoch %d: %s", self.label, epoch + 1, shown)

@@ -220,7 +220,7 @@ def run(config: Config, date: dt.date, version: str | None = None, promote: bool
     trainer = MultiTaskTrainer(network, cfg.tasks, cfg.loss_weighting, cfg.fixed_weights)
     trainer.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate))
     monitor = "val_click_loss" if "click" in cfg.tasks else "val_dwell_loss"
-    callbacks = [TaskWeightLogger(),
+    callbacks = [TaskWeightLogger(f"train {day}"),
                  keras.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=cfg.patience,
                                                restore_best_weights=True)]
     # The streamed dataset's length is unknown to Keras, which warns at the end of each epoch.
@@ -230,9 +230,6 @@ def run(config: Config, date: dt.date, version: str | None = None, promote: bool
                       validation_data=tf_dataset(val_ds, spec, cfg.batch_size),
                       epochs=cfg.epochs, callbacks=callbacks, verbose=0)
     history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
-    for epoch in range(len(next(iter(history.values())))):
-        log.info("train %s epoch %d: %s", day, epoch + 1,
-                 ", ".join(f"{k}={history[k][epoch]:.4f}" for k in sorted(history)))
 
     smearing = smearing_factor(network, train_ds, spec, cfg.batch_size)
     validation = evaluate(network, val_ds, spec, cfg.batch_size, smearing)
