@@ -18,6 +18,8 @@ variances and the loss of models/layers.py. The saved artefact is the network it
 
 from __future__ import annotations
 
+import logging
+
 import keras
 import numpy as np
 
@@ -32,6 +34,8 @@ from models.layers import (
     masked_mse,
     task_weights,
 )
+
+log = logging.getLogger(__name__)
 
 
 def build_network(spec: FeatureSpec, stats: Statistics, cfg: ModelConfig, tasks: list[str]) -> keras.Model:
