@@ -235,6 +235,9 @@ def main() -> int:
     ap.add_argument("--driver-memory", default="10g")
     ap.add_argument("--keep", action="store_true", help="reuse a warehouse already generated under --out "
                     "(with at least --days days)")
+    ap.add_argument("--only-duckdb", action="store_true",
+                    help="with --keep, after a run: only the DuckDB query of the last day, compared "
+                         "with the profile Spark wrote for that day")
     ap.add_argument("--no-final-full", action="store_true",
                     help="skip the full recomputation at the last day; the full run at the day before "
                          "(one day less of history) is then the reference")
@@ -270,6 +273,23 @@ def main() -> int:
     print(f"{args.days} days x {n:,} events, {users:,} users, {articles:,} articles, {TAGS} tags; "
           f"{psutil.cpu_count()} cores", flush=True)
 
+    if args.only_duckdb:
+        spark.stop()
+        last = days[-1]
+        duck_out = base / "duckdb_profile.parquet"
+        duck = run_duckdb(duckdb_sql(config, last, wh, str(duck_out), threads=psutil.cpu_count(),
+                                     memory_limit="16GB"), base)
+        import duckdb
+
+        spark_out = wh.partition_location("user_tag_profile", last.isoformat()).removeprefix("file://")
+        for label, path in (("duckdb", str(duck_out)), ("spark", f"{spark_out}/*.parquet")):
+            row = duckdb.sql(f"SELECT count(*), sum(long_weight), sum(short_weight) FROM read_parquet('{path}')"
+                             ).fetchall()[0]
+            print(f"  {label} output: rows={row[0]:,} long={row[1]!r} short={row[2]!r}")
+        print(f"  duckdb day {args.days} incremental: {duck['seconds']:.1f}s, peak RSS "
+              f"{duck['peak_rss'] / 2**30:.2f} GiB")
+        return 0
+
     results: dict = {}
     _timed("day 1 full (1 day)", lambda: profiles.run(spark, config, days[0], full=True), results)
     _timed("day 2 incremental", lambda: profiles.run(spark, config, days[1]), results)
@@ -280,7 +300,9 @@ def main() -> int:
     incremental = wh.read_partition("user_tag_profile", last.isoformat())
     spark_sums = incremental.agg(F.count(F.lit(1)).alias("rows"), F.sum("long_weight").alias("long"),
                                  F.sum("short_weight").alias("short")).first().asDict()
-    # DuckDB right after the incremental run it is compared with, on the same inputs.
+    # DuckDB right after the incremental run it is compared with, on the same inputs, with
+    # Spark stopped so that the two never hold memory at once.
+    spark.stop()
     duck_out = base / "duckdb_profile.parquet"
     sql = duckdb_sql(config, last, wh, str(duck_out), threads=psutil.cpu_count(), memory_limit="16GB")
     duck = run_duckdb(sql, base)
@@ -292,6 +314,7 @@ def main() -> int:
     print(f"  outputs: spark {spark_sums}, duckdb rows={duck_sums[0]} long={duck_sums[1]} short={duck_sums[2]}",
           flush=True)
     if not args.no_final_full:
+        spark = build_session(config, "tagrecall-bench-profiles", set_master=True)
         _timed(f"day {args.days} full ({args.days} days)", lambda: profiles.run(spark, config, last, full=True),
                results)
     spark.stop()
