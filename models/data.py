@@ -44,17 +44,24 @@ def to_targets(batch: pa.RecordBatch | pa.Table) -> dict[str, np.ndarray]:
     return {"click": click, "dwell": dwell}
 
 
-def batches(ds: pds.Dataset, spec: FeatureSpec, batch_size: int, with_ids: bool = False) -> Iterator[tuple]:
-    """(inputs, targets) per record batch of at most ``batch_size`` rows; with ``with_ids``
-    also the user_id column (for per-user metrics)."""
+def batches(ds: pds.Dataset, spec: FeatureSpec, batch_size: int, with_ids: bool = False,
+            read_rows: int = 65536) -> Iterator[tuple]:
+    """(inputs, targets) per batch of at most ``batch_size`` rows; with ``with_ids`` also the
+    user_id column (for per-user metrics). Arrow is read and converted ``read_rows`` at a
+    time (fewer, larger conversions), then sliced without copying."""
     columns = list(spec.columns) + list(LABELS) + (["user_id"] if with_ids else [])
-    for batch in ds.to_batches(columns=columns, batch_size=batch_size):
-        if batch.num_rows == 0:
+    for chunk in ds.to_batches(columns=columns, batch_size=max(read_rows, batch_size)):
+        if chunk.num_rows == 0:
             continue
-        item = (to_inputs(batch, spec), to_targets(batch))
-        if with_ids:
-            item += (np.asarray(batch.column("user_id").to_numpy(zero_copy_only=False), dtype=object),)
-        yield item
+        inputs, targets = to_inputs(chunk, spec), to_targets(chunk)
+        ids = (np.asarray(chunk.column("user_id").to_numpy(zero_copy_only=False), dtype=object)
+               if with_ids else None)
+        for start in range(0, chunk.num_rows, batch_size):
+            sl = slice(start, start + batch_size)
+            item = ({k: v[sl] for k, v in inputs.items()}, {k: v[sl] for k, v in targets.items()})
+            if with_ids:
+                item += (ids[sl],)
+            yield item
 
 
 @dataclass
