@@ -42,7 +42,8 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/ingest.py
-	$(BIN)/python bench/profiles.py
+	$(BIN)/python bench/profiles.py --no-final-full
+	$(BIN)/python bench/train.py
 
 # The project's pure-Python code as one zip for spark-submit --py-files.
 dist: setup

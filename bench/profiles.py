@@ -1,6 +1,6 @@
 """The profiles step at scale: incremental vs full, flat cost as history grows, and DuckDB.
 
-    python bench/profiles.py [--events 10m] [--days 30] [--out bench/out] [--keep]
+    python bench/profiles.py [--events 10m] [--days 6] [--out bench/out] [--keep] [--no-final-full]
 
 An events table of --days days (--events a day) and a daily articles snapshot are written
 straight into a warehouse under --out with Spark (the ingest step is benchmarked on its own,
@@ -230,7 +230,8 @@ def _timed(label: str, fn, results: dict) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", default="10m", help="events a day (default 10m)")
-    ap.add_argument("--days", type=int, default=30)
+    ap.add_argument("--days", type=int, default=6,
+                    help="days of history (30 takes hours on 2 cores: the full recomputation)")
     ap.add_argument("--out", default="bench/out")
     ap.add_argument("--driver-memory", default="10g")
     ap.add_argument("--keep", action="store_true", help="reuse a warehouse already generated under --out "
