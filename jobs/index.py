@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import math
 import time
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -40,22 +39,18 @@ from pyspark.sql import functions as F
 from jobs.common.config import Config, IndexConfig
 from jobs.common.dates import day_bounds
 from jobs.common.storage import Warehouse
+from jobs.profiles import DAY_SEC, decay
 from schemas.tables import TAG_INDEX, TAG_STATS
 
 log = logging.getLogger(__name__)
 
 STEP = "index"
-DAY_SEC = 86400.0
-
-
-def _decay(age_sec: Column, half_life_days: float) -> Column:
-    return F.exp(F.lit(-math.log(2.0) / (half_life_days * DAY_SEC)) * age_sec)
 
 
 def article_engagement(events: DataFrame, end: dt.datetime, cfg: IndexConfig) -> DataFrame:
     """(article_id, impressions, clicks, dwell_sec, dwell_clicks), decayed to ``end``."""
     age = F.lit(end.timestamp()) - F.unix_micros("event_time").cast("double") / 1e6
-    d = _decay(age, cfg.quality_half_life_days)
+    d = decay(age, cfg.quality_half_life_days)
     is_click = F.col("event_type") == "click"
     has_dwell = is_click & F.col("dwell_ms").isNotNull()
     return (events.where(F.col("event_type").isin("impression", "click"))
@@ -102,7 +97,7 @@ def scored_articles(articles: DataFrame, engagement: DataFrame, end: dt.datetime
     n, c, s, k = (F.coalesce(F.col(f"e.{x}"), F.lit(0.0)) for x in ("impressions", "clicks", "dwell_sec", "dwell_clicks"))
     return joined.select("article_id", "tags",
                          quality(n, c, s, k, p0, mu0, cfg.prior_strength).alias("quality"),
-                         _decay(age_sec, cfg.freshness_half_life_days).alias("freshness"))
+                         decay(age_sec, cfg.freshness_half_life_days).alias("freshness"))
 
 
 def tag_index(scored: DataFrame, cfg: IndexConfig) -> DataFrame:
