@@ -5,7 +5,7 @@ functions that spark-submit and Airflow call.
     tagrecall generate --raw DIR --start D --days N [--users --articles --tags --seed --bad-rate]
     tagrecall import-kuairand --src DIR --raw DIR
     tagrecall run --date D [--until D2] [--steps a,b,...]
-    tagrecall ingest|profiles|index|triples|train --date D  (profiles: [--full])
+    tagrecall ingest|profiles|index|triples|train|export --date D  (profiles: [--full])
     tagrecall profile-eval --date D [--until D2] [--top-n 1,3,5]
     tagrecall config                    print the built-in defaults as TOML
 
@@ -65,12 +65,19 @@ def _train(spark, config, date):
     return train.run(config, date)
 
 
+def _export(spark, config, date):
+    from jobs import export
+
+    return export.run(spark, config, date)
+
+
 STEPS: dict[str, Callable] = {
     "ingest": _ingest,
     "profiles": _profiles,
     "index": _index,
     "triples": _triples,
     "train": _train,
+    "export": _export,
 }
 
 # Steps that run without a Spark session when run alone.
@@ -263,6 +270,11 @@ def _summarise_training(reports: list[dict]) -> str:
         lines.append(f"  learned task weights: {weights}; "
                      f"{'promoted to current' if t['promoted'] else 'not promoted'} ({t['gate']})")
         lines.append(f"  {t['model_dir']}: model.keras, metrics.json, history.json, history.png")
+    for r in reports:
+        if r["step"] == "export":
+            e = r["report"]
+            lines.append(f"\nexport {r['date']}: top tags for {e['users']:,} users ({e['rows_written']['user_top_tags']:,} "
+                         f"rows), ranked by {e['ranked_by']}, model {e['model_version']}")
     return "\n".join(lines)
 
 
@@ -283,7 +295,7 @@ def cmd_demo(args) -> int:
     spark = _session(config, "tagrecall-demo")
     # The model is trained once, on the last day (its window covers the week); the steps
     # before it run every day.
-    daily = [s for s in STEPS if s != "train"]
+    daily = [s for s in STEPS if s not in ("train", "export")]
     reports = run_chain(spark, config, dates[:-1], daily) + run_chain(spark, config, dates[-1:], list(STEPS))
     print(_summarise_ingest(reports, config))
     print(_summarise_profiles_and_index(reports))

@@ -114,7 +114,7 @@ def _shuffle_labels(folder, seed):
 
 
 @pytest.mark.slow
-def test_training_promotes_then_gates_and_shuffled_labels_fall_to_chance(synthetic_feed, tmp_path):
+def test_training_promotes_then_gates_and_shuffled_labels_fall_to_chance(spark, synthetic_feed, tmp_path):
     pytest.importorskip("keras")
     from models import registry, train
 
@@ -127,6 +127,16 @@ def test_training_promotes_then_gates_and_shuffled_labels_fall_to_chance(synthet
     assert first["validation"]["auc"] > 0.58
     loaded, meta = registry.load(good.storage.warehouse)
     assert meta["features"] == features.feature_spec(good).to_dict()
+    # Export scores candidates with the promoted model inside Spark.
+    from jobs import export
+
+    exported = export.run(spark, good, dates[-1])
+    assert exported["model_version"] == first["version"]
+    top = _pd(tmp_path / "a", "user_top_tags", dates[-1].isoformat())
+    assert top.p_click.between(0, 1).all() and (top.dwell_sec >= 0).all()
+    assert np.allclose(top.score, top.p_click * top.dwell_sec)
+    ordered = top.sort_values(["user_id", "rank"])
+    assert ordered.groupby("user_id").score.apply(lambda s: bool((s.diff().dropna() <= 1e-12).all())).all()
     # A much worse model (barely trained) is refused; current stays.
     worse = load_config(overrides={"storage": {"warehouse": good.storage.warehouse, "raw": str(base / "raw")},
                                    "model": {**model, "epochs": 1, "learning_rate": 1e-7}})
@@ -140,3 +150,26 @@ def test_training_promotes_then_gates_and_shuffled_labels_fall_to_chance(synthet
     noise = train.run(shuffled, dates[-1])
     assert abs(noise["validation"]["auc"] - 0.5) < 0.05
     assert first["validation"]["auc"] > noise["validation"]["auc"] + 0.05
+
+
+def test_export_without_a_model_ranks_by_the_profile_and_serves_every_user(spark, synthetic_feed, tmp_path):
+    from jobs import export
+
+    config, base, dates = synthetic_feed
+    copy = _copy(base, tmp_path)
+    day = dates[-1].isoformat()
+    report = export.run(spark, copy, dates[-1])
+    assert report["model_version"] == export.NO_MODEL
+    top = _pd(tmp_path, "user_top_tags", day)
+    users = set(_pd(tmp_path, "users", day).user_id)
+    assert set(top.user_id) == users  # nobody is left without tags, profile or not
+    assert top.groupby("user_id")["rank"].apply(lambda r: sorted(r) == list(range(1, len(r) + 1))).all()
+    assert top.groupby("user_id").size().max() == copy.export.top_n
+    assert top.p_click.isna().all() and (top.model_version == export.NO_MODEL).all()
+    # a user's first tag is the strongest by the blend of their profile
+    prof = _pd(tmp_path, "user_tag_profile", day)
+    u = prof.groupby("user_id").size().idxmax()
+    p = prof[prof.user_id == u].copy()
+    p["blend"] = 0.5 * p.long_weight / p.long_weight.sum() + 0.5 * p.short_weight / p.short_weight.sum()
+    best = p.sort_values(["blend", "tag"], ascending=[False, True]).tag.iloc[0]
+    assert top[(top.user_id == u) & (top["rank"] == 1)].tag.iloc[0] == best
