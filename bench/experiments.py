@@ -21,6 +21,7 @@ Prints mean ± standard deviation over seeds per variant, and writes every run t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import statistics
@@ -86,8 +87,7 @@ def main() -> int:
             for seed in seeds:
                 base = load_config(args.config, overrides={"storage": {"warehouse": args.warehouse}},
                                    assignments=args.set)
-                config = base.replace(model=base.model.__class__(**{**base.model.__dict__, **VARIANTS[variant],
-                                                                     "seed": seed}))
+                config = base.replace(model=dataclasses.replace(base.model, **VARIANTS[variant], seed=seed))
                 t0 = time.monotonic()
                 version = f"exp-{variant.replace(' ', '-')}-{seed}-{Path(models_home).name}"
                 result = train.run(config, dt.date.fromisoformat(args.validate), version=version, promote=False)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -259,8 +260,7 @@ def main() -> int:
         kept = [m for m in kept if json.loads(m.read_text())["days"] >= args.days]
         if kept:  # a longer generated history serves a shorter run: days beyond it are not read
             base, marker = kept[0].parent, kept[0]
-            config = config.replace(storage=config.storage.__class__(
-                **{**config.storage.__dict__, "warehouse": str(base / "warehouse")}))
+            config = config.replace(storage=dataclasses.replace(config.storage, warehouse=str(base / "warehouse")))
     wh = Warehouse(spark, config)
     if not (args.keep and marker.exists()):
         if base.exists():

@@ -27,7 +27,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from jobs import features
+from jobs import features, profile_eval
 from jobs.common.config import Config
 from jobs.common.storage import Warehouse
 from schemas.tables import USER_TOP_TAGS
@@ -40,23 +40,22 @@ NO_MODEL = "none (profile blend)"
 SCORED = "user_id string, tag string, prior double, p_click double, dwell_sec double, score double"
 
 
+def global_tags(stats: DataFrame, count: int) -> list[str]:
+    """The ``count`` tags with the most decayed clicks in tag_stats (ties by tag): the list
+    for users without enough profile tags, and for users unknown to D's snapshot."""
+    return [r["tag"] for r in stats.orderBy(F.desc("clicks"), "tag").limit(count).select("tag").collect()]
+
+
 def candidates(profile: DataFrame, users: DataFrame, stats: DataFrame, count: int) -> DataFrame:
     """(user_id, tag, prior): ``count`` candidate tags per user; prior is the blend (profile
-    tags) or a small value decreasing with the tag's global rank (fill-up tags)."""
-    by_user = Window.partitionBy("user_id")
-    blend = sum(0.5 * F.coalesce(F.col(c) / F.nullif(F.sum(c).over(by_user), F.lit(0.0)), F.lit(0.0))
-                for c in ("long_weight", "short_weight"))
-    own = profile.select("user_id", "tag", blend.alias("prior")).where(F.col("prior") > 0)
-    top_global = (stats.orderBy(F.desc("clicks"), "tag").limit(count)
-                  .withColumn("_g", F.row_number().over(Window.orderBy(F.desc("clicks"), "tag"))))
-    fill = users.select("user_id").crossJoin(F.broadcast(top_global.select("tag", "_g"))).select(
-        "user_id", "tag", (F.lit(-1.0) * F.col("_g")).alias("prior"))
-    both = own.withColumn("_src", F.lit(0)).unionByName(fill.withColumn("_src", F.lit(1)))
-    first = Window.partitionBy("user_id", "tag").orderBy("_src")
-    deduped = both.withColumn("_k", F.row_number().over(first)).where(F.col("_k") == 1)
-    order = Window.partitionBy("user_id").orderBy("_src", F.desc("prior"), "tag")
-    return (deduped.withColumn("_r", F.row_number().over(order)).where(F.col("_r") <= count)
-            .select("user_id", "tag", "prior"))
+    tags) or minus the tag's global rank (fill-up tags), so that it orders them as listed."""
+    top_global = global_tags(stats, count)
+    spark = profile.sparkSession
+    global_list = spark.createDataFrame([(t, i + 1, -float(i + 1)) for i, t in enumerate(top_global)],
+                                        "tag string, rank int, prior double")
+    fallback = users.select("user_id").crossJoin(F.broadcast(global_list))
+    personal = profile_eval.ranked_tags(profile, "blend", count, score_as="prior")
+    return profile_eval.filled(personal, fallback, count, carry=("prior",)).select("user_id", "tag", "prior")
 
 
 _MODELS: dict[str, tuple] = {}

@@ -37,32 +37,39 @@ from jobs.profiles import TABLE
 METHODS = ("long", "short", "blend", "global")
 
 
-def ranked_tags(profile: DataFrame, method: str, top_n: int) -> DataFrame:
-    """(user_id, tag, rank) for the user's top ``top_n`` profile tags by ``method``."""
+def blend() -> F.Column:
+    """0.5 x the tag's share of the user's long total + 0.5 x its share of the short total."""
+    by_user = Window.partitionBy("user_id")
+    return sum(0.5 * F.coalesce(F.col(c) / F.nullif(F.sum(c).over(by_user), F.lit(0.0)), F.lit(0.0))
+               for c in ("long_weight", "short_weight"))
+
+
+def ranked_tags(profile: DataFrame, method: str, top_n: int, score_as: str | None = None) -> DataFrame:
+    """(user_id, tag, rank) for the user's top ``top_n`` profile tags by ``method``; with
+    ``score_as``, also the ranking score under that name."""
     if method in ("long", "short"):
         score = F.col(f"{method}_weight")
     elif method == "blend":
-        by_user = Window.partitionBy("user_id")
-        score = sum(0.5 * F.coalesce(F.col(c) / F.nullif(F.sum(c).over(by_user), F.lit(0.0)), F.lit(0.0))
-                    for c in ("long_weight", "short_weight"))
+        score = blend()
     else:
         raise ValueError(f"unknown profile ranking {method!r}; known: long, short, blend")
     ranked = profile.select("user_id", "tag", score.alias("_score")).where(F.col("_score") > 0)
     order = Window.partitionBy("user_id").orderBy(F.desc("_score"), "tag")
-    return (ranked.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= top_n)
-            .select("user_id", "tag", "rank"))
+    kept = ranked.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= top_n)
+    return kept.select("user_id", "tag", "rank", *([F.col("_score").alias(score_as)] if score_as else []))
 
 
-def filled(personal: DataFrame, fallback: DataFrame, top_n: int) -> DataFrame:
-    """(user_id, tag, rank): the user's ``personal`` tags first, then ``fallback``'s tags not
-    already among them, ``top_n`` in all. ``fallback`` has a row per user to be served."""
-    both = (personal.select("user_id", "tag", F.lit(0).alias("_src"), "rank")
-            .unionByName(fallback.select("user_id", "tag", F.lit(1).alias("_src"), "rank")))
+def filled(personal: DataFrame, fallback: DataFrame, top_n: int, carry: tuple[str, ...] = ()) -> DataFrame:
+    """(user_id, tag, rank, *carry): the user's ``personal`` tags first, then ``fallback``'s
+    tags not already among them, ``top_n`` in all. ``fallback`` has a row per user to be
+    served; both have the ``carry`` columns."""
+    both = (personal.select("user_id", "tag", F.lit(0).alias("_src"), "rank", *carry)
+            .unionByName(fallback.select("user_id", "tag", F.lit(1).alias("_src"), "rank", *carry)))
     first = Window.partitionBy("user_id", "tag").orderBy("_src", "rank")
     deduped = both.withColumn("_k", F.row_number().over(first)).where(F.col("_k") == 1)
     order = Window.partitionBy("user_id").orderBy("_src", "rank", "tag")
     return (deduped.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= top_n)
-            .select("user_id", "tag", "rank"))
+            .select("user_id", "tag", "rank", *carry))
 
 
 def most_clicked_tags(events: DataFrame, articles: DataFrame, top_n: int) -> list[str]:

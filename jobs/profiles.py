@@ -198,7 +198,7 @@ def run(spark: SparkSession, config: Config, date: dt.date, full: bool = False) 
     written = wh.read_partition(TABLE, day)
     stats = written.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("user_id").alias("users"),
                         F.countDistinct("tag").alias("tags")).first()
-    events_read = sum(wh.read_partition("events", d).count() for d in how["event_dates"])
+    events_read = wh.read_partitions("events", how["event_dates"]).count()
     report = {"step": STEP, "date": day, "status": "succeeded", **how,
               "rows_read": {"events": events_read}, "rows_written": {TABLE: stats["rows"]},
               "users": stats["users"], "tags": stats["tags"],

@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 STEP = "triples"
 TABLE = "training_triples"
-LABELS = ("click", "dwell_sec")
 
 
 def local_hour(ts: F.Column, timezone: str, session_timezone: str) -> F.Column:
