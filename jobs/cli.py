@@ -71,6 +71,18 @@ def _export(spark, config, date):
     return export.run(spark, config, date)
 
 
+def _publish(spark, config, date, rollback=False):
+    from jobs import publish
+
+    return publish.run(spark, config, date, rollback_only=rollback)
+
+
+def _evaluate(spark, config, date):
+    from jobs import evaluate
+
+    return evaluate.run(spark, config, date)
+
+
 STEPS: dict[str, Callable] = {
     "ingest": _ingest,
     "profiles": _profiles,
@@ -78,7 +90,13 @@ STEPS: dict[str, Callable] = {
     "triples": _triples,
     "train": _train,
     "export": _export,
+    "publish": _publish,
+    "evaluate": _evaluate,
 }
+
+# In the daily chain for D, evaluate runs for D-1: it needs the events of the day after.
+# publish runs only when Redis is configured (publish.redis_url or TAGRECALL_REDIS_URL).
+EVALUATES_DAY_BEFORE = "evaluate"
 
 # Steps that run without a Spark session when run alone.
 WITHOUT_SPARK = {"train"}
@@ -88,6 +106,9 @@ STEP_OPTIONS: dict[str, list[tuple[str, dict]]] = {
     "profiles": [("--full", {"action": "store_true",
                              "help": "recompute from every events partition up to --date instead "
                                      "of yesterday's profile + today's events"})],
+    "publish": [("--rollback", {"action": "store_true",
+                                "help": "make the previous published version current again (and the "
+                                        "current one previous); --date is only recorded"})],
 }
 
 
@@ -183,6 +204,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     _common(p)
 
+    p = sub.add_parser("recall", help="a user's recall from the published Redis version (no Spark)")
+    p.add_argument("--user", required=True, help="user_id")
+    p.add_argument("--k", type=int, default=100, help="articles to return (default 100)")
+    p.add_argument("--rows", type=int, default=20, help="articles to print (default 20)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _common(p)
+
+    p = sub.add_parser("report", help="one self-contained HTML page about day D's run")
+    p.add_argument("--date", type=_date_arg, required=True)
+    p.add_argument("--out", help="where to write it (default <warehouse>/_reports/<D>.html)")
+    _common(p)
+
     sub.add_parser("config", help="print the built-in defaults as TOML")
     return parser
 
@@ -197,10 +230,33 @@ def _parse_steps(text: str | None) -> list[str]:
     return [s for s in STEPS if s in wanted]  # always in chain order
 
 
+def _chain_date(step: str, spark, config: Config, date: dt.date) -> tuple[dt.date, str | None]:
+    """The date a step of D's chain runs for, or a reason to skip it."""
+    if step == EVALUATES_DAY_BEFORE:
+        from jobs.common.storage import Warehouse
+
+        before = date - dt.timedelta(days=1)
+        if not Warehouse(spark, config).has_partition("user_top_tags", before.isoformat()):
+            return before, f"no user_top_tags for {before} to evaluate against {date}"
+        return before, None
+    if step == "publish":
+        from jobs.recall import redis_url
+
+        if not redis_url(config):
+            return date, "Redis is not configured (publish.redis_url or TAGRECALL_REDIS_URL)"
+    return date, None
+
+
 def run_chain(spark, config: Config, dates: list[dt.date], steps: list[str]) -> list[dict]:
     reports = []
-    for date in dates:
+    for day in dates:
         for step in steps:
+            date, skip = _chain_date(step, spark, config, day)
+            if skip:
+                log.info("%s %s: skipped: %s", step, date, skip)
+                reports.append({"step": step, "date": date.isoformat(),
+                                "report": {"step": step, "status": "skipped", "reason": skip}})
+                continue
             t0 = time.monotonic()
             log.info("%s %s: starting", step, date)
             report = STEPS[step](spark, config, date)
@@ -375,6 +431,30 @@ def cmd_profile_eval(args) -> int:
     return 0
 
 
+def cmd_recall(args) -> int:
+    from jobs import recall
+
+    if args.k < 1:
+        raise ConfigError(f"--k {args.k}: must be >= 1")
+    config = config_from_args(args)
+    client = recall.connect(config)
+    result = recall.recall(client, args.user, args.k, config.publish.key_prefix)
+    if args.json:
+        print(json.dumps(result.__dict__, indent=2))
+    else:
+        print(recall.format_recall(result, args.rows))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from jobs import report
+
+    config = config_from_args(args)
+    path = report.write(config, args.date, args.out)
+    print(f"report: {path}")
+    return 0
+
+
 def step_main(step: str, argv: list[str] | None = None) -> int:
     """Entry point for spark-submit: the submitter sets the master; we never do."""
     parser = argparse.ArgumentParser(prog=f"tagrecall-{step}")
@@ -402,14 +482,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
     handlers = {"demo": cmd_demo, "generate": cmd_generate, "import-kuairand": cmd_import_kuairand,
-                "run": cmd_run, "profile-eval": cmd_profile_eval, "config": lambda _a: print(defaults_as_toml()) or 0}
+                "run": cmd_run, "profile-eval": cmd_profile_eval,
+                "recall": cmd_recall, "report": cmd_report, "config": lambda _a: print(defaults_as_toml()) or 0}
     handler = handlers.get(args.command, cmd_step)
     try:
         return handler(args)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 2
-    except RuntimeError as exc:
+    except (RuntimeError, LookupError) as exc:
         log.error("%s", exc)
         return 1
 

@@ -131,7 +131,11 @@ RECALL_EVAL = StructType(
     [
         StructField("method", StringType(), False),
         StructField("metric", StringType(), False),
+        StructField("top_n", IntegerType(), False),
+        StructField("k", IntegerType(), True),
         StructField("value", DoubleType(), True),
+        StructField("numerator", DoubleType(), False),
+        StructField("denominator", DoubleType(), False),
     ]
 )
 

@@ -97,3 +97,67 @@ def synthetic_feed(spark, tmp_path_factory):
         index.run(spark, config, day)
         triples.run(spark, config, day)
     return config, base, dates
+
+
+@pytest.fixture(scope="session")
+def exported_feed(spark, synthetic_feed, tmp_path_factory):
+    """A copy of the synthetic feed with user_top_tags (no model: the profile blend) for its
+    last two days: (config, base folder, dates). Tests may add run reports, nothing else."""
+    import shutil
+
+    from jobs import export
+
+    _, src, dates = synthetic_feed
+    base = tmp_path_factory.mktemp("exported")
+    shutil.copytree(src / "warehouse", base / "warehouse")
+    config = load_config(overrides={"storage": {"warehouse": str(base / "warehouse"), "raw": str(src / "raw")}})
+    for day in dates[-2:]:
+        export.run(spark, config, day)
+    return config, base, dates
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """Start a real redis-server on a loopback port: yields a function (password=None) -> URL.
+    Every server started is shut down afterwards."""
+    import shutil
+    import subprocess
+    import time
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server; .ci/run installs it)")
+    procs = []
+
+    def start(password: str | None = None) -> str:
+        import redis
+
+        port = _free_port()
+        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(tmp_path)]
+        if password:
+            args += ["--requirepass", password]
+        procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        client = redis.Redis(port=port, password=password)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError(f"redis-server did not answer on port {port}")
+        return f"redis://127.0.0.1:{port}/0"
+
+    yield start
+    for p in procs:
+        p.terminate()
+        p.wait(timeout=10)

@@ -8,6 +8,7 @@ out of range are refused with a ConfigError naming them.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -156,6 +157,46 @@ class ExportConfig:
         _require(self.candidate_tags >= self.top_n, f"{where}.candidate_tags", "must be >= export.top_n")
 
 
+@dataclass(frozen=True)
+class PublishConfig:
+    # Empty: the TAGRECALL_REDIS_URL environment variable, else publishing is not configured.
+    # redis://host:port/db, or rediss:// for TLS. A password may be given in the URL, but the
+    # environment variable named by password_env is the better place; reports redact both.
+    redis_url: str = ""
+    password_env: str = "TAGRECALL_REDIS_PASSWORD"
+    tls: bool = False
+    # Every key starts with this, so one Redis can serve several feeds.
+    key_prefix: str = "tagrecall"
+    # Commands sent per pipeline round trip.
+    pipeline_size: int = 1000
+    socket_timeout_sec: float = 10.0
+
+    def validate(self, where: str) -> None:
+        _require(bool(self.key_prefix) and ":" not in self.key_prefix, f"{where}.key_prefix",
+                 "must be a non-empty string without ':'")
+        _require(self.pipeline_size > 0, f"{where}.pipeline_size", "must be > 0")
+        _require(self.socket_timeout_sec > 0, f"{where}.socket_timeout_sec", "must be > 0")
+        _require(not self.redis_url or self.redis_url.startswith(("redis://", "rediss://", "unix://")),
+                 f"{where}.redis_url", "must start with redis://, rediss:// or unix://")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    # Tags per user for the tag metrics (click coverage, tagged impressions, tag CTR).
+    top_n: int = 5
+    # Articles the recall returns per user (the served export.top_n tags x tag_index, merged).
+    recall_k: int = 100
+
+    def validate(self, where: str) -> None:
+        _require(self.top_n > 0, f"{where}.top_n", "must be > 0")
+        _require(self.recall_k > 0, f"{where}.recall_k", "must be > 0")
+
+
+def redact_url(url: str) -> str:
+    """``redis://user:secret@host`` -> ``redis://user:***@host``: for logs and reports."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
 def _default_user_features() -> list[str]:
     return ["age", "gender", "city_tier", "device"]
 
@@ -247,6 +288,8 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
 
     def validate(self) -> Config:
@@ -255,7 +298,10 @@ class Config:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every setting, as written into run reports (a password in the Redis URL redacted)."""
+        data = dataclasses.asdict(self)
+        data["publish"]["redis_url"] = redact_url(data["publish"]["redis_url"])
+        return data
 
     def replace(self, **sections: Any) -> Config:
         return dataclasses.replace(self, **sections).validate()

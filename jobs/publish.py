@@ -1,0 +1,200 @@
+"""Publish step: D's ``tag_index`` and ``user_top_tags`` -> Redis, switched in atomically.
+
+1. PING the server first (nothing is read or written when it is down).
+2. Name a new version ``D@<epoch ms>`` and add it to ``p:versions`` before writing, so a
+   publish killed half-way leaves keys that the next publish finds and deletes.
+3. Write every user's tags and every tag's articles as sorted sets from the Spark
+   executors (foreachPartition, one connection per partition, ``publish.pipeline_size``
+   commands per round trip), then the global list for users without tags; count what was
+   written and compare it with the tables. Nothing is switched on a mismatch.
+4. Write the version's meta hash, then in one MULTI/EXEC (under WATCH, so two publishers
+   cannot interleave) set ``p:current`` to the new version and ``p:previous`` to the old.
+5. Delete every other version (meta hash first, so a reader that still holds its name
+   notices and re-reads the pointer).
+
+``--rollback`` swaps ``p:current`` and ``p:previous`` in one transaction (run it again to
+undo). Sorted sets because a reader needs a user's tags in rank order and a tag's articles
+with their scores, in one command each. The key layout is in jobs/recall.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs import export, recall
+from jobs.common.config import Config, redact_url
+from jobs.common.storage import Warehouse
+from jobs.recall import Connection, Keys, RedisUnavailable
+
+log = logging.getLogger(__name__)
+
+STEP = "publish"
+
+
+def _writer(conn: Connection, keys: Keys, version: str, kind: str, batch: int, written, members):
+    """A foreachPartition function writing rows (key, [(member, score)]) as sorted sets."""
+
+    def write(rows) -> None:
+        client = conn.client()
+        pipe = client.pipeline(transaction=False)
+        pending = n_keys = n_members = 0
+        for row in rows:
+            mapping = {m: float(s) for m, s in row["items"]}
+            key = keys.user(version, row["key"]) if kind == "user" else keys.tag(version, row["key"])
+            pipe.zadd(key, mapping)
+            pending += 1
+            if pending >= batch:
+                n_members += sum(pipe.execute())
+                pending = 0
+            n_keys += 1
+        if pending:
+            n_members += sum(pipe.execute())
+        client.close()
+        written.add(n_keys)
+        members.add(n_members)
+
+    return write
+
+
+def _write_sets(spark: SparkSession, df: DataFrame, conn: Connection, keys: Keys, version: str, kind: str,
+                batch: int) -> tuple[int, int]:
+    written, members = spark.sparkContext.accumulator(0), spark.sparkContext.accumulator(0)
+    df.foreachPartition(_writer(conn, keys, version, kind, batch, written, members))
+    return written.value, members.value
+
+
+def delete_version(client, keys: Keys, version: str, batch: int = 1000) -> int:
+    """Every key of ``version``, meta first; returns how many were deleted."""
+    deleted = client.delete(keys.meta(version))
+    chunk: list[str] = []
+    for key in client.scan_iter(match=keys.version_pattern(version), count=batch):
+        chunk.append(key)
+        if len(chunk) >= batch:
+            deleted += client.unlink(*chunk)
+            chunk = []
+    if chunk:
+        deleted += client.unlink(*chunk)
+    client.srem(keys.versions, version)
+    return deleted
+
+
+def switch(client, keys: Keys, version: str) -> str | None:
+    """Make ``version`` current and the old current previous, atomically; returns the old one."""
+    import redis
+
+    with client.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(keys.current)
+                old = pipe.get(keys.current)
+                pipe.multi()
+                pipe.set(keys.current, version)
+                if old and old != version:
+                    pipe.set(keys.previous, old)
+                pipe.execute()
+                return old
+            except redis.WatchError:
+                continue  # another publisher switched in between: read the pointer again
+
+
+def rollback(client, keys: Keys) -> tuple[str, str]:
+    """Swap current and previous atomically; returns (now current, now previous)."""
+    import redis
+
+    with client.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(keys.current, keys.previous)
+                cur, prev = pipe.get(keys.current), pipe.get(keys.previous)
+                if not prev or not pipe.exists(keys.meta(prev)):
+                    raise RuntimeError("nothing to roll back to: no previous version is kept in Redis "
+                                       f"(current: {cur or 'none'})")
+                pipe.multi()
+                pipe.set(keys.current, prev)
+                pipe.set(keys.previous, cur)
+                pipe.execute()
+                return prev, cur
+            except redis.WatchError:
+                continue
+
+
+def run(spark: SparkSession | None, config: Config, date: dt.date, rollback_only: bool = False) -> dict:
+    import redis
+
+    started = time.monotonic()
+    day = date.isoformat()
+    conn = recall.connection(config)
+    keys = Keys(config.publish.key_prefix)
+    client = recall.connect(config)
+    where = redact_url(conn.url)
+    try:
+        if rollback_only:
+            now, before = rollback(client, keys)
+            log.warning("publish: rolled back %s to %s on %s", before, now, where)
+            return {"step": STEP, "date": day, "status": "rolled back", "current": now, "previous": before,
+                    "redis": where}
+        wh = Warehouse(spark, config)
+        users = (wh.read_partition("user_top_tags", day)
+                 .groupBy(F.col("user_id").alias("key"))
+                 .agg(F.collect_list(F.struct("tag", F.col("rank").cast("double"))).alias("items")))
+        tags = (wh.read_partition("tag_index", day)
+                .groupBy(F.col("tag").alias("key")).agg(F.collect_list(F.struct("article_id", "score")).alias("items")))
+        expected = {"users": users.count(), "tags": tags.count(),
+                    "user_members": wh.read_partition("user_top_tags", day).count(),
+                    "tag_members": wh.read_partition("tag_index", day).count()}
+        fallback = export.global_tags(wh.read_partition("tag_stats", day), config.export.top_n)
+        model_version = (wh.read_partition("user_top_tags", day).select("model_version").limit(1).collect()
+                         or [{"model_version": ""}])[0]["model_version"]
+
+        version = f"{day}@{int(time.time() * 1000)}"
+        client.sadd(keys.versions, version)
+        batch = config.publish.pipeline_size
+        log.info("publish %s: writing version %s to %s", day, version, where)
+        t0 = time.monotonic()
+        n_users, user_members = _write_sets(spark, users, conn, keys, version, "user", batch)
+        n_tags, tag_members = _write_sets(spark, tags, conn, keys, version, "tag", batch)
+        if fallback:
+            client.zadd(keys.global_tags(version), {t: float(i + 1) for i, t in enumerate(fallback)})
+        write_sec = time.monotonic() - t0
+        got = {"users": n_users, "tags": n_tags, "user_members": user_members, "tag_members": tag_members}
+        if got != expected:
+            delete_version(client, keys, version)
+            raise RuntimeError(f"publish {day}: Redis received {got} but the tables hold {expected}; "
+                               f"version {version} was deleted and {keys.current} left as it was")
+        client.hset(keys.meta(version), mapping={
+            "date": day, "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "model_version": model_version, "global_tags": len(fallback), **{k: str(v) for k, v in got.items()}})
+        old = switch(client, keys, version)
+        kept = {version, old} - {None}
+        stale = sorted(set(client.smembers(keys.versions)) - kept)
+        deleted = {v: delete_version(client, keys, v) for v in stale}
+    except redis.RedisError as exc:
+        raise RedisUnavailable(f"publish {day}: Redis at {where} failed: {exc}. {keys.current} still names "
+                               "the last complete version; re-run the step when Redis is back") from None
+    finally:
+        client.close()
+    members = got["user_members"] + got["tag_members"] + len(fallback)
+    report = {"step": STEP, "date": day, "status": "succeeded", "redis": where, "version": version,
+              "previous": old, "deleted_versions": deleted, "written": got, "global_tags": fallback,
+              "model_version": model_version, "members_per_sec": round(members / write_sec) if write_sec else None,
+              "seconds": round(time.monotonic() - started, 3), "config": config.to_dict()}
+    wh.write_run_report(STEP, day, report)
+    log.info("publish %s: %s is current (%d users, %d tags, %d members in %.1fs); previous %s; deleted %s",
+             day, version, n_users, n_tags, members, write_sec, old, list(deleted) or "none")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """spark-submit entry point: ``spark-submit jobs/publish.py --date D [--rollback]``."""
+    from jobs.cli import step_main
+
+    return step_main(STEP, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

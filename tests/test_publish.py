@@ -1,0 +1,219 @@
+"""Publish to a real redis-server (started by the tests on loopback), and recall from it."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from jobs.common.config import load_config
+
+redis = pytest.importorskip("redis")
+
+from jobs import publish, recall  # noqa: E402
+
+
+def _config(base: Path, url: str, **publish_settings):
+    return load_config(overrides={"storage": {"warehouse": str(base / "warehouse")},
+                                  "publish": {"redis_url": url, **publish_settings}})
+
+
+def _pd(base: Path, name: str, day: str) -> pd.DataFrame:
+    return pd.read_parquet(base / "warehouse" / name / f"dt={day}")
+
+
+def _expected_tags(base: Path, day: str) -> dict[str, list[tuple[str, int]]]:
+    top = _pd(base, "user_top_tags", day).sort_values(["user_id", "rank"])
+    return {u: list(zip(g.tag, g["rank"].astype(int), strict=True)) for u, g in top.groupby("user_id")}
+
+
+def _expected_recall(base: Path, day: str, tags: list[tuple[str, int]], k: int) -> list[str]:
+    """The README's merge, computed here from the tables: sum over the user's tags of
+    score(tag, article) / log2(1 + rank), best first, ties by article_id."""
+    index = _pd(base, "tag_index", day)
+    total: dict[str, float] = {}
+    for tag, rank in tags:
+        for article, score in index[index.tag == tag][["article_id", "score"]].itertuples(index=False):
+            total[article] = total.get(article, 0.0) + score / math.log2(1 + rank)
+    return sorted(total, key=lambda a: (-round(total[a], 9), a))[:k]
+
+
+def _files(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and "_runs" not in p.parts}
+
+
+def test_publish_loads_every_row_and_recall_merges_as_documented(spark, exported_feed, redis_server):
+    _, base, dates = exported_feed
+    day = dates[-1].isoformat()
+    config = _config(base, redis_server())
+    report = publish.run(spark, config, dates[-1])
+    client = recall.connect(config)
+    keys = recall.Keys(config.publish.key_prefix)
+    version = client.get(keys.current)
+    assert version == report["version"] and version.startswith(day + "@")
+
+    expected = _expected_tags(base, day)
+    assert report["written"]["users"] == len(expected)
+    for user in list(expected)[:50]:
+        got = [(t, int(r)) for t, r in client.zrange(keys.user(version, user), 0, -1, withscores=True)]
+        assert got == expected[user]
+    index = _pd(base, "tag_index", day)
+    for tag, group in list(index.groupby("tag"))[:20]:
+        stored = dict(client.zrange(keys.tag(version, tag), 0, -1, withscores=True))
+        assert stored == pytest.approx(dict(zip(group.article_id, group.score, strict=True)), rel=1e-12)
+
+    # The recall of a user with tags, merged by the documented score.
+    user = max(expected, key=lambda u: len(expected[u]))
+    got = recall.recall(client, user, k=30, prefix=config.publish.key_prefix)
+    assert got.source == "user" and got.tags == expected[user]
+    assert [a for a, _, _ in got.articles] == _expected_recall(base, day, expected[user], 30)
+    # A user the export never saw gets the global list: the most clicked tags of tag_stats.
+    stats = _pd(base, "tag_stats", day).sort_values(["clicks", "tag"], ascending=[False, True])
+    stranger = recall.recall(client, "no-such-user", k=10, prefix=config.publish.key_prefix)
+    assert stranger.source == "global"
+    assert [t for t, _ in stranger.tags] == list(stats.tag[:config.export.top_n])
+
+
+def test_spark_evaluation_recalls_what_the_online_recall_returns(spark, exported_feed, redis_server):
+    from pyspark.sql import functions as F
+
+    from jobs import evaluate
+    from jobs.common.storage import Warehouse
+
+    _, base, dates = exported_feed
+    day = dates[-1].isoformat()
+    config = _config(base, redis_server())
+    publish.run(spark, config, dates[-1])
+    client = recall.connect(config)
+    wh = Warehouse(spark, config)
+    users = sorted(_expected_tags(base, day))[:40]
+    lists = wh.read_partition("user_top_tags", day).where(F.col("user_id").isin(users)).select("user_id", "tag", "rank")
+    spark_side = evaluate.recalled(lists, wh.read_partition("tag_index", day), 50).toPandas()
+    for user in users:
+        online = recall.recall(client, user, k=50, prefix=config.publish.key_prefix)
+        mine = spark_side[spark_side.user_id == user].sort_values("position")
+        assert [a for a, _, _ in online.articles] == list(mine.article_id)
+        assert [s for _, s, _ in online.articles] == pytest.approx(list(mine.score), rel=1e-12)
+
+
+def test_readers_see_one_whole_version_during_the_switch_and_rollback_restores(spark, exported_feed, redis_server):
+    _, base, dates = exported_feed
+    day_a, day_b = dates[-2].isoformat(), dates[-1].isoformat()
+    config = _config(base, redis_server(), pipeline_size=7)  # many round trips: a long write
+    expected = {day_a: _expected_tags(base, day_a), day_b: _expected_tags(base, day_b)}
+    users = sorted(set(expected[day_a]) & set(expected[day_b]))
+    users = [u for u in users if expected[day_a][u] != expected[day_b][u]][:25]
+    assert len(users) >= 10, "the two days must differ for this test to mean anything"
+    publish.run(spark, config, dates[-2])
+
+    seen: list[tuple[str, str, list]] = []
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def reader():
+        client = recall.connect(config)
+        try:
+            while not stop.is_set():
+                for u in users:
+                    r = recall.recall(client, u, k=5, prefix=config.publish.key_prefix)
+                    seen.append((r.date, u, r.tags))
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        publish.run(spark, config, dates[-1])
+        while not any(d == day_b for d, _, _ in seen[-len(users):]) and not errors:
+            stop.wait(0.05)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not errors, errors
+    assert {d for d, _, _ in seen} == {day_a, day_b}
+    mixed = [(d, u) for d, u, tags in seen if tags != expected[d][u]]
+    assert not mixed, f"{len(mixed)} reads mixed two versions, e.g. {mixed[:3]}"
+
+    client = recall.connect(config)
+    keys = recall.Keys(config.publish.key_prefix)
+    u = users[0]
+    back = publish.run(spark, config, dates[-1], rollback_only=True)
+    assert back["current"].startswith(day_a)
+    assert recall.recall(client, u, prefix=config.publish.key_prefix).tags == expected[day_a][u]
+    publish.run(spark, config, dates[-1], rollback_only=True)  # and forward again
+    assert recall.recall(client, u, prefix=config.publish.key_prefix).tags == expected[day_b][u]
+    # A third publish keeps one version back and deletes the rest, keys included.
+    oldest = client.get(keys.previous)
+    third = publish.run(spark, config, dates[-1])
+    assert oldest in third["deleted_versions"]
+    assert not list(client.scan_iter(match=keys.version_pattern(oldest)))
+    assert set(client.smembers(keys.versions)) == {third["version"], third["previous"]}
+
+
+def test_a_publish_that_died_half_way_is_never_current_and_is_cleaned_up(spark, exported_feed, redis_server):
+    _, base, dates = exported_feed
+    config = _config(base, redis_server())
+    first = publish.run(spark, config, dates[-2])
+    client = recall.connect(config)
+    keys = recall.Keys(config.publish.key_prefix)
+    # What a publish killed during its writes leaves behind: a registered version with some
+    # keys, no meta, and the pointer untouched.
+    dead = f"{dates[-1]}@1"
+    client.sadd(keys.versions, dead)
+    client.zadd(keys.user(dead, "u0000001"), {"t001": 1.0})
+    assert client.get(keys.current) == first["version"]
+    second = publish.run(spark, config, dates[-1])
+    assert dead in second["deleted_versions"]
+    assert not list(client.scan_iter(match=keys.version_pattern(dead)))
+    assert client.get(keys.current) == second["version"]
+
+
+def test_redis_down_is_a_clear_error_and_the_tables_stay_intact(spark, exported_feed, tmp_path):
+    import socket
+
+    _, base, dates = exported_feed
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = _config(base, f"redis://:topsecret@127.0.0.1:{port}/0")
+    before = _files(base / "warehouse")
+    with pytest.raises(recall.RedisUnavailable) as err:
+        publish.run(spark, config, dates[-1])
+    message = str(err.value)
+    assert f"cannot reach Redis at redis://:***@127.0.0.1:{port}/0" in message
+    assert "topsecret" not in message
+    assert _files(base / "warehouse") == before
+
+
+def test_password_from_the_environment_never_reaches_reports_or_logs(spark, exported_feed, redis_server,
+                                                                    monkeypatch, caplog):
+    _, base, dates = exported_feed
+    secret = "pw-Zq81-never-print"
+    url = redis_server(password=secret)
+    monkeypatch.setenv("TAGRECALL_REDIS_PASSWORD", "bad-Pw-77")
+    with pytest.raises(recall.RedisUnavailable, match="refused the credentials") as err:
+        publish.run(spark, _config(base, url), dates[-1])
+    assert "bad-Pw-77" not in str(err.value)
+    monkeypatch.setenv("TAGRECALL_REDIS_PASSWORD", secret)
+    caplog.set_level("DEBUG")
+    report = publish.run(spark, _config(base, url), dates[-1])
+    assert report["status"] == "succeeded"
+    written = (base / "warehouse" / "_runs" / "publish" / f"{dates[-1]}.json").read_text()
+    assert secret not in written and secret not in caplog.text and secret not in repr(recall.connection(
+        _config(base, url)))
+    # A password given in the URL is redacted in the report too.
+    with_url = _config(base, url.replace("redis://", f"redis://:{secret}@"))
+    publish.run(spark, with_url, dates[-1])
+    written = (base / "warehouse" / "_runs" / "publish" / f"{dates[-1]}.json").read_text()
+    assert secret not in written and "redis://:***@127.0.0.1" in written
+
+
+def test_recall_before_anything_is_published_says_what_to_do(redis_server, tmp_path):
+    config = _config(tmp_path, redis_server())
+    with pytest.raises(LookupError, match="tagrecall publish --date D"):
+        recall.recall(recall.connect(config), "u1", prefix=config.publish.key_prefix)
