@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= test,delta,bench,model
 
-.PHONY: setup java demo test lint bench dist clean
+.PHONY: setup java redis demo test lint bench dist clean
 
 setup: java $(VENV)/.installed
 
@@ -31,10 +31,22 @@ java:
 		exit 1; \
 	fi
 
+# The publish tests start their own redis-server on a loopback port.
+redis:
+	@if command -v redis-server >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+		echo "redis-server not found; installing Debian's redis-server with apt (the publish tests start one)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
+		systemctl disable --now redis-server >/dev/null 2>&1 || true; \
+	else \
+		echo "redis-server not found: the publish tests will be skipped."; \
+		echo "Install it, e.g. 'sudo apt-get install redis-server' or 'brew install redis'."; \
+	fi
+
 demo: setup
 	$(BIN)/tagrecall demo
 
-test: setup
+test: setup redis
 	$(BIN)/python -m pytest
 
 lint: setup

@@ -5,7 +5,10 @@ functions that spark-submit and Airflow call.
     tagrecall generate --raw DIR --start D --days N [--users --articles --tags --seed --bad-rate]
     tagrecall import-kuairand --src DIR --raw DIR
     tagrecall run --date D [--until D2] [--steps a,b,...]
-    tagrecall ingest|profiles|index|triples|train|export --date D  (profiles: [--full])
+    tagrecall ingest|profiles|index|triples|train|export|publish|evaluate --date D
+              (profiles: [--full]; publish: [--rollback])
+    tagrecall recall --user U [--k 100]     a user's recall from Redis
+    tagrecall report --date D [--out FILE]  one HTML page about day D's run
     tagrecall profile-eval --date D [--until D2] [--top-n 1,3,5]
     tagrecall config                    print the built-in defaults as TOML
 
@@ -334,6 +337,27 @@ def _summarise_training(reports: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _summarise_publish_and_evaluate(reports: list[dict]) -> str:
+    from jobs.evaluate import format_eval
+
+    lines = []
+    published = [r for r in reports if r["step"] == "publish"]
+    if published and published[-1]["report"]["status"] == "succeeded":
+        rep = published[-1]["report"]
+        lines.append(f"\npublish {rep['date']}: version {rep['version']} is current in {rep['redis']} "
+                     f"({rep['written']['users']:,} users, {rep['written']['tags']:,} tags); "
+                     f"try `tagrecall recall --user <id>`")
+    elif published:
+        lines.append(f"\npublish: skipped ({published[-1]['report']['reason']})")
+    for r in reports:
+        rep = r["report"]
+        if r["step"] == "evaluate" and rep["status"] == "succeeded":
+            lines.append(f"\nrecall of {rep['date']} against the behaviour of {rep['against']} "
+                         f"(model {rep['model_version']}):")
+            lines.append(format_eval(rep["rows"]))
+    return "\n".join(lines)
+
+
 def cmd_demo(args) -> int:
     from jobs.synthetic import FeedParams, generate
 
@@ -349,10 +373,11 @@ def cmd_demo(args) -> int:
     generate(config.storage.raw, args.start, args.days, params, config.time.timezone)
     dates = list(date_range(args.start, args.start + dt.timedelta(days=args.days - 1)))
     spark = _session(config, "tagrecall-demo")
-    # The model is trained once, on the last day (its window covers the week); the steps
-    # before it run every day.
-    daily = [s for s in STEPS if s not in ("train", "export")]
-    reports = run_chain(spark, config, dates[:-1], daily) + run_chain(spark, config, dates[-1:], list(STEPS))
+    # The data steps run every day; the model is trained (and the tags exported) on the last
+    # two days only, to save time: the day before last gets evaluated against the last day,
+    # and the last day's model passes the gate against the first one's.
+    daily = [s for s in STEPS if s in ("ingest", "profiles", "index", "triples")]
+    reports = run_chain(spark, config, dates[:-2], daily) + run_chain(spark, config, dates[-2:], list(STEPS))
     print(_summarise_ingest(reports, config))
     print(_summarise_profiles_and_index(reports))
     from jobs import profile_eval
@@ -363,6 +388,11 @@ def cmd_demo(args) -> int:
     truth = Path(config.storage.raw) / "_truth"
     print(profile_eval.format_recovery(profile_eval.planted_recovery(spark, config, dates[-1], truth)))
     print(_summarise_training(reports))
+    print(_summarise_publish_and_evaluate(reports))
+    from jobs import report
+
+    path = report.write(config, dates[-1], spark=spark)
+    print(f"\nreport: {path}")
     return 0
 
 
@@ -400,8 +430,16 @@ def cmd_run(args) -> int:
 
 def cmd_step(args) -> int:
     config = config_from_args(args)
-    spark = None if args.command in WITHOUT_SPARK else _session(config, f"tagrecall-{args.command}")
+    no_spark = args.command in WITHOUT_SPARK or getattr(args, "rollback", False)
+    spark = None if no_spark else _session(config, f"tagrecall-{args.command}")
     report = STEPS[args.command](spark, config, args.date, **_step_kwargs(args, args.command))
+    if args.command == "evaluate":
+        from jobs.evaluate import format_eval
+
+        print(f"recall of {report['date']} against the behaviour of {report['against']} "
+              f"(model {report['model_version']}):")
+        print(format_eval(report["rows"]))
+        return 0
     print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=2, default=str))
     return 0
 

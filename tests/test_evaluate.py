@@ -1,0 +1,128 @@
+"""The evaluate step against the same metrics computed here with pandas, and the report."""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+import shutil
+
+import pandas as pd
+import pytest
+
+from jobs.common.config import load_config
+
+
+@pytest.fixture(scope="module")
+def evaluated(spark, exported_feed, tmp_path_factory):
+    from jobs import evaluate
+
+    _, src, dates = exported_feed
+    base = tmp_path_factory.mktemp("evaluated")
+    shutil.copytree(src / "warehouse", base / "warehouse")
+    config = load_config(overrides={"storage": {"warehouse": str(base / "warehouse")},
+                                    "evaluate": {"top_n": 3, "recall_k": 40}})
+    report = evaluate.run(spark, config, dates[-2])
+    return config, base, dates, report
+
+
+def _pd(base, name, day):
+    return pd.read_parquet(base / "warehouse" / name / f"dt={day}")
+
+
+def _by_hand(base, config, day, nxt, method):
+    """The four metrics of ``method`` (export, long or global) from the tables, in pandas."""
+    events = _pd(base, "events", nxt)
+    events = events[events.event_type.isin(["impression", "click"])]
+    art = _pd(base, "articles", nxt)
+    tags_of = {a: {t["tag"] for t in ts} for a, ts in zip(art.article_id, art.tags, strict=True)}
+    stats = _pd(base, "tag_stats", day).sort_values(["clicks", "tag"], ascending=[False, True])
+    n_max = max(config.export.top_n, config.evaluate.top_n)
+    global_tags = list(stats.tag[:n_max])
+    if method == "export":
+        top = _pd(base, "user_top_tags", day).sort_values(["user_id", "rank"])
+        own = {u: list(g.tag) for u, g in top.groupby("user_id")}
+    elif method == "long":
+        prof = _pd(base, "user_tag_profile", day)
+        prof = prof[prof.long_weight > 0].sort_values(["user_id", "long_weight", "tag"], ascending=[True, False, True])
+        own = {u: list(g.tag[:n_max]) for u, g in prof.groupby("user_id")}
+    else:
+        own = {}
+
+    def tags(user, n):
+        mine = own.get(user, [])[:n]
+        return (mine + [t for t in global_tags if t not in mine])[:n]
+
+    index = _pd(base, "tag_index", day)
+    lists = {t: list(zip(g.article_id, g.score, strict=True)) for t, g in index.groupby("tag")}
+
+    def recalled(user):
+        total = {}
+        for rank, tag in enumerate(tags(user, config.export.top_n), 1):
+            for article, score in lists.get(tag, []):
+                total[article] = total.get(article, 0.0) + score / math.log2(1 + rank)
+        return set(sorted(total, key=lambda a: (-round(total[a], 9), a))[:config.evaluate.recall_k])
+
+    tagged = [bool(tags_of.get(a, set()) & set(tags(u, config.evaluate.top_n)))
+              for u, a in zip(events.user_id, events.article_id, strict=True)]
+    events = events.assign(tagged=tagged)
+    clicks, imps = events[events.event_type == "click"], events[events.event_type == "impression"]
+    pairs = clicks[["user_id", "article_id"]].drop_duplicates()
+    found = {u: recalled(u) for u in pairs.user_id.unique()}
+    hit_pairs = sum(a in found[u] for u, a in zip(pairs.user_id, pairs.article_id, strict=True))
+    return {"recall_at_k": hit_pairs / len(pairs), "click_coverage": clicks.tagged.mean(),
+            "tagged_impressions": imps.tagged.mean(), "tag_ctr": clicks.tagged.sum() / imps.tagged.sum()}
+
+
+@pytest.mark.parametrize("method", ["export", "long", "global"])
+def test_metrics_equal_a_pandas_computation_from_the_tables(evaluated, method):
+    config, base, dates, report = evaluated
+    day, nxt = dates[-2].isoformat(), dates[-1].isoformat()
+    table = _pd(base, "recall_eval", day)
+    got = {r.metric: r.value for r in table[table.method == method].itertuples()}
+    assert got == pytest.approx(_by_hand(base, config, day, nxt, method), rel=1e-12)
+    row = table[(table.method == method) & (table.metric == "recall_at_k")].iloc[0]
+    assert (row.top_n, row.k) == (config.export.top_n, config.evaluate.recall_k)
+
+
+def test_every_method_and_the_reference_ctr_are_written_once(evaluated):
+    config, base, dates, report = evaluated
+    table = _pd(base, "recall_eval", dates[-2].isoformat())
+    assert sorted(table.method.unique()) == ["all", "blend", "export", "global", "long", "short"]
+    assert not table.duplicated(["method", "metric"]).any()
+    assert ((table.numerator <= table.denominator) | (table.metric == "ctr")).all()
+    assert report["against"] == dates[-1].isoformat()
+
+
+def test_a_rerun_writes_the_same_table(spark, evaluated):
+    from jobs import evaluate
+
+    config, base, dates, _ = evaluated
+    day = dates[-2].isoformat()
+    before = _pd(base, "recall_eval", day).sort_values(["method", "metric"]).reset_index(drop=True)
+    evaluate.run(spark, config, dates[-2])
+    after = _pd(base, "recall_eval", day).sort_values(["method", "metric"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(before, after)
+
+
+def test_without_the_next_days_events_it_says_so(spark, evaluated):
+    from jobs import evaluate
+    from jobs.common.storage import MissingPartitionError
+
+    config, _, dates, _ = evaluated
+    with pytest.raises(MissingPartitionError, match="needs the events of the next day"):
+        evaluate.run(spark, config, dates[-1])
+
+
+def test_the_report_is_one_self_contained_page(spark, evaluated, tmp_path):
+    from jobs import report
+
+    config, base, dates, _ = evaluated
+    path = report.write(config, dates[-1], str(tmp_path / "r.html"), spark=spark)
+    page = path.read_text()
+    for heading in ("The run of", "Ingest: rows and rejects", "Recall evaluation", "Profiles and tags"):
+        assert heading in page
+    assert not re.search(r"(src|href)=[\"'](?!data:)", page), "everything must be embedded"
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) >= 5
+    assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
