@@ -4,9 +4,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= test,delta,bench,model
+EXTRAS ?= test,delta,bench,model,airflow
 
-.PHONY: setup java redis demo test lint bench dist clean
+.PHONY: setup java redis demo test lint bench dist airflow clean
 
 setup: java $(VENV)/.installed
 
@@ -56,6 +56,8 @@ bench: setup
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/profiles.py --no-final-full
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/publish.py
+	$(BIN)/python bench/export.py
 
 # The project's pure-Python code as one zip for spark-submit --py-files.
 dist: setup
@@ -64,5 +66,17 @@ dist: setup
 	$(BIN)/python -m zipfile -c dist/tagrecall.zip jobs models schemas
 	@echo "dist/tagrecall.zip"
 
+# Airflow (standalone: scheduler, API server and UI on http://localhost:8080, SQLite) with
+# tagrecall's DAGs, a local Spark connection and the warehouse in airflow-data/. Local use
+# only: every visitor of the UI is an admin.
+AIRFLOW_HOME ?= $(CURDIR)/airflow-home
+airflow: setup dist
+	@mkdir -p $(AIRFLOW_HOME) airflow-data
+	AIRFLOW_HOME=$(AIRFLOW_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True \
+	AIRFLOW_CONN_TAGRECALL_SPARK='{"conn_type": "spark", "host": "local[*]"}' \
+	PATH=$(CURDIR)/$(BIN):$$PATH PYSPARK_PYTHON=$(CURDIR)/$(BIN)/python \
+	$(BIN)/airflow standalone
+
 clean:
-	rm -rf $(VENV) dist build demo *.egg-info .pytest_cache
+	rm -rf $(VENV) dist build demo airflow-home airflow-data *.egg-info .pytest_cache

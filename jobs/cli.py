@@ -74,15 +74,34 @@ def _export(spark, config, date):
     return export.run(spark, config, date)
 
 
-def _publish(spark, config, date, rollback=False):
-    from jobs import publish
+def _skipped(spark, config, step: str, date, reason: str) -> dict:
+    from jobs.common.storage import Warehouse
 
+    report = {"step": step, "date": date.isoformat(), "status": "skipped", "reason": reason}
+    Warehouse(spark, config).write_run_report(step, date.isoformat(), report)
+    log.info("%s %s: skipped: %s", step, date, reason)
+    return report
+
+
+def _publish(spark, config, date, rollback=False, if_configured=False):
+    from jobs import publish
+    from jobs.recall import redis_url
+
+    if if_configured and not redis_url(config):
+        return _skipped(spark, config, "publish", date, "Redis is not configured (publish.redis_url or TAGRECALL_REDIS_URL)")
     return publish.run(spark, config, date, rollback_only=rollback)
 
 
-def _evaluate(spark, config, date):
+def _evaluate(spark, config, date, if_ready=False):
     from jobs import evaluate
+    from jobs.common.storage import Warehouse
 
+    if if_ready:
+        wh, nxt = Warehouse(spark, config), (date + dt.timedelta(days=1)).isoformat()
+        missing = [f"{t} of {d}" for t, d in (("user_top_tags", date.isoformat()), ("events", nxt))
+                   if not wh.has_partition(t, d)]
+        if missing:
+            return _skipped(spark, config, "evaluate", date, f"no {' and no '.join(missing)}")
     return evaluate.run(spark, config, date)
 
 
@@ -111,7 +130,12 @@ STEP_OPTIONS: dict[str, list[tuple[str, dict]]] = {
                                      "of yesterday's profile + today's events"})],
     "publish": [("--rollback", {"action": "store_true",
                                 "help": "make the previous published version current again (and the "
-                                        "current one previous); --date is only recorded"})],
+                                        "current one previous); --date is only recorded"}),
+                ("--if-configured", {"action": "store_true",
+                                     "help": "succeed with a 'skipped' run report when no Redis is configured"})],
+    "evaluate": [("--if-ready", {"action": "store_true",
+                                 "help": "succeed with a 'skipped' run report when D has no user_top_tags "
+                                         "or D+1 no events yet"})],
 }
 
 
@@ -144,7 +168,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         overrides["storage"] = storage
     if args.master:
         overrides["spark"] = {"master": args.master}
-    return load_config(args.config, overrides=overrides, assignments=args.set)
+    return load_config(args.config or None, overrides=overrides, assignments=args.set)
 
 
 def _date_arg(text: str) -> dt.date:

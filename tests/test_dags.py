@@ -1,0 +1,173 @@
+"""The Airflow DAG: its shape, a real `airflow dags test` run with SparkSubmitOperator, and
+the same jobs submitted to a real Spark standalone cluster; all give the tables that
+`tagrecall run` gives."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("airflow", reason="the airflow extra is not installed (pip install -e '.[airflow]')")
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DAY1, DAY2 = "2026-09-01", "2026-09-02"
+COMPARED = ("events", "rejected", "articles", "users", "user_tag_profile", "tag_index", "tag_stats",
+            "training_triples", "user_top_tags")
+STEPS = ("ingest", "profiles", "index", "triples", "export")
+
+
+def _env(**extra) -> dict:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYSPARK_PYTHON": sys.executable,
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False", **extra}
+
+
+def _run(args, timeout=900, **env):
+    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=_env(**env))
+    assert done.returncode == 0, f"{args[:3]} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    return done
+
+
+def _dist(path: Path) -> Path:
+    """What `make dist` builds: the packages as one zip for --py-files."""
+    with zipfile.ZipFile(path, "w") as z:
+        for pkg in ("jobs", "models", "schemas"):
+            for f in sorted((REPO / pkg).rglob("*")):
+                if f.is_file() and "__pycache__" not in f.parts:
+                    z.write(f, f.relative_to(REPO))
+    return path
+
+
+def _table(wh: Path, name: str, day: str) -> pd.DataFrame:
+    df = pd.read_parquet(wh / name / f"dt={day}")
+    df = df.drop(columns=[c for c in ("model_version",) if c in df.columns])
+    for c in df.columns:
+        if df[c].map(lambda v: isinstance(v, list | tuple | dict) or hasattr(v, "tolist")).any():
+            df[c] = df[c].map(lambda v: json.dumps(v.tolist() if hasattr(v, "tolist") else v, default=str,
+                                                   sort_keys=True))
+    return df.sort_values(list(df.columns)).reset_index(drop=True)
+
+
+def _assert_same_tables(a: Path, b: Path, day: str) -> None:
+    for name in COMPARED:
+        left, right = _table(a, name, day), _table(b, name, day)
+        assert len(left) == len(right), f"{name}: {len(left)} rows vs {len(right)}"
+        pd.testing.assert_frame_equal(left, right, check_exact=False, rtol=1e-9, obj=name)
+
+
+@pytest.fixture(scope="module")
+def two_days(tmp_path_factory):
+    """Two generated days; day 1 run with `tagrecall run` (the state a daily run starts from)."""
+    base = tmp_path_factory.mktemp("dagfeed")
+    tagrecall = BIN / "tagrecall"
+    _run([tagrecall, "generate", "--raw", base / "raw", "--start", DAY1, "--days", "2", "--users", "300",
+          "--articles", "400", "--bad-rate", "0.01"])
+    _run([tagrecall, "run", "--date", DAY1, "--raw", base / "raw", "--warehouse", base / "day1", "--master", "local[2]"])
+    local = base / "local"
+    shutil.copytree(base / "day1", local)
+    _run([tagrecall, "run", "--date", DAY2, "--raw", base / "raw", "--warehouse", local, "--master", "local[2]"])
+    return base, _dist(base / "tagrecall.zip")
+
+
+def test_dag_parses_fast_without_heavy_imports_and_has_the_chain():
+    probe = ("import sys, time; t = time.perf_counter(); import runpy; "
+             "runpy.run_path('dags/tagrecall_daily.py'); "
+             "heavy = [m for m in ('tensorflow', 'keras', 'pyspark', 'jobs', 'models') if m in sys.modules]; "
+             "print(time.perf_counter() - t, heavy)")
+    out = _run([sys.executable, "-c", probe], timeout=120).stdout.strip().splitlines()[-1]
+    seconds, heavy = out.split(" ", 1)
+    assert heavy == "[]", f"the DAG file imported {heavy} at parse time"
+    print(f"DAG file parse: {float(seconds):.2f}s (including importing Airflow)")
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.import_errors == {}
+    dag = bag.dags["tagrecall_daily"]
+    chain = ["ingest", "profiles", "index", "triples", "train", "export", "publish", "evaluate"]
+    assert {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks} == {
+        a: ([b] if b else []) for a, b in zip(chain, [*chain[1:], None], strict=True)}
+    assert all(t.retries >= 1 and t.retry_delay.total_seconds() > 0 for t in dag.tasks)
+    assert dag.get_task("profiles").depends_on_past and dag.max_active_runs == 1
+    assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
+    assert dag.doc_md and "data_interval_start" in dag.doc_md and "tagrecall" in dag.tags
+    spark_tasks = [t for t in dag.tasks if t.task_id != "train"]
+    assert all(type(t).__name__ == "SparkSubmitOperator" for t in spark_tasks)
+
+
+@pytest.mark.slow
+def test_airflow_dags_test_writes_what_tagrecall_run_writes(two_days, tmp_path):
+    base, dist = two_days
+    airflow_home = tmp_path / "airflow"
+    wh = tmp_path / "warehouse"
+    shutil.copytree(base / "day1", wh)
+    env = {"AIRFLOW_HOME": str(airflow_home), "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+           "AIRFLOW_CONN_TAGRECALL_SPARK": json.dumps({"conn_type": "spark", "host": "local[2]"}),
+           "AIRFLOW_VAR_TAGRECALL_WAREHOUSE": str(wh), "AIRFLOW_VAR_TAGRECALL_RAW": str(base / "raw"),
+           "AIRFLOW_VAR_TAGRECALL_PY_FILES": str(dist)}
+    _run([BIN / "airflow", "db", "migrate"], **env)
+    # A manual run at DAY2 + 1 day covers the interval [DAY2, DAY2 + 1 day): D = DAY2.
+    started = time.monotonic()
+    done = _run([BIN / "airflow", "dags", "test", "tagrecall_daily", "2026-09-03"], timeout=1500, **env)
+    print(f"airflow dags test: {time.monotonic() - started:.0f}s")
+    assert "DagRun Finished" in done.stdout + done.stderr
+    _assert_same_tables(base / "local", wh, DAY2)
+    runs = wh / "_runs"
+    assert json.loads((runs / "publish" / f"{DAY2}.json").read_text())["status"] == "skipped"
+    evaluated = json.loads((runs / "evaluate" / f"{DAY1}.json").read_text())
+    assert evaluated["status"] in ("succeeded", "skipped")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_jobs_on_a_standalone_cluster_write_what_local_mode_writes(two_days, tmp_path):
+    import pyspark
+
+    base, dist = two_days
+    spark_home = Path(pyspark.__file__).parent
+    port, ui = _free_port(), _free_port()
+    env = _env(SPARK_HOME=str(spark_home), SPARK_LOCAL_IP="127.0.0.1", SPARK_LOG_DIR=str(tmp_path / "logs"),
+               SPARK_WORKER_DIR=str(tmp_path / "work"))
+    master_url = f"spark://127.0.0.1:{port}"
+    daemons = []
+    try:
+        for args in (["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
+                      "--webui-port", str(ui)],
+                     ["org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", "2",
+                      "--memory", "3g", "--webui-port", str(_free_port()), master_url]):
+            daemons.append(subprocess.Popen([str(spark_home / "bin" / "spark-class"), *args], env=env,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                            start_new_session=True))
+            time.sleep(3)
+        wh = tmp_path / "warehouse"
+        shutil.copytree(base / "day1", wh)
+        for step in STEPS:
+            _run([BIN / "spark-submit", "--master", master_url, "--executor-memory", "1g", "--py-files", dist,
+                  REPO / "jobs" / f"{step}.py", "--date", DAY2, "--warehouse", wh, "--raw", base / "raw"],
+                 SPARK_LOCAL_IP="127.0.0.1")
+        # The executors ran on the worker: one application folder per submitted job.
+        assert len(list((tmp_path / "work").glob("app-*"))) == len(STEPS)
+        _assert_same_tables(base / "local", wh, DAY2)
+    finally:
+        for proc in daemons:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+    assert all(p.poll() is not None for p in daemons)
