@@ -137,8 +137,9 @@ def main() -> None:
 
     wh = Warehouse(spark, config)
     spec = features.feature_spec(config)
-    cands = export.candidates(wh.read_partition("user_tag_profile", DAY.isoformat()),
-                              wh.read_partition("users", DAY.isoformat()).where(F.col("user_id") < f"u{sample:08d}"),
+    first = F.col("user_id") < f"u{sample:08d}"
+    cands = export.candidates(wh.read_partition("user_tag_profile", DAY.isoformat()).where(first),
+                              wh.read_partition("users", DAY.isoformat()).where(first),
                               wh.read_partition("tag_stats", DAY.isoformat()), args.candidates)
     ctx = cands.select("user_id", "tag", F.lit(config.features.reference_position).alias("position"),
                        F.lit(0).alias("request_index"), F.lit(config.features.reference_hour).alias("hour"))
@@ -162,7 +163,8 @@ def main() -> None:
     predict_users = rows / args.candidates / predict_sec
     print(f"model.predict_on_batch: {rows:,} rows ({rows // args.candidates:,} users) in {predict_sec:.1f}s = "
           f"{rows / predict_sec:,.0f} rows/s = {predict_users:,.0f} users/s")
-    print(f"\nexport {users / export_sec:,.0f} users/s vs plain model.predict {predict_users:,.0f} users/s: "
+    print(f"\nexport {users / export_sec:,.0f} users/s ({users * args.candidates / export_sec:,.0f} rows/s) vs plain "
+          f"model.predict {predict_users:,.0f} users/s ({rows / predict_sec:,.0f} rows/s): "
           f"ratio {users / export_sec / predict_users:.2f} (target >= 0.5)")
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
