@@ -10,7 +10,9 @@ their tag_index), trains a real model for one epoch on synthetic triples (bench/
 generator) and promotes it, then times export.run for D with export.candidate_tags =
 --candidates. The reference: the feature rows of the first --sample-users users (the same
 builder, written to Parquet, loaded into memory before timing) scored by
-``model.predict_on_batch`` over chunks of 8,192 rows (``predict()`` refuses string arrays); its rows/s divided by --candidates gives users/s.
+``model.predict_on_batch`` over chunks of 8,192 rows (``predict()`` refuses string
+arrays), inputs converted beforehand as training does; its rows/s divided by --candidates
+gives users/s.
 Prints both and their ratio (target: export >= 0.5 x predict).
 """
 
@@ -106,7 +108,6 @@ def main() -> None:
     users, sample = _size(args.users), _size(args.sample_users)
 
     import numpy as np
-    import pandas as pd
 
     from jobs import export, features
     from jobs.common.config import load_config
@@ -147,11 +148,13 @@ def main() -> None:
     features.build(wh, config, DAY + dt.timedelta(days=1), ctx).select(*spec.columns).write.mode("overwrite").parquet(
         str(rows_path))
     spark.stop()
-    frame = pd.read_parquet(rows_path)
-    inputs = {c: frame[c].astype(str).to_numpy(dtype=object).reshape(-1, 1) for c in spec.categorical}
-    inputs |= {c: frame[c].astype("float32").to_numpy().reshape(-1, 1) for c in spec.numeric}
+    import pyarrow.parquet as pq
+
+    from models.data import to_inputs
+
+    inputs = to_inputs(pq.read_table(rows_path), spec)
     model, _ = registry.load(config.storage.warehouse, version)
-    rows = len(frame)
+    rows = len(inputs["tag"])
     # Keras' predict() cannot take object (string) arrays; predict_on_batch can, over the
     # same 8,192-row chunks the export scores.
     model.predict_on_batch({k: v[:8192] for k, v in inputs.items()})  # warm-up

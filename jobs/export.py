@@ -8,9 +8,9 @@ tag_stats, so a user with an empty or tiny profile still gets tags to recall thr
 Each (user, tag) gets its features from jobs/features.py, as the training triples do, for
 the day D+1 it is served on (computed from D's tables), at the reference context
 features.reference_position, request_index 0 and features.reference_hour. The current
-model scores them inside Spark (mapInPandas; the model is loaded once per Python worker and
-applied to Arrow batches): score = p_click x E[dwell | click] in seconds. Each user keeps
-the top export.top_n by score (ties by tag).
+model scores them inside Spark (mapInArrow; the model is loaded once per Python worker and
+applied to Arrow batches, converted by the function training uses): score = p_click x
+E[dwell | click] in seconds. Each user keeps the top export.top_n by score (ties by tag).
 
 Without a promoted model the tags are ranked by the blend itself, p_click and dwell_sec are
 null, and model_version says ``none (profile blend)``; the run report says so too.
@@ -21,9 +21,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterator
 
-import pandas as pd
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -72,26 +71,27 @@ def _model(warehouse: str, version: str):
 
 
 def score_batches(warehouse: str, version: str, spec: features.FeatureSpec, chunk: int = 8192):
-    """A mapInPandas function: feature rows -> (user_id, tag, prior, p_click, dwell_sec, score)."""
+    """A mapInArrow function: feature rows -> (user_id, tag, prior, p_click, dwell_sec, score).
+    The model inputs come from models.data.to_inputs, the conversion training uses."""
 
-    def score(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def score(batches):
         import numpy as np
+        import pyarrow as pa
 
+        from models.data import to_inputs
         from models.train import dwell_seconds
 
         model, meta = _model(warehouse, version)
-        for frame in frames:
-            for start in range(0, len(frame), chunk):
-                part = frame.iloc[start:start + chunk]
-                inputs = {c: part[c].astype(str).to_numpy(dtype=object).reshape(-1, 1) for c in spec.categorical}
-                inputs |= {c: part[c].astype("float32").to_numpy().reshape(-1, 1) for c in spec.numeric}
-                out = model.predict_on_batch(inputs)
+        for batch in batches:
+            for start in range(0, batch.num_rows, chunk):
+                part = batch.slice(start, chunk)
+                out = model.predict_on_batch(to_inputs(part, spec))
                 p = np.asarray(out["click"], dtype="float64").ravel()
                 d = dwell_seconds(np.asarray(out["dwell"], dtype="float64").ravel(), meta["dwell_smearing"]) \
                     if "dwell" in out else np.ones_like(p)
-                yield pd.DataFrame({"user_id": part["user_id"].to_numpy(), "tag": part["tag"].to_numpy(),
-                                    "prior": part["prior"].to_numpy(), "p_click": p, "dwell_sec": d,
-                                    "score": p * d})
+                yield pa.RecordBatch.from_arrays(
+                    [part.column("user_id"), part.column("tag"), part.column("prior"), pa.array(p), pa.array(d),
+                     pa.array(p * d)], names=["user_id", "tag", "prior", "p_click", "dwell_sec", "score"])
 
     return score
 
@@ -111,7 +111,9 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
     profile = wh.read_partition("user_tag_profile", day)
     users = wh.read_partition("users", day)
     stats = wh.read_partition("tag_stats", day)
-    cands = candidates(profile, users, stats, config.export.candidate_tags)
+    # The feature builder reads the candidates twice (the pairs, and their users for
+    # match): kept, they are computed once.
+    cands = candidates(profile, users, stats, config.export.candidate_tags).persist(StorageLevel.MEMORY_AND_DISK)
     version = registry.current_version(config.storage.warehouse)
     if version is None:
         scored = cands.select("user_id", "tag", "prior", F.lit(None).cast("double").alias("p_click"),
@@ -124,10 +126,13 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
                            F.lit(config.features.reference_position).alias("position"),
                            F.lit(0).alias("request_index"), F.lit(config.features.reference_hour).alias("hour"))
         rows = features.build(wh, config, date + dt.timedelta(days=1), ctx)
-        scored = rows.select("user_id", "prior", *spec.columns).mapInPandas(
+        scored = rows.select("user_id", "prior", *spec.columns).mapInArrow(
             score_batches(config.storage.warehouse, version, spec), SCORED)
         used = version
-    wh.write_partition(top_n(scored, config.export.top_n, used), TABLE, day)
+    try:
+        wh.write_partition(top_n(scored, config.export.top_n, used), TABLE, day)
+    finally:
+        cands.unpersist()
     written = wh.read_partition(TABLE, day).agg(F.count(F.lit(1)).alias("rows"),
                                                  F.countDistinct("user_id").alias("users")).first()
     report = {"step": STEP, "date": day, "status": "succeeded", "model_version": used,

@@ -58,7 +58,12 @@ def feature_spec(config: Config) -> FeatureSpec:
 
 def match_strength(profile: DataFrame, tag_index: DataFrame, articles: DataFrame, pairs: DataFrame) -> DataFrame:
     """(user_id, tag, match): cosine between the user's long tag vector and the mean tag
-    vector of the articles indexed under ``tag``, for the (user_id, tag) in ``pairs``."""
+    vector of the articles indexed under ``tag``, for the users in ``pairs`` and every tag
+    whose centroid shares a tag with their profile (the rest have match 0).
+
+    Driven by the profile, not by the pairs: each profile entry (user, co_tag) meets the
+    tags whose centroid holds co_tag (a small table, broadcast by adaptive execution), so
+    the work grows with profile entries rather than with pairs x centroid size."""
     art_tags = articles.select("article_id", F.explode("tags").alias("t")).select(
         "article_id", F.col("t.tag").alias("co_tag"), F.col("t.weight").alias("w"))
     per_tag = tag_index.groupBy("tag").agg(F.count(F.lit(1)).alias("_n"))
@@ -66,10 +71,11 @@ def match_strength(profile: DataFrame, tag_index: DataFrame, articles: DataFrame
                 .groupBy("tag", "co_tag").agg(F.sum("w").alias("_s"))
                 .join(per_tag, "tag").select("tag", "co_tag", (F.col("_s") / F.col("_n")).alias("m")))
     centroid_norm = centroid.groupBy("tag").agg(F.sqrt(F.sum(F.col("m") * F.col("m"))).alias("_cn"))
-    user_vec = profile.select("user_id", F.col("tag").alias("co_tag"), F.col("long_weight").alias("u"))
+    wanted = pairs.select("user_id").distinct()
+    user_vec = (profile.join(wanted, "user_id", "left_semi")
+                .select("user_id", F.col("tag").alias("co_tag"), F.col("long_weight").alias("u")))
     user_norm = user_vec.groupBy("user_id").agg(F.sqrt(F.sum(F.col("u") * F.col("u"))).alias("_un"))
-    wanted = pairs.select("user_id", "tag").distinct()
-    dots = (wanted.join(centroid, "tag").join(user_vec, ["user_id", "co_tag"])
+    dots = (user_vec.join(centroid, "co_tag")
             .groupBy("user_id", "tag").agg(F.sum(F.col("u") * F.col("m")).alias("_dot")))
     return (dots.join(user_norm, "user_id").join(centroid_norm, "tag")
             .select("user_id", "tag", F.coalesce(F.col("_dot") / F.nullif(F.col("_un") * F.col("_cn"), F.lit(0.0)),

@@ -64,6 +64,44 @@ def test_scoring_path_builds_the_same_features_as_training(spark, synthetic_feed
     pd.testing.assert_frame_equal(a[list(spec.numeric)], b[list(spec.numeric)], check_exact=False, rtol=1e-12)
 
 
+def test_match_and_ranks_equal_a_computation_by_hand(synthetic_feed):
+    """match = cosine(user's long tag vector, mean tag vector of the articles indexed under
+    the tag) and <h>_rank, recomputed in pandas from D-1's tables for D's triples."""
+    config, base, dates = synthetic_feed
+    day, prev = dates[3].isoformat(), dates[2].isoformat()
+    t = _pd(base, "training_triples", day).drop_duplicates(["user_id", "tag"])
+    prof = _pd(base, "user_tag_profile", prev)
+    index = _pd(base, "tag_index", prev)
+    arts = _pd(base, "articles", prev)
+    art_vec = {a: {x["tag"]: x["weight"] for x in tags} for a, tags in zip(arts.article_id, arts.tags, strict=True)}
+    centroid = {}
+    for tag, group in index.groupby("tag"):
+        total = {}
+        for a in group.article_id:
+            for co, w in art_vec[a].items():
+                total[co] = total.get(co, 0.0) + w
+        centroid[tag] = {co: w / len(group) for co, w in total.items()}
+    users = {u: dict(zip(g.tag, g.long_weight, strict=True)) for u, g in prof.groupby("user_id")}
+
+    def cosine(u, tag):
+        uv, cv = users.get(u, {}), centroid.get(tag, {})
+        dot = sum(w * cv.get(co, 0.0) for co, w in uv.items())
+        norm = np.sqrt(sum(w * w for w in uv.values())) * np.sqrt(sum(w * w for w in cv.values()))
+        return dot / norm if norm else 0.0
+
+    want = np.array([cosine(u, tag) for u, tag in zip(t.user_id, t.tag, strict=True)])
+    assert (want > 0).mean() > 0.5, "too few positive matches for the test to mean anything"
+    np.testing.assert_allclose(t["match"].to_numpy(), want, rtol=1e-9, atol=1e-12)
+    absent = config.profiles.max_tags_per_user + 1
+    for h in config.profiles.half_life_days:
+        ranks = {}
+        for u, g in prof[prof[f"{h}_weight"] > 0].groupby("user_id"):
+            order = g.sort_values([f"{h}_weight", "tag"], ascending=[False, True]).tag
+            ranks |= {(u, tag): i + 1 for i, tag in enumerate(order)}
+        want_rank = [ranks.get((u, tag), absent) for u, tag in zip(t.user_id, t.tag, strict=True)]
+        assert t[f"{h}_rank"].tolist() == want_rank
+
+
 def _copy(base, tmp_path, **sections):
     shutil.copytree(base / "warehouse", tmp_path / "warehouse")
     return load_config(overrides={"storage": {"warehouse": str(tmp_path / "warehouse"), "raw": str(base / "raw")},
