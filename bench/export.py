@@ -26,17 +26,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from sizes import parse_size  # bench/ is on sys.path when a benchmark runs as a script
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 DAY = dt.date(2026, 11, 10)
 TAGS = 200
 ARTICLES = 3000
-
-
-def _size(text: str) -> int:
-    text = text.lower().strip()
-    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
-    return int(float(text[:-1] if scale > 1 else text) * scale)
 
 
 def write_tables(spark, config, users: int) -> None:
@@ -105,7 +101,7 @@ def main() -> None:
     ap.add_argument("--master", default="local[*]")
     ap.add_argument("--keep", help="build the warehouse here and keep it")
     args = ap.parse_args()
-    users, sample = _size(args.users), _size(args.sample_users)
+    users, sample = parse_size(args.users), parse_size(args.sample_users)
 
     import numpy as np
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType
+from sizes import parse_size  # bench/ is on sys.path when a benchmark runs as a script
 
 from jobs import ingest
 from jobs.common.config import load_config
@@ -35,11 +36,6 @@ BARE_SCHEMA = StructType([
     StructField("event_time", LongType()), StructField("dwell_ms", LongType()),
     StructField("position", IntegerType()), StructField("request_id", StringType()),
 ])
-
-
-def _size(text: str) -> int:
-    text = text.lower().strip()
-    return int(float(text[:-1]) * 1_000_000) if text.endswith("m") else int(text)
 
 
 def _feed(out: Path, events: int) -> Path:
@@ -72,7 +68,7 @@ def main() -> int:
     spark = build_session(base, "tagrecall-bench-ingest")
     spark.sparkContext.setLogLevel("ERROR")
     results = []
-    for size in [_size(s) for s in args.sizes.split(",")]:
+    for size in [parse_size(s) for s in args.sizes.split(",")]:
         raw = _feed(out, size)
         wh = out / f"warehouse-{size}"
         config = base.replace(storage=base.storage.__class__(warehouse=str(wh), raw=str(raw)))

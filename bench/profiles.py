@@ -39,6 +39,7 @@ from pathlib import Path
 
 import psutil
 from pyspark.sql import functions as F
+from sizes import parse_size  # bench/ is on sys.path when a benchmark runs as a script
 
 from jobs import profiles
 from jobs.common.config import load_config
@@ -49,12 +50,6 @@ from jobs.common.storage import Warehouse
 START = dt.date(2026, 1, 1)
 USERS_PER_MILLION = 85_000
 TAGS = 1000
-
-
-def _size(text: str) -> int:
-    text = text.lower().strip()
-    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
-    return int(float(text[:-1] if scale > 1 else text) * scale)
 
 
 class PeakRSS:
@@ -201,6 +196,7 @@ def duckdb_sql(config, day: dt.date, wh: Warehouse, out: str, threads: int, memo
 
 DUCKDB_RUNNER = """
 import json, sys, time, resource, duckdb
+
 sql = open(sys.argv[1]).read()
 t0 = time.monotonic()
 duckdb.connect().execute(sql)
@@ -244,7 +240,7 @@ def main() -> int:
                     help="skip the full recomputation at the last day; the full run at the day before "
                          "(one day less of history) is then the reference")
     args = ap.parse_args()
-    n = _size(args.events)
+    n = parse_size(args.events)
     users = max(1000, n * USERS_PER_MILLION // 1_000_000)
     articles = max(3000, users // 20)
     base = Path(args.out).resolve() / f"profiles-{n}-{args.days}"

@@ -22,15 +22,11 @@ import subprocess
 import tempfile
 import time
 
+from sizes import parse_size  # bench/ is on sys.path when a benchmark runs as a script
+
 from jobs import publish
 from jobs.common.config import load_config
 from jobs.recall import Keys, connection
-
-
-def _size(text: str) -> int:
-    text = text.lower().strip()
-    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
-    return int(float(text[:-1] if scale > 1 else text) * scale)
 
 
 class _Counter:
@@ -71,7 +67,7 @@ def main() -> None:
     client = conn.client()
     client.ping()
     keys = Keys("bench")
-    users, tags, single = _size(args.users), args.tags, _size(args.single)
+    users, tags, single = parse_size(args.users), args.tags, parse_size(args.single)
     rows = [{"key": f"u{u:08d}", "items": [(f"t{t:03d}", float(t + 1)) for t in range(tags)]} for u in range(users)]
     flat = [(r["key"], m, s) for r in rows for m, s in r["items"]][:single]
     piped, one = [], []

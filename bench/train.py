@@ -25,18 +25,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from sizes import parse_size  # bench/ is on sys.path when a benchmark runs as a script
 
 from jobs.common.config import load_config
 from jobs.features import feature_spec
 from models import data, train
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def _size(text: str) -> int:
-    text = text.lower().strip()
-    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
-    return int(float(text[:-1] if scale > 1 else text) * scale)
 
 
 def write_triples(folder: Path, rows: int, spec, seed: int = 0, per_file: int = 100_000) -> None:
@@ -70,7 +65,7 @@ def main() -> int:
 
     from models.multitask import MultiTaskTrainer, build_network
 
-    rows = _size(args.rows)
+    rows = parse_size(args.rows)
     config = load_config()
     spec = feature_spec(config)
     folder = Path(args.out).resolve() / f"train-triples-{rows}"

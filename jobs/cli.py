@@ -85,10 +85,10 @@ def _skipped(spark, config, step: str, date, reason: str) -> dict:
 
 def _publish(spark, config, date, rollback=False, if_configured=False):
     from jobs import publish
-    from jobs.recall import redis_url
+    from jobs.recall import NOT_CONFIGURED, redis_url
 
     if if_configured and not redis_url(config):
-        return _skipped(spark, config, "publish", date, "Redis is not configured (publish.redis_url or TAGRECALL_REDIS_URL)")
+        return _skipped(spark, config, "publish", date, NOT_CONFIGURED)
     return publish.run(spark, config, date, rollback_only=rollback)
 
 
@@ -267,10 +267,10 @@ def _chain_date(step: str, spark, config: Config, date: dt.date) -> tuple[dt.dat
             return before, f"no user_top_tags for {before} to evaluate against {date}"
         return before, None
     if step == "publish":
-        from jobs.recall import redis_url
+        from jobs.recall import NOT_CONFIGURED, redis_url
 
         if not redis_url(config):
-            return date, "Redis is not configured (publish.redis_url or TAGRECALL_REDIS_URL)"
+            return date, NOT_CONFIGURED
     return date, None
 
 

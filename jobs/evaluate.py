@@ -62,11 +62,7 @@ def recalled(lists: DataFrame, tag_index: DataFrame, k: int) -> DataFrame:
 
 def method_lists(wh: Warehouse, config: Config, day: str, users: DataFrame, top_n: int) -> dict[str, DataFrame]:
     """(user_id, tag, rank) with ``top_n`` tags for every user of ``users``, per method."""
-    spark = wh.spark
-    top_global = export.global_tags(wh.read_partition("tag_stats", day), top_n)
-    global_list = users.crossJoin(F.broadcast(spark.createDataFrame(
-        [(t, i + 1) for i, t in enumerate(top_global)] or [("", 1)], "tag string, rank int")))
-    global_list = global_list.where(F.col("tag") != "")
+    global_list = profile_eval.global_list(users, export.global_tags(wh.read_partition("tag_stats", day), top_n))
     served = (wh.read_partition("user_top_tags", day).where(F.col("rank") <= top_n)
               .select("user_id", "tag", "rank").join(users, "user_id"))
     lists = {"export": profile_eval.filled(served, global_list, top_n)}

@@ -48,11 +48,8 @@ def global_tags(stats: DataFrame, count: int) -> list[str]:
 def candidates(profile: DataFrame, users: DataFrame, stats: DataFrame, count: int) -> DataFrame:
     """(user_id, tag, prior): ``count`` candidate tags per user; prior is the blend (profile
     tags) or minus the tag's global rank (fill-up tags), so that it orders them as listed."""
-    top_global = global_tags(stats, count)
-    spark = profile.sparkSession
-    global_list = spark.createDataFrame([(t, i + 1, -float(i + 1)) for i, t in enumerate(top_global)],
-                                        "tag string, rank int, prior double")
-    fallback = users.select("user_id").crossJoin(F.broadcast(global_list))
+    fallback = profile_eval.global_list(users, global_tags(stats, count)).withColumn(
+        "prior", -F.col("rank").cast("double"))
     personal = profile_eval.ranked_tags(profile, "blend", count, score_as="prior")
     return profile_eval.filled(personal, fallback, count, carry=("prior",)).select("user_id", "tag", "prior")
 

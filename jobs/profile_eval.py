@@ -72,6 +72,13 @@ def filled(personal: DataFrame, fallback: DataFrame, top_n: int, carry: tuple[st
             .select("user_id", "tag", "rank", *carry))
 
 
+def global_list(users: DataFrame, tags: list[str]) -> DataFrame:
+    """(user_id, tag, rank): the same ``tags``, ranked in their order, for every user of
+    ``users``: the non-personal list and the fill-up for short personal ones."""
+    ranked = users.sparkSession.createDataFrame([(t, i + 1) for i, t in enumerate(tags)], "tag string, rank int")
+    return users.select("user_id").crossJoin(F.broadcast(ranked))
+
+
 def most_clicked_tags(events: DataFrame, articles: DataFrame, top_n: int) -> list[str]:
     tags = articles.select("article_id", F.explode("tags.tag").alias("tag"))
     counts = (events.where(F.col("event_type") == "click").join(tags, "article_id")
@@ -96,11 +103,10 @@ def next_day_hit_rates(spark: SparkSession, config: Config, date: dt.date, top_n
     rows = []
     for n in top_ns:
         top_global = most_clicked_tags(today_events, today_articles, n)
-        global_list = clickers.crossJoin(spark.createDataFrame(
-            [(t, i + 1) for i, t in enumerate(top_global)] or [("", 1)], "tag string, rank int"))
-        lists = {m: filled(ranked_tags(profile, m, n).join(clickers, "user_id"), global_list, n)
+        everyone = global_list(clickers, top_global)
+        lists = {m: filled(ranked_tags(profile, m, n).join(clickers, "user_id"), everyone, n)
                  for m in ("long", "short", "blend")}
-        lists["global"] = global_list
+        lists["global"] = everyone
         for method in METHODS:
             hits = click_tags.join(lists[method].select("user_id", "tag"), ["user_id", "tag"]).select(
                 "_click", "user_id").distinct()

@@ -139,17 +139,17 @@ def run(spark: SparkSession | None, config: Config, date: dt.date, rollback_only
             return {"step": STEP, "date": day, "status": "rolled back", "current": now, "previous": before,
                     "redis": where}
         wh = Warehouse(spark, config)
-        users = (wh.read_partition("user_top_tags", day)
-                 .groupBy(F.col("user_id").alias("key"))
+        served, index = wh.read_partition("user_top_tags", day), wh.read_partition("tag_index", day)
+        users = (served.groupBy(F.col("user_id").alias("key"))
                  .agg(F.collect_list(F.struct("tag", F.col("rank").cast("double"))).alias("items")))
-        tags = (wh.read_partition("tag_index", day)
-                .groupBy(F.col("tag").alias("key")).agg(F.collect_list(F.struct("article_id", "score")).alias("items")))
-        expected = {"users": users.count(), "tags": tags.count(),
-                    "user_members": wh.read_partition("user_top_tags", day).count(),
-                    "tag_members": wh.read_partition("tag_index", day).count()}
+        tags = index.groupBy(F.col("tag").alias("key")).agg(F.collect_list(F.struct("article_id", "score")).alias("items"))
+        # What Redis must receive, and the model the export used: one pass over each table.
+        u = served.agg(F.countDistinct("user_id").alias("keys"), F.count(F.lit(1)).alias("members"),
+                       F.max("model_version").alias("model")).first()
+        t = index.agg(F.countDistinct("tag").alias("keys"), F.count(F.lit(1)).alias("members")).first()
+        expected = {"users": u["keys"], "tags": t["keys"], "user_members": u["members"], "tag_members": t["members"]}
+        model_version = u["model"] or ""
         fallback = export.global_tags(wh.read_partition("tag_stats", day), config.export.top_n)
-        model_version = (wh.read_partition("user_top_tags", day).select("model_version").limit(1).collect()
-                         or [{"model_version": ""}])[0]["model_version"]
 
         version = f"{day}@{int(time.time() * 1000)}"
         client.sadd(keys.versions, version)

@@ -75,6 +75,9 @@ class Keys:
         return f"{self.prefix}:v:{version}:global"
 
 
+NOT_CONFIGURED = "Redis is not configured (publish.redis_url or TAGRECALL_REDIS_URL)"
+
+
 def redis_url(config: Config) -> str:
     """publish.redis_url, else $TAGRECALL_REDIS_URL, else '' (publishing not configured)."""
     return config.publish.redis_url or os.environ.get("TAGRECALL_REDIS_URL", "")
