@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from jobs.common.config import load_config
-from jobs.features import feature_spec
-from models import data, metrics, registry, train
+from models import data, metrics, registry, scoring, train
+from schemas.config import load_config
+from schemas.features import feature_spec
 
 VARIANTS = {
     "uncertainty": {"loss_weighting": "uncertainty"},
@@ -58,7 +58,7 @@ def score_test(config, version: str, test_day: str) -> dict:
     ds = data.dataset([parts[test_day]])
     p = train.predict(model, ds, spec, 4096)
     tags = ds.to_table(columns=["tag"]).column("tag").to_numpy(zero_copy_only=False)
-    dwell = None if p["dwell_pred"] is None else train.dwell_seconds(p["dwell_pred"], meta["dwell_smearing"])
+    dwell = None if p["dwell_pred"] is None else scoring.dwell_seconds(p["dwell_pred"], meta["dwell_smearing"])
     out = metrics.all_metrics(p["user_id"], p["click"], p["p_click"], np.expm1(p["dwell_log"]), dwell)
     if p["p_click"] is not None and dwell is not None:
         combined = p["p_click"] * dwell
@@ -90,7 +90,7 @@ def main() -> int:
                 config = base.replace(model=dataclasses.replace(base.model, **VARIANTS[variant], seed=seed))
                 t0 = time.monotonic()
                 version = f"exp-{variant.replace(' ', '-')}-{seed}-{Path(models_home).name}"
-                result = train.run(config, dt.date.fromisoformat(args.validate), version=version, promote=False)
+                result = train.train_day(config, dt.date.fromisoformat(args.validate), version=version, promote=False)
                 test = score_test(config, version, args.test)
                 run = {"variant": variant, "seed": seed, "epochs": result["epochs"],
                        "task_weights": result["task_weights"], "validation": result["validation"], "test": test,

@@ -78,8 +78,8 @@ def train_model(config, root: Path) -> str:
     """A real model (one epoch on synthetic triples of D-1, validated on D), promoted."""
     import importlib.util
 
-    from jobs.features import feature_spec
     from models import train
+    from schemas.features import feature_spec
 
     loader = importlib.util.spec_from_file_location("bench_train", Path(__file__).with_name("train.py"))
     bt = importlib.util.module_from_spec(loader)
@@ -87,7 +87,7 @@ def train_model(config, root: Path) -> str:
     spec = feature_spec(config)
     for day, rows, seed in ((DAY - dt.timedelta(days=1), 200_000, 1), (DAY, 50_000, 2)):
         bt.write_triples(root / "warehouse" / "training_triples" / f"dt={day}", rows, spec, seed=seed)
-    report = train.run(config, DAY)
+    report = train.train_day(config, DAY)
     if not report.get("promoted"):
         raise SystemExit(f"the benchmark model was not promoted: {report.get('gate')}")
     return report["version"]
@@ -105,11 +105,14 @@ def main() -> None:
 
     import numpy as np
 
-    from jobs import export, features
-    from jobs.common.config import load_config
+    from jobs import export
+    from jobs.common.inputs import feature_tables
     from jobs.common.session import build_session
     from jobs.common.storage import Warehouse
+    from jobs.transforms.features import with_features
     from models import registry
+    from schemas.config import load_config
+    from schemas.features import feature_spec
 
     root = Path(args.keep or tempfile.mkdtemp(prefix="tagrecall-bench-export-"))
     config = load_config(overrides={
@@ -133,7 +136,7 @@ def main() -> None:
     from pyspark.sql import functions as F
 
     wh = Warehouse(spark, config)
-    spec = features.feature_spec(config)
+    spec = feature_spec(config)
     first = F.col("user_id") < f"u{sample:08d}"
     cands = export.candidates(wh.read_partition("user_tag_profile", DAY.isoformat()).where(first),
                               wh.read_partition("users", DAY.isoformat()).where(first),
@@ -141,8 +144,8 @@ def main() -> None:
     ctx = cands.select("user_id", "tag", F.lit(config.features.reference_position).alias("position"),
                        F.lit(0).alias("request_index"), F.lit(config.features.reference_hour).alias("hour"))
     rows_path = root / "reference_rows"
-    features.build(wh, config, DAY + dt.timedelta(days=1), ctx).select(*spec.columns).write.mode("overwrite").parquet(
-        str(rows_path))
+    with_features(ctx, feature_tables(wh, DAY + dt.timedelta(days=1)), config).select(*spec.columns).write.mode(
+        "overwrite").parquet(str(rows_path))
     spark.stop()
     import pyarrow.parquet as pq
 

@@ -23,9 +23,9 @@ from pyspark.sql.types import IntegerType, LongType, StringType, StructField, St
 from sizes import parse_size  # bench/ is on sys.path when a benchmark runs as a script
 
 from jobs import ingest
-from jobs.common.config import load_config
 from jobs.common.session import build_session
-from jobs.synthetic import FeedParams, generate
+from jobs.tools.synthetic import FeedParams, generate
+from schemas.config import load_config
 
 START = dt.date(2026, 11, 1)
 # users per million events a day, measured from the generator's defaults (~12 events per user)

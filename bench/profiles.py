@@ -42,10 +42,10 @@ from pyspark.sql import functions as F
 from sizes import parse_size  # bench/ is on sys.path when a benchmark runs as a script
 
 from jobs import profiles
-from jobs.common.config import load_config
 from jobs.common.dates import day_bounds
 from jobs.common.session import build_session
 from jobs.common.storage import Warehouse
+from schemas.config import load_config
 
 START = dt.date(2026, 1, 1)
 USERS_PER_MILLION = 85_000

@@ -25,8 +25,8 @@ import time
 from sizes import parse_size  # bench/ is on sys.path when a benchmark runs as a script
 
 from jobs import publish
-from jobs.common.config import load_config
-from jobs.recall import Keys, connection
+from jobs.online.keys import Keys, connection
+from schemas.config import load_config
 
 
 class _Counter:

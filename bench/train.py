@@ -27,9 +27,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sizes import parse_size  # bench/ is on sys.path when a benchmark runs as a script
 
-from jobs.common.config import load_config
-from jobs.features import feature_spec
 from models import data, train
+from schemas.config import load_config
+from schemas.features import feature_spec
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -1,11 +1,11 @@
 """Evaluate step: D's recall against D+1's behaviour -> ``recall_eval`` (partition D).
 
 For the users active on D+1 (any event), every method names each user's tags; a user a
-method has no tags for gets the global list, as the online recall does (jobs/recall.py):
+method has no tags for gets the global list, as the online recall does (jobs/online/recall.py):
 
 - ``export``: D's ``user_top_tags`` (the model's ranking, or the profile blend without one);
 - ``long``, ``short``, ``blend``: the top profile tags by that horizon's weight or the blend
-  of profile-eval, filled up with the global list;
+  (jobs/transforms/tag_lists.py), filled up with the global list;
 - ``global``: the export.top_n tags with the most decayed clicks in D's tag_stats (the list
   served to users without tags).
 
@@ -13,7 +13,7 @@ Metrics (numerator and denominator are kept beside each value):
 
 - ``recall_at_k`` (k = evaluate.recall_k, the method's export.top_n tags): the share of the
   distinct (user, article) clicks of D+1 that the recall would have returned: the user's
-  tags x D's tag_index, merged exactly as jobs/recall.py merges them, top k;
+  tags x D's tag_index, merged exactly as jobs/online/recall.py merges them, top k;
 - ``click_coverage`` (top evaluate.top_n tags): the share of D+1's clicks whose article (D+1's
   snapshot) carries one of the user's tags;
 - ``tagged_impressions`` and ``tag_ctr``, the two profile metrics of WeChat's user-tag
@@ -29,48 +29,54 @@ import logging
 import math
 import time
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import export, profile_eval
-from jobs.common.config import Config
+from jobs.common.entry import Step
 from jobs.common.storage import Warehouse
-from jobs.recall import ROUND
+from jobs.online.recall import ROUND
+from jobs.transforms.tag_lists import (
+    PROFILE_RANKINGS,
+    filled,
+    global_list,
+    global_tags,
+    ranked_tags,
+    top_k_per_key,
+)
+from schemas.config import Config
 from schemas.tables import RECALL_EVAL
 
 log = logging.getLogger(__name__)
 
-STEP = "evaluate"
+NAME = "evaluate"
 TABLE = "recall_eval"
 METHODS = ("export", "long", "short", "blend", "global")
 
 
 def rank_weight(rank: F.Column) -> F.Column:
-    """jobs.recall.rank_weight as a column: 1 / log2(1 + rank)."""
+    """jobs.online.recall.rank_weight as a column: 1 / log2(1 + rank)."""
     return F.lit(1.0) / (F.log(1.0 + rank.cast("double")) / F.lit(math.log(2.0)))
 
 
 def recalled(lists: DataFrame, tag_index: DataFrame, k: int) -> DataFrame:
-    """(user_id, article_id, score, position): jobs.recall.merge for every user of ``lists``
-    (user_id, tag, rank) over ``tag_index``."""
+    """(user_id, article_id, score, position): jobs.online.recall.merge for every user of
+    ``lists`` (user_id, tag, rank) over ``tag_index``."""
     merged = (lists.join(tag_index.select("tag", "article_id", "score"), "tag")
               .groupBy("user_id", "article_id")
               .agg(F.round(F.sum(rank_weight(F.col("rank")) * F.col("score")), ROUND).alias("score")))
-    order = Window.partitionBy("user_id").orderBy(F.desc("score"), "article_id")
-    return merged.withColumn("position", F.row_number().over(order)).where(F.col("position") <= k)
+    return top_k_per_key(merged, "user_id", [F.desc("score"), "article_id"], k, rank_col="position")
 
 
-def method_lists(wh: Warehouse, config: Config, day: str, users: DataFrame, top_n: int) -> dict[str, DataFrame]:
-    """(user_id, tag, rank) with ``top_n`` tags for every user of ``users``, per method."""
-    global_list = profile_eval.global_list(users, export.global_tags(wh.read_partition("tag_stats", day), top_n))
-    served = (wh.read_partition("user_top_tags", day).where(F.col("rank") <= top_n)
-              .select("user_id", "tag", "rank").join(users, "user_id"))
-    lists = {"export": profile_eval.filled(served, global_list, top_n)}
-    profile = wh.read_partition("user_tag_profile", day)
-    for method in ("long", "short", "blend"):
-        mine = profile_eval.ranked_tags(profile, method, top_n).join(users, "user_id")
-        lists[method] = profile_eval.filled(mine, global_list, top_n)
-    lists["global"] = global_list
+def method_lists(served: DataFrame, profile: DataFrame, tag_stats: DataFrame, users: DataFrame,
+                 top_n: int) -> dict[str, DataFrame]:
+    """(user_id, tag, rank) with ``top_n`` tags for every user of ``users``, per method:
+    ``served`` is D's user_top_tags, ``profile`` and ``tag_stats`` D's tables."""
+    everyone = global_list(users, global_tags(tag_stats, top_n))
+    exported = served.where(F.col("rank") <= top_n).select("user_id", "tag", "rank").join(users, "user_id")
+    lists = {"export": filled(exported, everyone, top_n)}
+    for method in PROFILE_RANKINGS:
+        lists[method] = filled(ranked_tags(profile, method, top_n).join(users, "user_id"), everyone, top_n)
+    lists["global"] = everyone
     return lists
 
 
@@ -93,7 +99,9 @@ def evaluate(spark: SparkSession, config: Config, date: dt.date) -> list[dict]:
     n_imp, n_click, n_pairs = totals.get("impression", 0), totals.get("click", 0), clicks.count()
     users = events.select("user_id").distinct()
     served_n, tag_n, k = config.export.top_n, config.evaluate.top_n, config.evaluate.recall_k
-    lists = {m: df.persist() for m, df in method_lists(wh, config, day, users, max(served_n, tag_n)).items()}
+    lists = {m: df.persist() for m, df in method_lists(
+        wh.read_partition("user_top_tags", day), wh.read_partition("user_tag_profile", day),
+        wh.read_partition("tag_stats", day), users, max(served_n, tag_n)).items()}
     tag_index = wh.read_partition("tag_index", day)
     rows = [_row("all", "ctr", 0, None, n_click, n_imp)]
     for method in METHODS:
@@ -112,6 +120,14 @@ def evaluate(spark: SparkSession, config: Config, date: dt.date) -> list[dict]:
     return rows
 
 
+def skip_reason(spark: SparkSession, config: Config, date: dt.date) -> str | None:
+    """Evaluating D needs D's user_top_tags and the events of D+1."""
+    wh, nxt = Warehouse(spark, config), (date + dt.timedelta(days=1)).isoformat()
+    missing = [f"{t} of {d}" for t, d in (("user_top_tags", date.isoformat()), ("events", nxt))
+               if not wh.has_partition(t, d)]
+    return f"no {' and no '.join(missing)}" if missing else None
+
+
 def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
     started = time.monotonic()
     wh = Warehouse(spark, config)
@@ -120,11 +136,11 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
     wh.write_partition(spark.createDataFrame(rows, RECALL_EVAL), TABLE, day)
     model_version = (wh.read_partition("user_top_tags", day).select("model_version").limit(1).collect()
                      or [{"model_version": None}])[0]["model_version"]
-    report = {"step": STEP, "date": day, "status": "succeeded", "against": (date + dt.timedelta(days=1)).isoformat(),
+    report = {"step": NAME, "date": day, "status": "succeeded", "against": (date + dt.timedelta(days=1)).isoformat(),
               "model_version": model_version, "rows": rows, "rows_written": {TABLE: len(rows)},
               "seconds": round(time.monotonic() - started, 3), "config": config.to_dict()}
-    wh.write_run_report(STEP, day, report)
-    log.info("evaluate %s against %s: %s", day, report["against"], ", ".join(
+    wh.write_run_report(NAME, day, report)
+    log.debug("evaluate %s against %s: %s", day, report["against"], ", ".join(
         f"{r['method']} {r['metric']} {r['value']:.3f}" for r in rows if r["value"] is not None
         and r["metric"] == "recall_at_k"))
     return report
@@ -147,12 +163,8 @@ def format_eval(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """spark-submit entry point: ``spark-submit jobs/evaluate.py --date D``."""
-    from jobs.cli import step_main
-
-    return step_main(STEP, argv)
-
+STEP = Step(NAME, run, skip_reason=skip_reason, summary="D's recall against D+1's clicks, with baselines")
+main = STEP.main
 
 if __name__ == "__main__":
     raise SystemExit(main())

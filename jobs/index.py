@@ -33,24 +33,25 @@ import datetime as dt
 import logging
 import time
 
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.common.config import Config, IndexConfig
 from jobs.common.dates import day_bounds
+from jobs.common.entry import Step
 from jobs.common.storage import Warehouse
-from jobs.profiles import DAY_SEC, decay
+from jobs.transforms.decay import DAY_SEC, age_seconds, decay
+from jobs.transforms.tag_lists import top_k_per_key
+from schemas.config import Config, IndexConfig
 from schemas.tables import TAG_INDEX, TAG_STATS
 
 log = logging.getLogger(__name__)
 
-STEP = "index"
+NAME = "index"
 
 
 def article_engagement(events: DataFrame, end: dt.datetime, cfg: IndexConfig) -> DataFrame:
     """(article_id, impressions, clicks, dwell_sec, dwell_clicks), decayed to ``end``."""
-    age = F.lit(end.timestamp()) - F.unix_micros("event_time").cast("double") / 1e6
-    d = decay(age, cfg.quality_half_life_days)
+    d = decay(age_seconds(F.col("event_time"), end.timestamp()), cfg.quality_half_life_days)
     is_click = F.col("event_type") == "click"
     has_dwell = is_click & F.col("dwell_ms").isNotNull()
     return (events.where(F.col("event_type").isin("impression", "click"))
@@ -90,7 +91,7 @@ def quality(n: Column, c: Column, s: Column, k: Column, p0: float | None, mu0: f
 def scored_articles(articles: DataFrame, engagement: DataFrame, end: dt.datetime, cfg: IndexConfig,
                     p0: float | None, mu0: float | None) -> DataFrame:
     """(article_id, tags, quality, freshness) for the articles eligible on the day ending ``end``."""
-    age_sec = F.lit(end.timestamp()) - F.unix_micros("publish_time").cast("double") / 1e6
+    age_sec = age_seconds(F.col("publish_time"), end.timestamp())
     eligible = articles.where((age_sec > 0) & (age_sec <= cfg.max_age_days * DAY_SEC))
     e = engagement.alias("e")
     joined = eligible.join(e, "article_id", "left")
@@ -105,8 +106,7 @@ def tag_index(scored: DataFrame, cfg: IndexConfig) -> DataFrame:
     rows = exploded.select(F.col("t.tag").alias("tag"), "article_id", F.col("t.weight").alias("tag_weight"),
                            "quality", "freshness")
     rows = rows.withColumn("score", F.col("tag_weight") * F.col("quality") * F.col("freshness"))
-    by_tag = Window.partitionBy("tag").orderBy(F.desc("score"), "article_id")
-    ranked = rows.withColumn("rank", F.row_number().over(by_tag)).where(F.col("rank") <= cfg.top_k)
+    ranked = top_k_per_key(rows, "tag", [F.desc("score"), "article_id"], cfg.top_k)
     return ranked.select(*TAG_INDEX.fieldNames())
 
 
@@ -152,23 +152,19 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
     index_rows = written_index.count()
     tags_indexed = written_index.select("tag").distinct().count()
     stats_rows = wh.read_partition("tag_stats", day).count()
-    report = {"step": STEP, "date": day, "status": "succeeded", "event_dates": sorted(window_present),
+    report = {"step": NAME, "date": day, "status": "succeeded", "event_dates": sorted(window_present),
               "prior": {"ctr": p0, "mean_dwell_sec": mu0}, "articles_eligible": eligible,
               "rows_read": {"articles": articles.count(), "events": events.count() if events else 0},
               "rows_written": {"tag_index": index_rows, "tag_stats": stats_rows}, "tags_indexed": tags_indexed,
               "seconds": round(time.monotonic() - started, 3), "config": config.to_dict()}
-    wh.write_run_report(STEP, day, report)
-    log.info("index %s: %d eligible articles, %d tags, %d index rows, prior ctr %s, %.1fs", day, eligible,
+    wh.write_run_report(NAME, day, report)
+    log.debug("index %s: %d eligible articles, %d tags, %d index rows, prior ctr %s, %.1fs", day, eligible,
              tags_indexed, index_rows, f"{p0:.4f}" if p0 is not None else "n/a", report["seconds"])
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    """spark-submit entry point: ``spark-submit jobs/index.py --date D``."""
-    from jobs.cli import step_main
-
-    return step_main(STEP, argv)
-
+STEP = Step(NAME, run, summary="tag -> top-K articles index and tag statistics of D")
+main = STEP.main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -28,15 +28,17 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from jobs.common.config import Config
 from jobs.common.dates import day_bounds
+from jobs.common.entry import Step
 from jobs.common.landing import raw_dates, read_raw_records
 from jobs.common.storage import Warehouse
-from schemas.tables import ARTICLES, EVENT_TYPES, EVENTS, REJECTED, USERS
+from schemas.catalog import EVENT_TYPES
+from schemas.config import Config, IngestConfig
+from schemas.tables import ARTICLES, EVENTS, REJECTED, USERS
 
 log = logging.getLogger(__name__)
 
-STEP = "ingest"
+NAME = "ingest"
 
 # Reasons a record is refused, in the order the rules are applied.
 REASONS = (
@@ -297,20 +299,65 @@ def snapshot(previous: DataFrame | None, accepted: DataFrame, key: str, columns:
     return latest_versions(versions, key, order=[F.col("updated_time"), F.col("_landed")]).select(*columns)
 
 
-# -- the step --------------------------------------------------------------------------------
+# -- the step: pure pieces --------------------------------------------------------------------
 class RejectRatioExceeded(RuntimeError):
     pass
 
 
-def _rejected_rows(df: DataFrame, source: str) -> DataFrame:
-    return df.where(F.col("reason").isNotNull()).select(
-        F.lit(source).alias("source"), "raw", "reason", "detail")
+def rejected_rows(df: DataFrame, source: str) -> DataFrame:
+    return df.where(F.col("reason").isNotNull()).select(F.lit(source).alias("source"), "raw", "reason", "detail")
 
 
-def _counts_by_reason(df: DataFrame) -> dict[str | None, int]:
+def counts_by_reason(df: DataFrame) -> dict[str | None, int]:
     return {r["reason"]: r["count"] for r in df.groupBy("reason").count().collect()}
 
 
+def source_counts(by_reason: dict[str | None, int]) -> dict:
+    """{landed, accepted, rejected: {reason: n}} from counts per reason (None = accepted)."""
+    return {"landed": sum(by_reason.values()), "accepted": by_reason.get(None, 0),
+            "rejected": {k: v for k, v in by_reason.items() if k is not None}}
+
+
+def reject_ratios(counts: dict[str, dict], cfg: IngestConfig) -> tuple[dict[str, float], dict[str, float]]:
+    """(share refused per source, the sources above ingest.max_reject_ratio that landed at
+    least ingest.reject_ratio_min_records records)."""
+    ratios = {s: (sum(c["rejected"].values()) / c["landed"] if c["landed"] else 0.0) for s, c in counts.items()}
+    over = {s: r for s, r in ratios.items()
+            if r > cfg.max_reject_ratio and counts[s]["landed"] >= cfg.reject_ratio_min_records}
+    return ratios, over
+
+
+def balance(counts: dict[str, dict], events_written: int, rejected_written: dict[str, int]) -> dict[str, dict]:
+    """The no-loss check per source: landed == accepted + refused rows written to
+    ``rejected``, and for events also accepted == rows written to ``events``."""
+    out = {}
+    for source, c in counts.items():
+        refused = rejected_written.get(source, 0)
+        ok = c["landed"] == c["accepted"] + refused
+        if source == "events":
+            ok = ok and events_written == c["accepted"]
+        out[source] = {"landed": c["landed"], "accepted": c["accepted"], "rejected": refused, "balanced": ok}
+    return out
+
+
+def checked_events(records: DataFrame, cfg: IngestConfig, window: tuple[dt.datetime, dt.datetime],
+                   day_start: dt.datetime, users: DataFrame, articles: DataFrame) -> DataFrame:
+    """Raw event records -> typed rows with ``reason``/``detail`` of every rule but the
+    duplicate search, plus ``_late`` (dated before D) and a row id ``_row``."""
+    return (parse_events(records)
+            .transform(with_event_checks, window_start=window[0], window_end=window[1],
+                       max_dwell_ms=cfg.max_dwell_ms, max_position=cfg.max_position)
+            .transform(with_known_ids, users=users, articles=articles)
+            .withColumn("_late", F.col("event_time") < F.lit(day_start))
+            .withColumn("_row", F.monotonically_increasing_id()))
+
+
+def lookback_days(cfg: IngestConfig) -> int:
+    """Earlier days whose events a late event of D may duplicate."""
+    return max(1, math.ceil((cfg.late_tolerance_hours * 60 + cfg.clock_skew_minutes) / (24 * 60)))
+
+
+# -- the step: I/O ---------------------------------------------------------------------------
 def _bootstrap_versions(spark, config, source, date, parse, check) -> DataFrame | None:
     """Valid versions from landed partitions before ``date`` (used when no snapshot of
     D-1 exists yet: the first day, or a warehouse rebuilt from raw)."""
@@ -327,14 +374,51 @@ def _bootstrap_versions(spark, config, source, date, parse, check) -> DataFrame 
     return out
 
 
+def _snapshot_sources(spark: SparkSession, config: Config, wh: Warehouse, date: dt.date, timed, cached: list):
+    """Write D's articles and users snapshots; (counts per source, rejected frames)."""
+    day, previous_day = date.isoformat(), (date - dt.timedelta(days=1)).isoformat()
+
+    def user_check(df, d):
+        # A user record without updated_time is as new as the end of the day it landed.
+        landed_at = day_bounds(dt.date.fromisoformat(d), config.time.timezone)[1] - dt.timedelta(microseconds=1)
+        return with_user_checks(df, landed_at=landed_at)
+
+    sources = {
+        "articles": (parse_articles, lambda df, _d: with_article_checks(df), "article_id", ARTICLES.fieldNames()),
+        "users": (parse_users, user_check, "user_id", USERS.fieldNames()),
+    }
+    counts, rejected = {}, []
+    for source, (parse, check, key, columns) in sources.items():
+        checked = check(parse(read_raw_records(spark, config, source, day)), day).cache()  # a day of records
+        cached.append(checked)
+        if wh.has_partition(source, previous_day):
+            previous = wh.read_partition(source, previous_day)
+        else:
+            previous = _bootstrap_versions(spark, config, source, day, parse, check)
+            previous = None if previous is None else previous.select(*columns)
+        snap = snapshot(previous, checked.where(F.col("reason").isNull()), key, columns)
+        timed(f"write_{source}", lambda s=snap, n=source: wh.write_partition(s, n, day))
+        counts[source] = source_counts(timed(f"count_{source}", lambda c=checked: counts_by_reason(c)))
+        rejected.append(rejected_rows(checked, source))
+    return counts, rejected
+
+
+def _union(frames: list[DataFrame]) -> DataFrame:
+    out = frames[0]
+    for frame in frames[1:]:
+        out = out.unionByName(frame)
+    return out
+
+
 def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
     """Ingest the landing of ``date``; returns the run report (also written to _runs)."""
     started = time.monotonic()
     day = date.isoformat()
-    previous_day = (date - dt.timedelta(days=1)).isoformat()
     wh = Warehouse(spark, config)
     start, end = day_bounds(date, config.time.timezone)
     ing = config.ingest
+    late_start = start - dt.timedelta(hours=ing.late_tolerance_hours)
+    skew_end = end + dt.timedelta(minutes=ing.clock_skew_minutes)
     timings: dict[str, float] = {}
 
     def timed(label, fn):
@@ -343,126 +427,68 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
         timings[label] = round(time.monotonic() - t0, 3)
         return out
 
-    # Articles and users first: events are checked against the snapshots of D.
-    article_check = lambda df, _d: with_article_checks(df)  # noqa: E731
-    user_check = lambda df, d: with_user_checks(  # noqa: E731
-        df, landed_at=day_bounds(dt.date.fromisoformat(d), config.time.timezone)[1] - dt.timedelta(microseconds=1))
+    report = {"step": NAME, "date": day, "window": {"start": start.isoformat(), "end": end.isoformat(),
+                                                    "accepts_from": late_start.isoformat(),
+                                                    "accepts_until": skew_end.isoformat()},
+              "config": config.to_dict()}
+    cached: list[DataFrame] = []
+    try:
+        # Articles and users first: events are checked against the snapshots of D.
+        counts, rejected = _snapshot_sources(spark, config, wh, date, timed, cached)
+        checked = checked_events(read_raw_records(spark, config, "events", day), ing, (late_start, skew_end), start,
+                                 wh.read_partition("users", day), wh.read_partition("articles", day))
+        # The parsed, checked day is read several times below (duplicates, counts, the two
+        # outputs): parse the JSON once into scratch Parquet.
+        with wh.scratch(f"ingest-{day}") as stage:
+            checked = timed("parse_events", lambda: stage(checked, "checked"))
+            earlier = wh.read_partitions("events", [(date - dt.timedelta(days=k)).isoformat()
+                                                    for k in range(1, lookback_days(ing) + 1)])
+            seen_ids = None if earlier is None else earlier.select("event_id")
+            losers = timed("find_duplicates", lambda: stage(duplicate_losers(checked, seen_ids), "duplicates"))
+            final = with_duplicates_marked(checked, losers)
+            counts["events"] = source_counts(timed("validate_events", lambda: counts_by_reason(final)))
+            rejected.append(rejected_rows(final, "events"))
+            timed("write_rejected", lambda: wh.write_partition(
+                _union(rejected).select(*REJECTED.fieldNames()), "rejected", day))
 
-    sources = {
-        "articles": (parse_articles, article_check, "article_id", ARTICLES.fieldNames()),
-        "users": (parse_users, user_check, "user_id", USERS.fieldNames()),
-    }
-    counts: dict[str, dict] = {}
-    snapshots: dict[str, DataFrame] = {}
-    rejected_frames: list[DataFrame] = []
-    for source, (parse, check, key, columns) in sources.items():
-        checked = check(parse(read_raw_records(spark, config, source, day)), day)
-        checked = checked.cache()  # small: a day of article or user records
-        if wh.has_partition(source, previous_day):
-            previous = wh.read_partition(source, previous_day)
-        else:
-            previous = _bootstrap_versions(spark, config, source, day, parse, check)
-            previous = None if previous is None else previous.select(*columns)
-        accepted = checked.where(F.col("reason").isNull())
-        snap = snapshot(previous, accepted, key, columns)
-        timings_key = f"write_{source}"
-        timed(timings_key, lambda s=snap, n=source: wh.write_partition(s, n, day))
-        snapshots[source] = wh.read_partition(source, day)
-        by_reason = timed(f"count_{source}", lambda c=checked: _counts_by_reason(c))
-        landed = sum(by_reason.values())
-        counts[source] = {"landed": landed, "accepted": by_reason.get(None, 0),
-                          "rejected": {k: v for k, v in by_reason.items() if k is not None}}
-        rejected_frames.append(_rejected_rows(checked, source))
-
-    # Events.
-    late_start = start - dt.timedelta(hours=ing.late_tolerance_hours)
-    skew_end = end + dt.timedelta(minutes=ing.clock_skew_minutes)
-    checked = (parse_events(read_raw_records(spark, config, "events", day))
-               .transform(with_event_checks, window_start=late_start, window_end=skew_end,
-                          max_dwell_ms=ing.max_dwell_ms, max_position=ing.max_position)
-               .transform(with_known_ids, users=snapshots["users"], articles=snapshots["articles"])
-               .withColumn("_late", F.col("event_time") < F.lit(start))
-               .withColumn("_row", F.monotonically_increasing_id()))
-    # The parsed, checked day is read several times below (duplicates, counts, the two
-    # outputs): parse the JSON once into scratch Parquet.
-    with wh.scratch(f"ingest-{day}") as stage:
-        checked = timed("parse_events", lambda: stage(checked, "checked"))
-        lookback = max(1, math.ceil((ing.late_tolerance_hours * 60 + ing.clock_skew_minutes) / (24 * 60)))
-        earlier_days = [(date - dt.timedelta(days=k)).isoformat() for k in range(1, lookback + 1)]
-        earlier = wh.read_partitions("events", earlier_days)
-        seen_ids = None if earlier is None else earlier.select("event_id")
-        losers = timed("find_duplicates", lambda: stage(duplicate_losers(checked, seen_ids), "duplicates"))
-        final = with_duplicates_marked(checked, losers)
-
-        by_reason = timed("validate_events", lambda: _counts_by_reason(final))
-        landed = sum(by_reason.values())
-        accepted = by_reason.get(None, 0)
-        rejected_events = {k: v for k, v in by_reason.items() if k is not None}
-        counts["events"] = {"landed": landed, "accepted": accepted, "rejected": rejected_events}
-        rejected_frames.append(_rejected_rows(final, "events"))
-
-        rejected = rejected_frames[0]
-        for frame in rejected_frames[1:]:
-            rejected = rejected.unionByName(frame)
-        timed("write_rejected", lambda: wh.write_partition(rejected.select(*REJECTED.fieldNames()), "rejected", day))
-
-        ratios = {s: (sum(c["rejected"].values()) / c["landed"] if c["landed"] else 0.0) for s, c in counts.items()}
-        over = {s: r for s, r in ratios.items()
-                if r > ing.max_reject_ratio and counts[s]["landed"] >= ing.reject_ratio_min_records}
-        report = {
-            "step": STEP, "date": day, "window": {"start": start.isoformat(), "end": end.isoformat(),
-                                                  "accepts_from": late_start.isoformat(),
-                                                  "accepts_until": skew_end.isoformat()},
-            "sources": counts, "reject_ratio": ratios, "config": config.to_dict(),
-        }
-        if over:
-            report.update(status="failed", timings_sec=timings,
-                          seconds=round(time.monotonic() - started, 3))
-            wh.write_run_report(STEP, day, report)
-            worst = ", ".join(f"{s} {r:.1%}" for s, r in over.items())
-            raise RejectRatioExceeded(
-                f"ingest {day}: reject ratio above ingest.max_reject_ratio={ing.max_reject_ratio:.1%} "
-                f"({worst}). Refused records are in {wh.partition_location('rejected', day)} with their "
-                "reasons; fix the upstream export or raise the threshold, then re-run this date.")
-
-        events = final.where(F.col("reason").isNull()).select(*EVENTS.fieldNames())
-        timed("write_events", lambda: wh.write_partition(events, "events", day))
+            ratios, over = reject_ratios(counts, ing)
+            report.update(sources=counts, reject_ratio=ratios)
+            if over:
+                report.update(status="failed", timings_sec=timings, seconds=round(time.monotonic() - started, 3))
+                wh.write_run_report(NAME, day, report)
+                worst = ", ".join(f"{s} {r:.1%}" for s, r in over.items())
+                raise RejectRatioExceeded(
+                    f"ingest {day}: reject ratio above ingest.max_reject_ratio={ing.max_reject_ratio:.1%} "
+                    f"({worst}). Refused records are in {wh.partition_location('rejected', day)} with their "
+                    "reasons; fix the upstream export or raise the threshold, then re-run this date.")
+            events = final.where(F.col("reason").isNull()).select(*EVENTS.fieldNames())
+            timed("write_events", lambda: wh.write_partition(events, "events", day))
+    finally:
+        for df in cached:
+            df.unpersist()
 
     # No record lost: what was landed equals what was written, counted from the tables.
     t_verify = time.monotonic()
-    written = {
-        "events": wh.read_partition("events", day).count(),
-        "articles": wh.read_partition("articles", day).count(),
-        "users": wh.read_partition("users", day).count(),
-    }
+    written = {name: wh.read_partition(name, day).count() for name in ("events", "articles", "users")}
     rejected_written = {r["source"]: r["count"] for r in
                         wh.read_partition("rejected", day).groupBy("source").count().collect()}
-    balance = {}
-    for source, c in counts.items():
-        refused = rejected_written.get(source, 0)
-        ok = c["landed"] == c["accepted"] + refused
-        if source == "events":
-            ok = ok and written["events"] == c["accepted"]
-        balance[source] = {"landed": c["landed"], "accepted": c["accepted"], "rejected": refused, "balanced": ok}
-        if not ok:
-            raise RuntimeError(f"ingest {day}: {source} do not balance: landed {c['landed']}, "
-                               f"accepted {c['accepted']}, rejected written {refused}")
+    balanced = balance(counts, written["events"], rejected_written)
+    for source, b in balanced.items():
+        if not b["balanced"]:
+            raise RuntimeError(f"ingest {day}: {source} do not balance: landed {b['landed']}, "
+                               f"accepted {b['accepted']}, rejected written {b['rejected']}")
     timings["verify"] = round(time.monotonic() - t_verify, 3)
-    report.update(status="succeeded", balance=balance, rows_written=written,
+    report.update(status="succeeded", balance=balanced, rows_written=written,
                   rows_written_rejected=rejected_written, timings_sec=timings,
                   seconds=round(time.monotonic() - started, 3))
-    wh.write_run_report(STEP, day, report)
-    log.info("ingest %s: %d events accepted, %d refused, %.1fs", day, accepted,
-             sum(rejected_events.values()), report["seconds"])
+    wh.write_run_report(NAME, day, report)
+    log.debug("ingest %s: %d events accepted, %d refused, %.1fs", day, counts["events"]["accepted"],
+             sum(counts["events"]["rejected"].values()), report["seconds"])
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    """spark-submit entry point: ``spark-submit jobs/ingest.py --date D [--config F]``."""
-    from jobs.cli import step_main
-
-    return step_main(STEP, argv)
-
+STEP = Step(NAME, run, summary="validate D's raw landing into events, articles, users and rejected")
+main = STEP.main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -39,17 +39,18 @@ import time
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from jobs.common.config import Config, ProfilesConfig
 from jobs.common.dates import day_bounds
+from jobs.common.entry import Option, Step
 from jobs.common.storage import MissingPartitionError, Warehouse
+from jobs.transforms.decay import age_seconds, decay, decay_factor
 from schemas.catalog import PARTITION_COLUMN
+from schemas.config import Config, ProfilesConfig
 from schemas.tables import user_tag_profile_schema
 
 log = logging.getLogger(__name__)
 
-STEP = "profiles"
+NAME = "profiles"
 TABLE = "user_tag_profile"
-DAY_SEC = 86400.0
 
 
 def weight_columns(cfg: ProfilesConfig) -> list[str]:
@@ -69,11 +70,6 @@ def signal(cfg: ProfilesConfig) -> Column:
     return base + F.when((F.col("event_type") == "click") & F.col("dwell_ms").isNotNull(), dwell).otherwise(0.0)
 
 
-def decay(age_sec: Column, half_life_days: float) -> Column:
-    """2^(-age / half-life), age in seconds."""
-    return F.exp(F.lit(-math.log(2.0) / (half_life_days * DAY_SEC)) * age_sec)
-
-
 def article_tags(articles: DataFrame) -> DataFrame:
     """(dt, article_id, tag, tag_weight): one row per tag of each article snapshot."""
     return (articles.select(PARTITION_COLUMN, "article_id", F.explode("tags").alias("t"))
@@ -87,8 +83,7 @@ def contribution(events: DataFrame, articles: DataFrame, end: dt.datetime, cfg: 
     Both inputs carry ``dt``: each event takes its tags from its own day's articles
     snapshot. Events are first reduced to one row per (dt, user, article), then joined to
     the articles' tags: the join sees far fewer rows than there are events."""
-    end_sec = end.timestamp()
-    age = F.lit(end_sec) - F.unix_micros("event_time").cast("double") / 1e6
+    age = age_seconds(F.col("event_time"), end.timestamp())
     sig = signal(cfg)
     is_imp = (F.col("event_type") == "impression").cast("double")
     is_click = (F.col("event_type") == "click").cast("double")
@@ -112,10 +107,10 @@ def contribution(events: DataFrame, articles: DataFrame, end: dt.datetime, cfg: 
 
 def decayed(profile: DataFrame, seconds: float, cfg: ProfilesConfig) -> DataFrame:
     """A profile moved forward in time by ``seconds`` (no new events)."""
-    counts = math.pow(2.0, -seconds / (cfg.half_life_days[cfg.counts_horizon] * DAY_SEC))
+    counts = decay_factor(seconds, cfg.half_life_days[cfg.counts_horizon])
     return profile.select(
         "user_id", "tag",
-        *[(F.col(f"{name}_weight") * math.pow(2.0, -seconds / (h * DAY_SEC))).alias(f"{name}_weight")
+        *[(F.col(f"{name}_weight") * decay_factor(seconds, h)).alias(f"{name}_weight")
           for name, h in cfg.half_life_days.items()],
         (F.col("impressions") * counts).alias("impressions"),
         (F.col("clicks") * counts).alias("clicks"),
@@ -193,28 +188,26 @@ def run(spark: SparkSession, config: Config, date: dt.date, full: bool = False) 
     wh = Warehouse(spark, config)
     day = date.isoformat()
     profile, how = build(wh, config, date, full)
-    log.info("profiles %s: %s computation over %s", day, how["mode"], ", ".join(how["event_dates"]))
+    log.debug("profiles %s: %s computation over %s", day, how["mode"], ", ".join(how["event_dates"]))
     wh.write_partition(profile, TABLE, day)
     written = wh.read_partition(TABLE, day)
     stats = written.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("user_id").alias("users"),
                         F.countDistinct("tag").alias("tags")).first()
     events_read = wh.read_partitions("events", how["event_dates"]).count()
-    report = {"step": STEP, "date": day, "status": "succeeded", **how,
+    report = {"step": NAME, "date": day, "status": "succeeded", **how,
               "rows_read": {"events": events_read}, "rows_written": {TABLE: stats["rows"]},
               "users": stats["users"], "tags": stats["tags"],
               "seconds": round(time.monotonic() - started, 3), "config": config.to_dict()}
-    wh.write_run_report(STEP, day, report)
-    log.info("profiles %s: %d rows, %d users, %d tags (%s), %.1fs", day, stats["rows"], stats["users"],
+    wh.write_run_report(NAME, day, report)
+    log.debug("profiles %s: %d rows, %d users, %d tags (%s), %.1fs", day, stats["rows"], stats["users"],
              stats["tags"], how["mode"], report["seconds"])
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    """spark-submit entry point: ``spark-submit jobs/profiles.py --date D [--full]``."""
-    from jobs.cli import step_main
-
-    return step_main(STEP, argv)
-
+STEP = Step(NAME, run, summary="decayed user tag profiles of D (D-1's profile + D's events)", options=(
+    Option("--full", "recompute from every events partition up to --date instead of yesterday's profile "
+                     "+ today's events"),))
+main = STEP.main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -4,7 +4,7 @@ One row per (impression on D) x (tag of the impressed article, from D's articles
 with labels ``click`` (1 when the user clicked that article in the same request, or on D
 when requests are unknown) and ``dwell_sec`` (the click's dwell; null when not clicked or
 unknown), the context (position, the request's index in the user's day, the hour in
-time.timezone), and every feature of jobs/features.py computed from D-1's tables.
+time.timezone), and every feature of jobs/transforms/features.py computed from D-1's tables.
 
 Without D-1's profile (the first day of data) there is nothing to describe D's impressions
 with: the step writes nothing and reports ``skipped`` with the reason; training uses the
@@ -20,14 +20,17 @@ import time
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from jobs import features
-from jobs.common.config import Config
+from jobs.common.entry import Step, skipped
+from jobs.common.inputs import feature_tables
 from jobs.common.storage import Warehouse
+from jobs.transforms.features import with_features
+from schemas.config import Config
+from schemas.features import feature_spec
 from schemas.tables import TRAINING_TRIPLES
 
 log = logging.getLogger(__name__)
 
-STEP = "triples"
+NAME = "triples"
 TABLE = "training_triples"
 
 
@@ -64,45 +67,53 @@ def pairs_of(labelled: DataFrame, articles: DataFrame) -> DataFrame:
     return labelled.join(tags, "article_id")
 
 
+def training_rows(labelled: DataFrame, articles: DataFrame, tables, config: Config) -> DataFrame:
+    """The table's rows: labelled impressions x their article's tags, with every feature
+    from ``tables`` (FeatureTables of D-1), key and label columns first."""
+    rows = with_features(pairs_of(labelled, articles), tables, config)
+    keys = TRAINING_TRIPLES.fieldNames()
+    return rows.select(*keys, *[c for c in feature_spec(config).columns if c not in keys])
+
+
+def skip_reason(spark: SparkSession, config: Config, date: dt.date) -> str | None:
+    """The first day of data has no D-1 profile to describe D's impressions with."""
+    prev = (date - dt.timedelta(days=1)).isoformat()
+    if not Warehouse(spark, config).has_partition("user_tag_profile", prev):
+        return (f"no user_tag_profile for {prev}: features of {date} are computed from {prev}'s tables "
+                "(first day of data?)")
+    return None
+
+
 def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
     started = time.monotonic()
     wh = Warehouse(spark, config)
     day, prev = date.isoformat(), (date - dt.timedelta(days=1)).isoformat()
     events = wh.read_partition("events", day)
     articles = wh.read_partition("articles", day)
-    report = {"step": STEP, "date": day, "config": config.to_dict()}
-    if not wh.has_partition("user_tag_profile", prev):
-        report.update(status="skipped", reason=f"no user_tag_profile for {prev}: features of {day} are "
-                                               f"computed from {prev}'s tables (first day of data?)",
-                      seconds=round(time.monotonic() - started, 3))
-        wh.write_run_report(STEP, day, report)
-        log.warning("triples %s: skipped, %s", day, report["reason"])
-        return report
+    # Without a previous profile the step has nothing to compute features from: training
+    # uses the days that have triples, so the chain goes on.
+    reason = skip_reason(spark, config, date)
+    if reason:
+        return skipped(config, NAME, date, reason, spark)
+    report = {"step": NAME, "date": day, "config": config.to_dict()}
     session_tz = spark.conf.get("spark.sql.session.timeZone")
     labelled = labelled_impressions(events, config.time.timezone, session_tz)
-    rows = features.build(wh, config, date, pairs_of(labelled, articles))
-    spec = features.feature_spec(config)
-    keys = TRAINING_TRIPLES.fieldNames()
-    ordered = rows.select(*keys, *[c for c in spec.columns if c not in keys])
-    wh.write_partition(ordered, TABLE, day)
+    spec = feature_spec(config)
+    wh.write_partition(training_rows(labelled, articles, feature_tables(wh, date), config), TABLE, day)
     written = wh.read_partition(TABLE, day)
     stats = written.agg(F.count(F.lit(1)).alias("rows"), F.sum("click").alias("clicks"),
                         F.countDistinct("event_id").alias("impressions")).first()
     report.update(status="succeeded", rows_written={TABLE: stats["rows"]}, impressions=stats["impressions"],
                   clicked_rows=stats["clicks"], features=spec.to_dict(), features_from=prev,
                   seconds=round(time.monotonic() - started, 3))
-    wh.write_run_report(STEP, day, report)
-    log.info("triples %s: %d rows from %d impressions, %d clicked, %.1fs", day, stats["rows"],
+    wh.write_run_report(NAME, day, report)
+    log.debug("triples %s: %d rows from %d impressions, %d clicked, %.1fs", day, stats["rows"],
              stats["impressions"], stats["clicks"] or 0, report["seconds"])
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    """spark-submit entry point: ``spark-submit jobs/triples.py --date D``."""
-    from jobs.cli import step_main
-
-    return step_main(STEP, argv)
-
+STEP = Step(NAME, run, skip_reason=skip_reason, summary="training triples of D: impressions x tags, labels, features of D-1")
+main = STEP.main
 
 if __name__ == "__main__":
     raise SystemExit(main())

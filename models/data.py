@@ -1,5 +1,15 @@
 """Training triples from Parquet, streamed in Arrow record batches: memory stays bounded by
-the batch size whatever the window (no pandas frame of the whole window)."""
+the batch size whatever the window (no pandas frame of the whole window).
+
+Targets: ``click`` (0/1), ``dwell`` (log1p seconds) and ``dwell_mask``, which is 1 only on
+clicked rows whose dwell is known and finite. The dwell loss sees only those rows; every
+other row's dwell target is 0, so a null, NaN or infinite dwell cannot reach a loss.
+
+Shuffling (training only): the Parquet files in a random order, and the rows of each read
+chunk (``read_rows``, 64k by default) permuted before they are cut into batches, with a new
+order every epoch. A buffer of whole batches would leave the rows inside each batch in file
+order, i.e. grouped by user.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pds
 
-from jobs.features import FeatureSpec
+from schemas.features import FeatureSpec
 
 LABELS = ("click", "dwell_sec")
 
@@ -37,20 +47,38 @@ def to_inputs(batch: pa.RecordBatch | pa.Table, spec: FeatureSpec) -> dict[str, 
     return out
 
 
+TARGETS = ("click", "dwell", "dwell_mask")
+
+
 def to_targets(batch: pa.RecordBatch | pa.Table) -> dict[str, np.ndarray]:
-    click = batch.column("click").to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, 1)
-    dwell = batch.column("dwell_sec").fill_null(0.0).to_numpy(zero_copy_only=False).astype(np.float32)
-    dwell = np.log1p(np.maximum(dwell, 0.0)).reshape(-1, 1) * click
-    return {"click": click, "dwell": dwell}
+    """click, log1p(dwell seconds) and the dwell mask (module docstring), each (n, 1) float32."""
+    click = batch.column("click").fill_null(0).to_numpy(zero_copy_only=False).astype(np.float32)
+    dwell = batch.column("dwell_sec").to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> NaN
+    known = (click > 0) & np.isfinite(dwell)
+    dwell_log = np.where(known, np.log1p(np.maximum(np.where(known, dwell, 0.0), 0.0)), 0.0)
+    return {"click": click.reshape(-1, 1), "dwell": dwell_log.astype(np.float32).reshape(-1, 1),
+            "dwell_mask": known.astype(np.float32).reshape(-1, 1)}
+
+
+def _chunks(ds: pds.Dataset, columns: list[str], read_rows: int, rng: np.random.Generator | None):
+    if rng is None:
+        yield from ds.to_batches(columns=columns, batch_size=read_rows)
+        return
+    fragments = list(ds.get_fragments())
+    for i in rng.permutation(len(fragments)):
+        for chunk in fragments[i].to_batches(columns=columns, batch_size=read_rows):
+            yield chunk.take(pa.array(rng.permutation(chunk.num_rows)))
 
 
 def batches(ds: pds.Dataset, spec: FeatureSpec, batch_size: int, with_ids: bool = False,
-            read_rows: int = 65536) -> Iterator[tuple]:
+            read_rows: int = 65536, shuffle_seed: int | None = None) -> Iterator[tuple]:
     """(inputs, targets) per batch of at most ``batch_size`` rows; with ``with_ids`` also the
     user_id column (for per-user metrics). Arrow is read and converted ``read_rows`` at a
-    time (fewer, larger conversions), then sliced without copying."""
+    time (fewer, larger conversions), then sliced without copying. With ``shuffle_seed``,
+    files and rows come in a random order (module docstring); without, in file order."""
     columns = list(spec.columns) + list(LABELS) + (["user_id"] if with_ids else [])
-    for chunk in ds.to_batches(columns=columns, batch_size=max(read_rows, batch_size)):
+    rng = None if shuffle_seed is None else np.random.default_rng(shuffle_seed)
+    for chunk in _chunks(ds, columns, max(read_rows, batch_size), rng):
         if chunk.num_rows == 0:
             continue
         inputs, targets = to_inputs(chunk, spec), to_targets(chunk)

@@ -1,4 +1,4 @@
-"""Building blocks of the multi-task tag model: the task-weighted loss and the wide crosses.
+"""Building blocks of the multi-task tag model: the task losses and their weighting.
 
 The loss (DESIGN.md, Kendall, Gal and Cipolla 2018), with s_i = log sigma_i^2 learned:
 
@@ -6,9 +6,11 @@ The loss (DESIGN.md, Kendall, Gal and Cipolla 2018), with s_i = log sigma_i^2 le
     equal:        L = BCE + MSE
     fixed:        L = w_click * BCE + w_dwell * MSE
 
-BCE is over every sample; MSE (of log1p dwell seconds) over clicked samples only: a masked
-mean, so the dwell head learns E[log1p dwell | click] and the unclicked rows, whose dwell
-is unknown rather than zero, do not pull it towards zero.
+BCE is over every sample, computed from the click logit (exact for any logit; clipping a
+probability would cap the loss of a confident mistake at -log(1e-7) = 16.1). MSE (of log1p
+dwell seconds) is over clicked samples with a known dwell only (models/data.py's
+``dwell_mask``): a masked mean, so the dwell head learns E[log1p dwell | click] and the
+unclicked rows, whose dwell is unknown rather than zero, do not pull it towards zero.
 """
 
 from __future__ import annotations
@@ -16,12 +18,10 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-EPS = 1e-7
 
-
-def binary_crossentropy(y_true, p_pred):
-    p = ops.clip(p_pred, EPS, 1.0 - EPS)
-    return -ops.mean(y_true * ops.log(p) + (1.0 - y_true) * ops.log(1.0 - p))
+def binary_crossentropy(y_true, logit):
+    """Mean binary cross-entropy of labels ``y_true`` against the click ``logit``."""
+    return ops.mean(ops.binary_crossentropy(y_true, logit, from_logits=True))
 
 
 def masked_mse(y_true, y_pred, mask):
@@ -52,26 +52,6 @@ def task_weights(weighting: str, log_vars=None, fixed=None) -> dict[str, float]:
     if weighting == "equal":
         return {"click": 1.0, "dwell": 1.0}
     return dict(fixed)
-
-
-@keras.saving.register_keras_serializable(package="tagrecall")
-class HashedCross(keras.layers.Layer):
-    """Integer ids (a, b) -> (a * P + b) mod buckets: the one-hot cross of two categorical
-    features for the wide part, without a vocabulary of pairs."""
-
-    PRIME = 1_000_003
-
-    def __init__(self, buckets: int, **kwargs):
-        super().__init__(**kwargs)
-        self.buckets = buckets
-
-    def call(self, a, b):
-        a = ops.cast(a, "int64")
-        b = ops.cast(b, "int64")
-        return ops.mod(a * self.PRIME + b, self.buckets)
-
-    def get_config(self):
-        return {**super().get_config(), "buckets": self.buckets}
 
 
 @keras.saving.register_keras_serializable(package="tagrecall")

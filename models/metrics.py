@@ -54,14 +54,17 @@ def dwell_errors(true_sec: np.ndarray, pred_sec: np.ndarray) -> dict[str, float 
     return {"dwell_rmse_sec": float(math.sqrt(np.mean(err ** 2))), "dwell_mae_sec": float(np.mean(np.abs(err)))}
 
 
-def all_metrics(users, click, p_click, dwell_true_sec, dwell_pred_sec) -> dict:
+def all_metrics(users, click, p_click, dwell_true_sec, dwell_pred_sec, dwell_known=None) -> dict:
     """CTR AUC, GAUC, log loss, calibration over every row; dwell errors over clicked rows
-    (seconds). Either prediction may be None for a single-task model."""
+    (seconds) whose dwell is known (``dwell_known``; every clicked row when None). Either
+    prediction may be None for a single-task model."""
     out: dict = {"rows": int(len(click)), "clicks": int(np.sum(click))}
     if p_click is not None:
         out.update(auc=auc(click, p_click), gauc=gauc(users, click, p_click), log_loss=log_loss(click, p_click),
                    calibration=calibration(click, p_click))
     if dwell_pred_sec is not None:
         clicked = np.asarray(click).ravel() > 0
+        if dwell_known is not None:
+            clicked &= np.asarray(dwell_known).ravel().astype(bool)
         out.update(dwell_errors(np.asarray(dwell_true_sec).ravel()[clicked], np.asarray(dwell_pred_sec).ravel()[clicked]))
     return out

@@ -23,17 +23,16 @@ import logging
 import keras
 import numpy as np
 
-from jobs.common.config import ModelConfig
-from jobs.features import FeatureSpec
 from models.data import Statistics
 from models.layers import (
-    HashedCross,
     Log1p,
     binary_crossentropy,
     combined_loss,
     masked_mse,
     task_weights,
 )
+from schemas.config import ModelConfig
+from schemas.features import FeatureSpec
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,8 @@ def build_network(spec: FeatureSpec, stats: Statistics, cfg: ModelConfig, tasks:
         x = keras.layers.Dense(units, activation="relu", name=f"bottom_{i}")(x)
 
     crossed = [c for c in spec.categorical if c != "tag"]
-    cross_ids = {c: HashedCross(cfg.cross_buckets, name=f"cross_tag_{c}")(ids["tag"], ids[c]) for c in crossed}
+    cross_ids = {c: keras.layers.HashedCrossing(cfg.cross_buckets, name=f"cross_tag_{c}")((ids["tag"], ids[c]))
+                 for c in crossed}
     outputs = {}
     for task in tasks:
         deep = x
@@ -69,8 +69,10 @@ def build_network(spec: FeatureSpec, stats: Statistics, cfg: ModelConfig, tasks:
         wide += [keras.layers.Flatten()(keras.layers.Embedding(cfg.cross_buckets, 1, embeddings_initializer="zeros",
                                                                name=f"{task}_wide_tag_x_{c}")(cross_ids[c]))
                  for c in crossed]
-        logit = keras.layers.Add(name=f"{task}_logit")([deep, *wide])
+        logit = keras.layers.Add(name=f"{task}_wide_plus_deep")([deep, *wide])
         if task == "click":
+            # The logit too: the loss is computed from it (models/layers.py), scoring uses the probability.
+            outputs["click_logit"] = keras.layers.Identity(name="click_logit")(logit)
             outputs[task] = keras.layers.Activation("sigmoid", name="click")(logit)
         else:
             outputs[task] = keras.layers.Identity(name="dwell")(logit)
@@ -98,8 +100,8 @@ class MultiTaskTrainer(keras.Model):
         return self.network(inputs, training=training)
 
     def task_losses(self, y, y_pred):
-        bce = binary_crossentropy(y["click"], y_pred["click"]) if "click" in y_pred else 0.0
-        mse = masked_mse(y["dwell"], y_pred["dwell"], y["click"]) if "dwell" in y_pred else 0.0
+        bce = binary_crossentropy(y["click"], y_pred["click_logit"]) if "click" in y_pred else 0.0
+        mse = masked_mse(y["dwell"], y_pred["dwell"], y["dwell_mask"]) if "dwell" in y_pred else 0.0
         return bce, mse
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -150,3 +152,27 @@ class TaskWeightLogger(keras.callbacks.Callback):
             logs[f"log_var_{task}"] = s
         shown = ", ".join(f"{k}={float(v):.4f}" for k, v in sorted(logs.items()))
         log.info("%s epoch %d: %s", self.label, epoch + 1, shown)
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """A progress bar over each epoch's batches (tqdm; shown on a terminal only, so logs and
+    CI output stay line-based)."""
+
+    def __init__(self, label: str, steps: int):
+        super().__init__()
+        self.label, self.steps, self.bar = label, steps, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.steps, desc=f"{self.label} epoch {epoch + 1}", unit="batch", leave=False,
+                        disable=None)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

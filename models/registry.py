@@ -7,8 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from jobs.common.storage import absolute_uri
-from schemas.catalog import models_location
+from schemas.catalog import absolute_uri, models_location
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"

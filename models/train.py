@@ -1,5 +1,7 @@
-"""``tagrecall train --date D``: fit the multi-task model on a window of triples, validate on
-D (a time split, never random), write ``models/<version>/`` and promote it through the gate.
+"""Training the multi-task model for day D: fit on a window of triples, validate on D (a
+time split, never random), write ``models/<version>/`` and promote it through the gate.
+The step ``tagrecall train --date D`` (jobs/train.py) calls ``train_day`` and writes the
+run report; nothing here imports Spark or jobs/.
 
 The window is model.window_days days ending at D; the days before D that have triples train,
 D validates (early stopping on the validation loss of the click task, or of dwell for a
@@ -20,29 +22,38 @@ E[dwell | click] in seconds: the dwell head predicts m = E[log1p(dwell) | click]
 residuals e on the training clicks, E[dwell] = exp(m) * mean(exp(e)) - 1 (Duan's smearing
 estimator), as exp(m) - 1 alone would be the geometric mean, below the mean of a skewed
 distribution.
+
+The version name is ``<D>-<loss weighting>-<fingerprint>``, the fingerprint a hash of the
+model settings, the feature spec and the training files (names and sizes): retrying a
+day's training rewrites the same version (atomically: a new folder renamed into place)
+instead of adding one.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import math
+import os
+import shutil
 import time
+import uuid
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from jobs.common.config import Config
-from jobs.common.storage import absolute_uri
-from jobs.features import FeatureSpec, feature_spec
 from models import data, metrics, registry
-from schemas.catalog import run_report_location, table
+from models.scoring import dwell_seconds
+from schemas.catalog import absolute_uri, table
+from schemas.config import Config
+from schemas.features import FeatureSpec, feature_spec
 
 log = logging.getLogger(__name__)
 
-STEP = "train"
 SMEARING_ROWS = 200_000
 
 
@@ -60,29 +71,76 @@ def triple_partitions(config: Config, dates: list[dt.date]) -> dict[str, Path]:
     return out
 
 
+@dataclass(frozen=True)
+class Window:
+    """The training window of day D: the partitions of triples found, D validating."""
+
+    day: str
+    parts: dict[str, Path]
+
+    @property
+    def train_days(self) -> list[str]:
+        return [d for d in self.parts if d != self.day]
+
+
+def window(config: Config, date: dt.date) -> Window:
+    days = [date - dt.timedelta(days=k) for k in range(config.model.window_days - 1, -1, -1)]
+    return Window(date.isoformat(), triple_partitions(config, days))
+
+
+def skip_reason(config: Config, date: dt.date) -> str | None:
+    """Why day ``date`` cannot be trained yet (the first days of data), or None."""
+    w, cfg = window(config, date), config.model
+    if w.day not in w.parts:
+        return (f"no training_triples for {w.day} (the validation day) under "
+                f"{_local(table('training_triples').location(config.storage.warehouse))}: "
+                f"run `tagrecall triples --date {w.day}`")
+    if not w.train_days:
+        return (f"no training_triples in the {cfg.window_days - 1} days before {w.day} "
+                f"(model.window_days={cfg.window_days}): run `tagrecall triples` for them")
+    return None
+
+
+def model_version(config: Config, spec: FeatureSpec, w: Window) -> str:
+    """``<D>-<weighting>-<fingerprint>``: the same settings and data give the same name."""
+    files = sorted((d, f.name, f.stat().st_size) for d, p in w.parts.items() for f in p.glob("*.parquet"))
+    payload = json.dumps({"model": config.to_dict()["model"], "features": spec.to_dict(), "files": files},
+                         sort_keys=True, default=str)
+    return f"{w.day}-{config.model.loss_weighting}-{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
+
+
 def tf_dataset(ds, spec: FeatureSpec, batch_size: int, shuffle_seed: int | None = None):
+    """A tf.data pipeline over the streamed batches; with ``shuffle_seed``, a new row order
+    every epoch (models/data.py), reproducible from the seed."""
     import tensorflow as tf
 
     signature = (
         {**{c: tf.TensorSpec((None, 1), tf.string) for c in spec.categorical},
          **{c: tf.TensorSpec((None, 1), tf.float32) for c in spec.numeric}},
-        {"click": tf.TensorSpec((None, 1), tf.float32), "dwell": tf.TensorSpec((None, 1), tf.float32)},
+        {t: tf.TensorSpec((None, 1), tf.float32) for t in data.TARGETS},
     )
-    out = tf.data.Dataset.from_generator(lambda: data.batches(ds, spec, batch_size), output_signature=signature)
-    if shuffle_seed is not None:
-        out = out.shuffle(32, seed=shuffle_seed, reshuffle_each_iteration=True)
-    return out.prefetch(2)
+    epochs = iter(range(1 << 30))
+
+    def generate():
+        seed = None if shuffle_seed is None else int(np.random.SeedSequence([shuffle_seed, next(epochs)])
+                                                     .generate_state(1)[0])
+        return data.batches(ds, spec, batch_size, shuffle_seed=seed)
+
+    return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(2)
 
 
 def predict(model, ds, spec: FeatureSpec, batch_size: int, limit: int | None = None) -> dict[str, np.ndarray]:
-    """Predictions and labels over ``ds``: user_id, click, dwell_log (label), p_click, dwell_pred."""
-    parts: dict[str, list] = {"user_id": [], "click": [], "dwell_log": [], "p_click": [], "dwell_pred": []}
+    """Predictions and labels over ``ds``: user_id, click, dwell_log (label), dwell_known,
+    p_click, dwell_pred."""
+    parts: dict[str, list] = {k: [] for k in ("user_id", "click", "dwell_log", "dwell_known", "p_click",
+                                              "dwell_pred")}
     seen = 0
     for inputs, targets, users in data.batches(ds, spec, batch_size, with_ids=True):
         out = model.predict_on_batch(inputs)
         parts["user_id"].append(users)
         parts["click"].append(targets["click"].ravel())
         parts["dwell_log"].append(targets["dwell"].ravel())
+        parts["dwell_known"].append(targets["dwell_mask"].ravel() > 0)
         parts["p_click"].append(np.asarray(out["click"]).ravel() if "click" in out else None)
         parts["dwell_pred"].append(np.asarray(out["dwell"]).ravel() if "dwell" in out else None)
         seen += len(users)
@@ -91,24 +149,21 @@ def predict(model, ds, spec: FeatureSpec, batch_size: int, limit: int | None = N
     return {k: (np.concatenate(v) if v and v[0] is not None else None) for k, v in parts.items()}
 
 
-def dwell_seconds(dwell_log_pred: np.ndarray, smearing: float) -> np.ndarray:
-    return np.maximum(np.exp(dwell_log_pred) * smearing - 1.0, 0.0)
-
-
 def evaluate(model, ds, spec: FeatureSpec, batch_size: int, smearing: float) -> dict:
     p = predict(model, ds, spec, batch_size)
     dwell_pred = None if p["dwell_pred"] is None else dwell_seconds(p["dwell_pred"], smearing)
-    return metrics.all_metrics(p["user_id"], p["click"], p["p_click"], np.expm1(p["dwell_log"]), dwell_pred)
+    return metrics.all_metrics(p["user_id"], p["click"], p["p_click"], np.expm1(p["dwell_log"]), dwell_pred,
+                               dwell_known=p["dwell_known"])
 
 
 def smearing_factor(model, ds, spec: FeatureSpec, batch_size: int) -> float:
     p = predict(model, ds, spec, batch_size, limit=SMEARING_ROWS)
     if p["dwell_pred"] is None:
         return 1.0
-    clicked = p["click"] > 0
-    if not clicked.any():
+    known = p["dwell_known"]
+    if not known.any():
         return 1.0
-    return float(np.mean(np.exp(p["dwell_log"][clicked] - p["dwell_pred"][clicked])))
+    return float(np.mean(np.exp(p["dwell_log"][known] - p["dwell_pred"][known])))
 
 
 def plot_history(history: dict[str, list[float]], path: Path, title: str) -> None:
@@ -116,6 +171,7 @@ def plot_history(history: dict[str, list[float]], path: Path, title: str) -> Non
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     epochs = range(1, len(next(iter(history.values()))) + 1)
@@ -131,8 +187,6 @@ def plot_history(history: dict[str, list[float]], path: Path, title: str) -> Non
     ax2.set_xlabel("epoch")
     ax2.set_title("task weights")
     ax2.legend(fontsize=8)
-    from matplotlib.ticker import MaxNLocator
-
     for ax in (ax1, ax2):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title, fontsize=10)
@@ -175,91 +229,93 @@ def _current_on(config: Config, val_ds, spec: FeatureSpec, batch_size: int) -> d
     return {"version": version, **evaluate(model, val_ds, spec, batch_size, meta["dwell_smearing"])}
 
 
-def _write_report(config: Config, day: str, report: dict) -> None:
-    path = _local(run_report_location(config.storage.warehouse, STEP, day))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    tmp.replace(path)
-
-
-def run(config: Config, date: dt.date, version: str | None = None, promote: bool = True) -> dict:
+def fit(config: Config, spec: FeatureSpec, stats: data.Statistics, train_ds, val_ds, label: str):
+    """(network, trainer, history): the network fitted with early stopping on validation."""
     import keras
 
-    from models.multitask import MultiTaskTrainer, TaskWeightLogger, build_network
+    from models.multitask import EpochProgress, MultiTaskTrainer, TaskWeightLogger, build_network
 
-    started = time.monotonic()
     cfg = config.model
-    day = date.isoformat()
-    window = [date - dt.timedelta(days=k) for k in range(cfg.window_days - 1, -1, -1)]
-    parts = triple_partitions(config, window)
-    train_days = [d for d in parts if d != day]
-    reason = None
-    if day not in parts:
-        reason = (f"no training_triples for {day} (the validation day) under "
-                  f"{_local(table('training_triples').location(config.storage.warehouse))}: "
-                  f"run `tagrecall triples --date {day}`")
-    elif not train_days:
-        reason = (f"no training_triples in the {cfg.window_days - 1} days before {day} "
-                  f"(model.window_days={cfg.window_days}): run `tagrecall triples` for them")
-    if reason:
-        # The first days of data have nothing to train on: the chain goes on, the report says why.
-        _write_report(config, day, {"step": STEP, "date": day, "status": "skipped", "reason": reason,
-                                    "config": config.to_dict()})
-        log.warning("train %s: skipped, %s", day, reason)
-        return {"step": STEP, "date": day, "status": "skipped", "reason": reason}
-    spec = feature_spec(config)
-    train_ds = data.dataset([parts[d] for d in train_days])
-    val_ds = data.dataset([parts[day]])
-    stats = data.statistics(train_ds, spec)
-    log.info("train %s: %s rows (%s clicked) from %s; validating on %s", day, f"{stats.rows:,}",
-             f"{stats.clicks:,}", ", ".join(train_days), day)
-
     keras.utils.set_random_seed(cfg.seed)
     network = build_network(spec, stats, cfg, cfg.tasks)
     trainer = MultiTaskTrainer(network, cfg.tasks, cfg.loss_weighting, cfg.fixed_weights)
     trainer.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate))
     monitor = "val_click_loss" if "click" in cfg.tasks else "val_dwell_loss"
-    callbacks = [TaskWeightLogger(f"train {day}"),
+    callbacks = [TaskWeightLogger(label), EpochProgress(label, data.steps(stats.rows, cfg.batch_size)),
                  keras.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=cfg.patience,
                                                restore_best_weights=True)]
     # The streamed dataset's length is unknown to Keras, which warns at the end of each epoch.
-    warnings.filterwarnings("ignore", message=".*ran out of data.*")
-    warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
-    fit = trainer.fit(tf_dataset(train_ds, spec, cfg.batch_size, shuffle_seed=cfg.seed),
-                      validation_data=tf_dataset(val_ds, spec, cfg.batch_size),
-                      epochs=cfg.epochs, callbacks=callbacks, verbose=0)
-    history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ran out of data.*")
+        warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
+        fitted = trainer.fit(tf_dataset(train_ds, spec, cfg.batch_size, shuffle_seed=cfg.seed),
+                             validation_data=tf_dataset(val_ds, spec, cfg.batch_size),
+                             epochs=cfg.epochs, callbacks=callbacks, verbose=0)
+    history = {k: [float(v) for v in vs] for k, vs in fitted.history.items()}
+    return network, trainer, history
+
+
+def write_version(warehouse: str, version: str, network, files: dict[str, str | dict], plot: tuple | None) -> Path:
+    """Write the version folder under a temporary name and rename it into place (replacing
+    an earlier attempt of the same version): a reader sees the old folder or the new one."""
+    root = registry.models_dir(warehouse)
+    root.mkdir(parents=True, exist_ok=True)
+    folder, tmp = root / version, root / f".{version}.{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        network.save(tmp / registry.MODEL_FILE)
+        for name, content in files.items():
+            (tmp / name).write_text(content if isinstance(content, str) else json.dumps(content, indent=2))
+        if plot is not None:
+            plot_history(plot[0], tmp / "history.png", plot[1])
+        old = root / f".{version}.replaced.{uuid.uuid4().hex}"
+        if folder.exists():
+            os.rename(folder, old)
+        os.rename(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def train_day(config: Config, date: dt.date, version: str | None = None, promote: bool = True) -> dict:
+    """Fit, validate, save and (through the gate) promote the model of ``date``; returns the
+    result (what the run report holds). Raises ValueError when the day cannot be trained:
+    check ``skip_reason`` first."""
+    started = time.monotonic()
+    reason = skip_reason(config, date)
+    if reason:
+        raise ValueError(f"train {date}: {reason}")
+    cfg, spec, w = config.model, feature_spec(config), window(config, date)
+    train_ds, val_ds = data.dataset([w.parts[d] for d in w.train_days]), data.dataset([w.parts[w.day]])
+    stats = data.statistics(train_ds, spec)
+    log.info("train %s: %s rows (%s clicked) from %s; validating on %s", w.day, f"{stats.rows:,}",
+             f"{stats.clicks:,}", ", ".join(w.train_days), w.day)
+    network, trainer, history = fit(config, spec, stats, train_ds, val_ds, f"train {w.day}")
 
     smearing = smearing_factor(network, train_ds, spec, cfg.batch_size)
     validation = evaluate(network, val_ds, spec, cfg.batch_size, smearing)
     current = _current_on(config, val_ds, spec, cfg.batch_size) if promote else None
-
-    version = version or f"{day}-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S')}-{cfg.loss_weighting}"
-    folder = registry.models_dir(config.storage.warehouse) / version
-    folder.mkdir(parents=True, exist_ok=False)
-    network.save(folder / registry.MODEL_FILE)
-    metadata = {"version": version, "date": day, "features": spec.to_dict(), "tasks": cfg.tasks,
-                "loss_weighting": trainer.weighting, "dwell_smearing": smearing, "train_days": train_days,
-                "validation_day": day, "train_rows": stats.rows, "train_clicks": stats.clicks,
-                "learned_log_variances": trainer.log_variances(), "task_weights": trainer.task_weights()}
-    (folder / registry.METADATA_FILE).write_text(json.dumps(metadata, indent=2))
-    (folder / "history.json").write_text(json.dumps(history, indent=2))
-    plot_history(history, folder / "history.png", f"{version}: {trainer.weighting} weighting")
-
     ok, why = gate(validation, current, cfg.auc_tolerance, cfg.tasks, history)
     promoted = bool(ok and promote)
+
+    version = version or model_version(config, spec, w)
+    metadata = {"version": version, "date": w.day, "features": spec.to_dict(), "tasks": cfg.tasks,
+                "loss_weighting": trainer.weighting, "dwell_smearing": smearing, "train_days": w.train_days,
+                "validation_day": w.day, "train_rows": stats.rows, "train_clicks": stats.clicks,
+                "learned_log_variances": trainer.log_variances(), "task_weights": trainer.task_weights()}
+    gate_note = why if promote else "promotion not requested"
+    folder = write_version(config.storage.warehouse, version, network, {
+        registry.METADATA_FILE: metadata, "history.json": history,
+        "metrics.json": {"validation": validation, "current": current, "promoted": promoted, "gate": gate_note},
+    }, plot=(history, f"{version}: {trainer.weighting} weighting"))
     if promoted:
         registry.promote(config.storage.warehouse, version)
-    result = {"step": STEP, "date": day, "status": "succeeded", "version": version, "promoted": promoted,
-              "gate": why if promote else "promotion not requested", "validation": validation,
-              "current": current, "epochs": len(history.get("loss", [])), "history": history,
-              "task_weights": trainer.task_weights(), "train_rows": stats.rows, "train_days": train_days,
-              "seconds": round(time.monotonic() - started, 3), "model_dir": str(folder)}
-    (folder / "metrics.json").write_text(json.dumps({"validation": validation, "current": current,
-                                                     "promoted": promoted, "gate": result["gate"]}, indent=2))
-    _write_report(config, day, {**result, "config": config.to_dict()})
-    log.info("train %s: %s, validation AUC %s, %s (%s)", day, version,
+    log.debug("train %s: %s, validation AUC %s, %s (%s)", w.day, version,
              f"{validation.get('auc'):.4f}" if validation.get("auc") is not None else "n/a",
              "promoted" if promoted else "not promoted", why)
-    return result
+    return {"step": "train", "date": w.day, "status": "succeeded", "version": version, "promoted": promoted,
+            "gate": gate_note, "validation": validation, "current": current,
+            "epochs": len(history.get("loss", [])), "history": history, "task_weights": trainer.task_weights(),
+            "train_rows": stats.rows, "train_days": w.train_days,
+            "seconds": round(time.monotonic() - started, 3), "model_dir": str(folder)}

@@ -1,4 +1,4 @@
-"""Where each table lives and how it is partitioned. Pure Python: no Spark import.
+"""Where each table lives, how it is partitioned, and the event types. Pure Python: no Spark import.
 
 Every table is partitioned by the logical date ``dt`` (YYYY-MM-DD) and lives at
 ``<warehouse>/<name>/dt=<D>/``. Run reports live at ``<warehouse>/_runs/<step>/<D>.json``.
@@ -6,9 +6,23 @@ Every table is partitioned by the logical date ``dt`` (YYYY-MM-DD) and lives at
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 
 PARTITION_COLUMN = "dt"
+
+# event_type of the events table: a click carries dwell_ms, the others count as signals.
+EVENT_TYPES = ("impression", "click", "like", "comment", "favorite", "share")
+
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def absolute_uri(uri: str) -> str:
+    """Local paths become absolute ``file:`` URIs; URIs with a scheme are kept as they are."""
+    if _SCHEME.match(uri) or uri.startswith("file:"):
+        return uri
+    return "file://" + os.path.abspath(uri)
 
 
 @dataclass(frozen=True)
@@ -23,12 +37,6 @@ class Table:
 
     def partition_location(self, warehouse: str, date: str) -> str:
         return f"{self.location(warehouse)}/{PARTITION_COLUMN}={date}"
-
-    def schema(self):
-        """The table's StructType (imports pyspark.sql.types, not a running Spark)."""
-        from schemas import tables
-
-        return tables.SCHEMAS[self.name]
 
 
 TABLES: dict[str, Table] = {

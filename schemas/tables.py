@@ -18,7 +18,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-EVENT_TYPES = ("impression", "click", "like", "comment", "favorite", "share")
+from schemas.catalog import EVENT_TYPES  # noqa: F401  (part of the contract; here for readers of the schemas)
 
 TAG_WEIGHTS = ArrayType(
     StructType([StructField("tag", StringType(), False), StructField("weight", DoubleType(), False)]),

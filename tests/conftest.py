@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.common.config import Config, load_config
+from schemas.config import Config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TAGRECALL_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -66,9 +66,9 @@ def put_partition(spark, config: Config, name: str, day: str, rows: list[tuple |
     """Write ``rows`` as partition ``day`` of table ``name`` in the contract's schema,
     bypassing the step that normally writes it (for tests of the steps that read it)."""
     from jobs.common.storage import Warehouse
-    from schemas.catalog import table
+    from schemas.tables import SCHEMAS
 
-    df = spark.createDataFrame(rows, table(name).schema())
+    df = spark.createDataFrame(rows, SCHEMAS[name])
     Warehouse(spark, config).write_partition(df, name, day)
     return df
 
@@ -84,7 +84,7 @@ def synthetic_feed(spark, tmp_path_factory):
     import datetime as dt
 
     from jobs import index, ingest, profiles, triples
-    from jobs.synthetic import FeedParams, generate
+    from jobs.tools.synthetic import FeedParams, generate
 
     base = tmp_path_factory.mktemp("feed")
     config = load_config(overrides={"storage": {"warehouse": str(base / "warehouse"), "raw": str(base / "raw")}})

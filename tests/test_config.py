@@ -4,7 +4,7 @@ import tomllib
 
 import pytest
 
-from jobs.common.config import Config, ConfigError, config_from_dict, defaults_as_toml, load_config
+from schemas.config import Config, ConfigError, config_from_dict, defaults_as_toml, load_config
 
 
 def test_defaults_are_built_in():

@@ -10,7 +10,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from jobs.common.config import load_config
+from schemas.config import load_config
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_without_the_next_days_events_it_says_so(spark, evaluated):
 
 
 def test_the_report_is_one_self_contained_page(spark, evaluated, tmp_path):
-    from jobs import report
+    from jobs.tools import report
 
     config, base, dates, _ = evaluated
     path = report.write(config, dates[-1], str(tmp_path / "r.html"), spark=spark)

@@ -7,8 +7,8 @@ import datetime as dt
 import pytest
 
 from jobs import index
-from jobs.common.config import load_config
 from jobs.common.storage import Warehouse
+from schemas.config import load_config
 from tests.conftest import put_partition
 
 UTC = dt.UTC

@@ -10,9 +10,9 @@ from collections import Counter
 import pytest
 
 from jobs import ingest
-from jobs.common.config import load_config
 from jobs.common.storage import Warehouse
-from jobs.kuairand import LOG_FILE, import_kuairand
+from jobs.tools.kuairand import LOG_FILE, import_kuairand
+from schemas.config import load_config
 from tests.conftest import KUAIRAND, REPO
 
 pytestmark = pytest.mark.skipif(not (KUAIRAND / LOG_FILE).exists(),

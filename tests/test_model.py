@@ -9,12 +9,12 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from jobs.common.config import load_config  # noqa: E402
-from jobs.features import feature_spec  # noqa: E402
 from models import layers, metrics  # noqa: E402
 from models.data import Statistics  # noqa: E402
 from models.multitask import MultiTaskTrainer, TaskWeightLogger, build_network  # noqa: E402
 from models.train import gate  # noqa: E402
+from schemas.config import load_config  # noqa: E402
+from schemas.features import feature_spec  # noqa: E402
 
 
 def test_uncertainty_loss_matches_the_formula_by_hand():
@@ -30,11 +30,15 @@ def test_uncertainty_loss_matches_the_formula_by_hand():
     assert w["dwell"] == pytest.approx(0.5 * math.exp(-0.9), rel=1e-6)
 
 
+def _logit(p):
+    return np.log(p / (1.0 - p))
+
+
 def test_bce_and_the_dwell_mask_by_hand():
     y = np.array([[1.0], [0.0], [1.0], [0.0]], dtype="float32")
-    p = np.array([[0.9], [0.2], [0.6], [0.5]], dtype="float32")
+    p = np.array([[0.9], [0.2], [0.6], [0.5]], dtype="float64")
     by_hand = -np.mean([math.log(0.9), math.log(0.8), math.log(0.6), math.log(0.5)])
-    assert float(layers.binary_crossentropy(y, p)) == pytest.approx(by_hand, rel=1e-5)
+    assert float(layers.binary_crossentropy(y, _logit(p).astype("float32"))) == pytest.approx(by_hand, rel=1e-5)
     dwell = np.array([[3.0], [0.0], [4.0], [0.0]], dtype="float32")
     pred = np.array([[2.0], [9.0], [1.0], [-5.0]], dtype="float32")
     assert float(layers.masked_mse(dwell, pred, y)) == pytest.approx((1.0 + 9.0) / 2, rel=1e-6)
@@ -43,6 +47,34 @@ def test_bce_and_the_dwell_mask_by_hand():
     pred2[[1, 3]] = 100.0
     assert float(layers.masked_mse(dwell, pred2, y)) == pytest.approx(5.0, rel=1e-6)
     assert float(layers.masked_mse(dwell, pred, np.zeros_like(y))) == 0.0
+
+
+def test_bce_from_the_logit_is_exact_for_confident_mistakes():
+    # A logit of 20 for a non-click costs log(1 + e^20) = 20.000000002; clipping the
+    # probability at 1 - 1e-7 would have capped it at 16.1.
+    y = np.array([[0.0], [1.0]], dtype="float32")
+    logit = np.array([[20.0], [-30.0]], dtype="float32")
+    assert float(layers.binary_crossentropy(y, logit)) == pytest.approx((20.0 + 30.0) / 2, rel=1e-5)
+
+
+def test_trainer_takes_the_click_loss_from_the_logit_output():
+    config, spec, stats, x, y = _toy(n=64)
+    net = build_network(spec, stats, config.model, ["click", "dwell"])
+    out = net.predict_on_batch(x)
+    assert set(out) == {"click", "click_logit", "dwell"}
+    np.testing.assert_allclose(1 / (1 + np.exp(-np.asarray(out["click_logit"]))), np.asarray(out["click"]),
+                               rtol=1e-5)
+    trainer = MultiTaskTrainer(net, ["click", "dwell"], "equal", {})
+    bce, _ = trainer.task_losses(y, {**out, "click_logit": np.where(y["click"] > 0, -25.0, 25.0).astype("float32")})
+    assert float(bce) == pytest.approx(25.0, rel=1e-5)
+
+
+def test_wide_crosses_are_keras_hashed_crossing_layers():
+    config, spec, stats, _, _ = _toy(n=8)
+    net = build_network(spec, stats, config.model, ["click"])
+    crosses = [layer for layer in net.layers if layer.name.startswith("cross_tag_")]
+    assert crosses and all(isinstance(layer, keras.layers.HashedCrossing) for layer in crosses)
+    assert all(layer.num_bins == config.model.cross_buckets for layer in crosses)
 
 
 def _toy(n=4000, seed=0):
@@ -64,7 +96,7 @@ def _toy(n=4000, seed=0):
     stats = Statistics(rows=n, clicks=int(click.sum()),
                        vocabularies={c: sorted({str(v) for v in x[c].ravel()}) for c in spec.categorical},
                        mean=[0.4] * len(spec.numeric), variance=[0.05] * len(spec.numeric))
-    return config, spec, stats, x, {"click": click, "dwell": dwell}
+    return config, spec, stats, x, {"click": click, "dwell": dwell, "dwell_mask": click.copy()}
 
 
 def _fit(weighting, tasks=("click", "dwell"), epochs=3, seed=1):
@@ -113,7 +145,7 @@ def test_the_model_learns_the_signal_in_the_toy_data():
 
 def test_single_task_models_have_one_head():
     _, net, x, _, _ = _fit("uncertainty", tasks=("click",), epochs=1)
-    assert set(net.predict_on_batch(x)) == {"click"}
+    assert set(net.predict_on_batch(x)) == {"click", "click_logit"}
 
 
 def test_auc_and_gauc_by_hand():

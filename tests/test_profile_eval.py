@@ -9,7 +9,7 @@ import json
 import pandas as pd
 import pytest
 
-from jobs import profile_eval
+from jobs.tools import profile_eval
 from tests.conftest import FEED_DAYS, FEED_START
 
 START = dt.date.fromisoformat(FEED_START)

@@ -10,11 +10,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from jobs.common.config import load_config
+from schemas.config import load_config
 
 redis = pytest.importorskip("redis")
 
-from jobs import publish, recall  # noqa: E402
+from jobs import publish  # noqa: E402
+from jobs.online import keys as redis_keys  # noqa: E402
+from jobs.online import recall  # noqa: E402
 
 
 def _config(base: Path, url: str, **publish_settings):
@@ -52,8 +54,8 @@ def test_publish_loads_every_row_and_recall_merges_as_documented(spark, exported
     day = dates[-1].isoformat()
     config = _config(base, redis_server())
     report = publish.run(spark, config, dates[-1])
-    client = recall.connect(config)
-    keys = recall.Keys(config.publish.key_prefix)
+    client = redis_keys.connect(config)
+    keys = redis_keys.Keys(config.publish.key_prefix)
     version = client.get(keys.current)
     assert version == report["version"] and version.startswith(day + "@")
 
@@ -89,7 +91,7 @@ def test_spark_evaluation_recalls_what_the_online_recall_returns(spark, exported
     day = dates[-1].isoformat()
     config = _config(base, redis_server())
     publish.run(spark, config, dates[-1])
-    client = recall.connect(config)
+    client = redis_keys.connect(config)
     wh = Warehouse(spark, config)
     users = sorted(_expected_tags(base, day))[:40]
     lists = wh.read_partition("user_top_tags", day).where(F.col("user_id").isin(users)).select("user_id", "tag", "rank")
@@ -116,7 +118,7 @@ def test_readers_see_one_whole_version_during_the_switch_and_rollback_restores(s
     errors: list[BaseException] = []
 
     def reader():
-        client = recall.connect(config)
+        client = redis_keys.connect(config)
         try:
             while not stop.is_set():
                 for u in users:
@@ -139,13 +141,13 @@ def test_readers_see_one_whole_version_during_the_switch_and_rollback_restores(s
     mixed = [(d, u) for d, u, tags in seen if tags != expected[d][u]]
     assert not mixed, f"{len(mixed)} reads mixed two versions, e.g. {mixed[:3]}"
 
-    client = recall.connect(config)
-    keys = recall.Keys(config.publish.key_prefix)
+    client = redis_keys.connect(config)
+    keys = redis_keys.Keys(config.publish.key_prefix)
     u = users[0]
-    back = publish.run(spark, config, dates[-1], rollback_only=True)
+    back = publish.run(spark, config, dates[-1], rollback=True)
     assert back["current"].startswith(day_a)
     assert recall.recall(client, u, prefix=config.publish.key_prefix).tags == expected[day_a][u]
-    publish.run(spark, config, dates[-1], rollback_only=True)  # and forward again
+    publish.run(spark, config, dates[-1], rollback=True)  # and forward again
     assert recall.recall(client, u, prefix=config.publish.key_prefix).tags == expected[day_b][u]
     # A third publish keeps one version back and deletes the rest, keys included.
     oldest = client.get(keys.previous)
@@ -159,8 +161,8 @@ def test_a_publish_that_died_half_way_is_never_current_and_is_cleaned_up(spark, 
     _, base, dates = exported_feed
     config = _config(base, redis_server())
     first = publish.run(spark, config, dates[-2])
-    client = recall.connect(config)
-    keys = recall.Keys(config.publish.key_prefix)
+    client = redis_keys.connect(config)
+    keys = redis_keys.Keys(config.publish.key_prefix)
     # What a publish killed during its writes leaves behind: a registered version with some
     # keys, no meta, and the pointer untouched.
     dead = f"{dates[-1]}@1"
@@ -182,7 +184,7 @@ def test_redis_down_is_a_clear_error_and_the_tables_stay_intact(spark, exported_
         port = sock.getsockname()[1]
     config = _config(base, f"redis://:topsecret@127.0.0.1:{port}/0")
     before = _files(base / "warehouse")
-    with pytest.raises(recall.RedisUnavailable) as err:
+    with pytest.raises(redis_keys.RedisUnavailable) as err:
         publish.run(spark, config, dates[-1])
     message = str(err.value)
     assert f"cannot reach Redis at redis://:***@127.0.0.1:{port}/0" in message
@@ -196,7 +198,7 @@ def test_password_from_the_environment_never_reaches_reports_or_logs(spark, expo
     secret = "pw-Zq81-never-print"
     url = redis_server(password=secret)
     monkeypatch.setenv("TAGRECALL_REDIS_PASSWORD", "bad-Pw-77")
-    with pytest.raises(recall.RedisUnavailable, match="refused the credentials") as err:
+    with pytest.raises(redis_keys.RedisUnavailable, match="refused the credentials") as err:
         publish.run(spark, _config(base, url), dates[-1])
     assert "bad-Pw-77" not in str(err.value)
     monkeypatch.setenv("TAGRECALL_REDIS_PASSWORD", secret)
@@ -204,7 +206,7 @@ def test_password_from_the_environment_never_reaches_reports_or_logs(spark, expo
     report = publish.run(spark, _config(base, url), dates[-1])
     assert report["status"] == "succeeded"
     written = (base / "warehouse" / "_runs" / "publish" / f"{dates[-1]}.json").read_text()
-    assert secret not in written and secret not in caplog.text and secret not in repr(recall.connection(
+    assert secret not in written and secret not in caplog.text and secret not in repr(redis_keys.connection(
         _config(base, url)))
     # A password given in the URL is redacted in the report too.
     with_url = _config(base, url.replace("redis://", f"redis://:{secret}@"))
@@ -216,4 +218,4 @@ def test_password_from_the_environment_never_reaches_reports_or_logs(spark, expo
 def test_recall_before_anything_is_published_says_what_to_do(redis_server, tmp_path):
     config = _config(tmp_path, redis_server())
     with pytest.raises(LookupError, match="tagrecall publish --date D"):
-        recall.recall(recall.connect(config), "u1", prefix=config.publish.key_prefix)
+        recall.recall(redis_keys.connect(config), "u1", prefix=config.publish.key_prefix)

@@ -9,9 +9,9 @@ import sys
 import pytest
 from pyspark.sql import functions as F
 
-from jobs.common.config import load_config
 from jobs.common.session import DeltaUnavailableError, check_delta_available
 from jobs.common.storage import MissingPartitionError, Warehouse
+from schemas.config import load_config
 
 
 def _ids(wh, day):
@@ -82,7 +82,7 @@ def test_run_reports_round_trip(wh):
 
 def _delta_probe(tmp_path) -> str | None:
     """Start a Delta session in a child process; None when it works, else why not."""
-    code = ("from jobs.common.config import load_config\n"
+    code = ("from schemas.config import load_config\n"
             "from jobs.common.session import build_session\n"
             "c = load_config(overrides={{'storage': {{'format': 'delta'}}, 'spark': {{'master': 'local[1]'}}}})\n"
             "s = build_session(c, 'delta-probe')\n"
@@ -115,7 +115,7 @@ def test_delta_partitions_round_trip(delta_unavailable, tmp_path):
         pytest.skip("Delta's jars cannot be resolved from Maven on this machine "
                     "(no network access to Maven Central); see test above for the error users get")
     code = f"""
-from jobs.common.config import load_config
+from schemas.config import load_config
 from jobs.common.session import build_session
 from jobs.common.storage import Warehouse
 c = load_config(overrides={{'storage': {{'format': 'delta', 'warehouse': {str(tmp_path / 'wh')!r}}},

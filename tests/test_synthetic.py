@@ -13,7 +13,7 @@ import pytest
 
 from jobs import ingest
 from jobs.common.storage import Warehouse
-from jobs.synthetic import FeedParams, generate
+from jobs.tools.synthetic import FeedParams, generate
 
 START = dt.date(2026, 11, 1)
 SMALL = FeedParams(users=300, articles=400, tags=40, bad_rate=0.02, seed=11)

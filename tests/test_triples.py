@@ -12,9 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import features, triples
-from jobs.common.config import load_config
+from jobs import triples
+from jobs.common.inputs import feature_tables
 from jobs.common.storage import Warehouse
+from jobs.transforms.features import with_features
+from schemas.config import load_config
+from schemas.features import feature_spec
 
 
 def _pd(base, name, day):
@@ -46,14 +49,14 @@ def test_scoring_path_builds_the_same_features_as_training(spark, synthetic_feed
     config, base, dates = synthetic_feed
     day = dates[3]
     wh = Warehouse(spark, config)
-    spec = features.feature_spec(config)
+    spec = feature_spec(config)
     trained = wh.read_partition("training_triples", day.isoformat()).orderBy("event_id", "tag").limit(300)
     rows = trained.select("user_id", "tag", "position", "request_index", "hour").distinct().collect()
     pairs = spark.createDataFrame(
         [(r["user_id"], r["tag"], None if r["position"] == "none" else int(r["position"]),
           int(r["request_index"]), int(r["hour"])) for r in rows],
         "user_id string, tag string, position int, request_index int, hour int")
-    scored = features.build(wh, config, day, pairs)
+    scored = with_features(pairs, feature_tables(wh, day), config)
     key = ["user_id", "tag", "position", "request_index", "hour"]
     a = trained.select(*spec.columns, "user_id").dropDuplicates(key).toPandas().sort_values(key).reset_index(drop=True)
     b = scored.select(*spec.columns, "user_id").toPandas().sort_values(key).reset_index(drop=True)
@@ -146,25 +149,26 @@ def _shuffle_labels(folder, seed):
     for f in sorted(folder.glob("*.parquet")):
         t = pq.read_table(f)
         perm = rng.permutation(t.num_rows)
-        for col in ("click", "dwell_sec"):
-            t = t.set_column(t.schema.get_field_index(col), col, pa.array(t.column(col).to_numpy(zero_copy_only=False)[perm]))
+        for col in ("click", "dwell_sec"):  # take() keeps nulls as nulls
+            t = t.set_column(t.schema.get_field_index(col), col, t.column(col).take(pa.array(perm)))
         pq.write_table(t, f)
 
 
 @pytest.mark.slow
 def test_training_promotes_then_gates_and_shuffled_labels_fall_to_chance(spark, synthetic_feed, tmp_path):
     pytest.importorskip("keras")
-    from models import registry, train
+    from jobs import train
+    from models import registry
 
     config, base, dates = synthetic_feed
     model = {"window_days": 4, "epochs": 3, "batch_size": 512}
     good = _copy(base, tmp_path / "a", model=model)
-    first = train.run(good, dates[-1])
+    first = train.run(None, good, dates[-1])
     assert first["promoted"] and first["gate"] == "no current model"
     assert registry.current_version(good.storage.warehouse) == first["version"]
     assert first["validation"]["auc"] > 0.58
     loaded, meta = registry.load(good.storage.warehouse)
-    assert meta["features"] == features.feature_spec(good).to_dict()
+    assert meta["features"] == feature_spec(good).to_dict()
     # Export scores candidates with the promoted model inside Spark.
     from jobs import export
 
@@ -178,14 +182,14 @@ def test_training_promotes_then_gates_and_shuffled_labels_fall_to_chance(spark, 
     # A much worse model (barely trained) is refused; current stays.
     worse = load_config(overrides={"storage": {"warehouse": good.storage.warehouse, "raw": str(base / "raw")},
                                    "model": {**model, "epochs": 1, "learning_rate": 1e-7}})
-    second = train.run(worse, dates[-1])
+    second = train.run(None, worse, dates[-1])
     assert not second["promoted"] and "below the current model's" in second["gate"]
     assert registry.current_version(good.storage.warehouse) == first["version"]
     # Shuffled training labels: nothing left to learn, validation AUC ~0.5.
     shuffled = _copy(base, tmp_path / "b", model=model)
     for d in dates[1:-1]:
         _shuffle_labels(tmp_path / "b" / "warehouse" / "training_triples" / f"dt={d}", seed=d.day)
-    noise = train.run(shuffled, dates[-1])
+    noise = train.run(None, shuffled, dates[-1])
     assert abs(noise["validation"]["auc"] - 0.5) < 0.05
     assert first["validation"]["auc"] > noise["validation"]["auc"] + 0.05
 

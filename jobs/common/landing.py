@@ -11,8 +11,9 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.common.config import Config
-from jobs.common.storage import MissingPartitionError, _FileSystem, absolute_uri
+from jobs.common.storage import FileSystem, MissingPartitionError
+from schemas.catalog import absolute_uri
+from schemas.config import Config
 
 SOURCES = ("events", "articles", "users")
 
@@ -24,14 +25,14 @@ def raw_partition_location(raw_root: str, source: str, date: str) -> str:
 def raw_dates(spark: SparkSession, config: Config, source: str) -> list[str]:
     """Dates with a landed partition of ``source``, sorted."""
     root = f"{absolute_uri(config.storage.raw).rstrip('/')}/{source}"
-    names = _FileSystem(spark).list_names(root)
+    names = FileSystem(spark).list_names(root)
     return [n[3:] for n in names if n.startswith("dt=")]
 
 
 def read_raw_records(spark: SparkSession, config: Config, source: str, date: str) -> DataFrame:
     """One row per landed record of ``source`` on ``date``, column ``raw`` (string)."""
     location = raw_partition_location(config.storage.raw, source, date)
-    if not _FileSystem(spark).exists(location):
+    if not FileSystem(spark).exists(location):
         raise MissingPartitionError(
             f"raw {source} for {date} not found under {location}: was the upstream export "
             "delayed, or is --raw pointing at the wrong place?")

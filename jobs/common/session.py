@@ -9,10 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
-from jobs.common.config import Config
+from schemas.config import Config
 
 log = logging.getLogger(__name__)
+
+LOG4J2_CONF = Path(__file__).resolve().parents[1] / "conf" / "log4j2.properties"
 
 DELTA_PACKAGE_HINT = "io.delta:delta-spark_2.13"
 
@@ -36,16 +39,21 @@ def session_builder(config: Config, app_name: str, *, set_master: bool):
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(app_name)
-    if set_master:
-        builder = builder.master(config.spark.master)
-        builder = builder.config("spark.driver.memory", config.spark.driver_memory)
     settings = {
         "spark.sql.session.timeZone": config.time.timezone,
         "spark.sql.shuffle.partitions": str(config.spark.shuffle_partitions),
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
-        "spark.ui.showConsoleProgress": "true",
-        **config.spark.conf,
+        # The stage progress bars interleave with tagrecall's own lines, one per step;
+        # set spark.conf."spark.ui.showConsoleProgress" = "true" to have them back.
+        "spark.ui.showConsoleProgress": "false",
     }
+    if set_master:
+        builder = builder.master(config.spark.master)
+        settings["spark.driver.memory"] = config.spark.driver_memory
+        # A driver started here logs Spark's warnings and errors only (no start-up banner);
+        # under spark-submit the cluster's own log4j2 configuration applies.
+        settings["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={LOG4J2_CONF.as_uri()}"
+    settings.update(config.spark.conf)
     for key, value in settings.items():
         builder = builder.config(key, value)
     if config.storage.format == "delta":

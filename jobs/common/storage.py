@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,28 +25,20 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.common.config import Config
-from schemas.catalog import PARTITION_COLUMN, run_report_location, table
+from schemas.catalog import PARTITION_COLUMN, absolute_uri, run_report_location, table
+from schemas.config import Config
 
 log = logging.getLogger(__name__)
 
 STAGING_DIR = "_staging"
-_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
 class MissingPartitionError(FileNotFoundError):
     """An input partition a step needs does not exist."""
 
 
-def absolute_uri(uri: str) -> str:
-    """Local paths become absolute ``file:`` URIs; URIs with a scheme are kept as they are."""
-    if _SCHEME.match(uri) or uri.startswith("file:"):
-        return uri
-    return "file://" + os.path.abspath(uri)
-
-
 @dataclass
-class _FileSystem:
+class FileSystem:
     """The Hadoop FileSystem behind a URI, so local, HDFS and object stores work alike."""
 
     spark: SparkSession
@@ -118,7 +108,7 @@ class Warehouse:
         self.spark = spark
         self.root = absolute_uri(config.storage.warehouse)
         self.format = config.storage.format
-        self.fs = _FileSystem(spark)
+        self.fs = FileSystem(spark)
 
     def location(self, name: str) -> str:
         return table(name).location(self.root)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from schemas.tables import EVENT_TYPES
+from schemas.catalog import EVENT_TYPES
 
 TABLE_FORMATS = ("parquet", "delta")
 RAW_FORMATS = ("json", "parquet")

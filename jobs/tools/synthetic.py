@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from jobs.common.dates import day_bounds, epoch_ms
 
@@ -366,7 +367,8 @@ class FeedGenerator:
         new_users = np.arange(p.users)
         new_articles = np.arange(p.articles)
         late_carry: list[pd.DataFrame] = []
-        for d in range(self.days):
+        # A bar on a terminal only (tqdm's disable=None): logs and CI output stay line-based.
+        for d in tqdm(range(self.days), desc="generating days", unit="day", leave=False, disable=None):
             day = self.start + dt.timedelta(days=d)
             s, e = (epoch_ms(x) for x in day_bounds(day, self.tz))
             if d > 0:

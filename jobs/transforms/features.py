@@ -1,11 +1,12 @@
 """The one definition of the model's features, used by ``triples`` (training) and ``export``
 (scoring): no train/serve skew by construction.
 
-``build(wh, config, date, pairs)`` takes (user_id, tag, position, request_index, hour) rows
-describing day D and adds every feature, computed only from tables of D-1 (the state at the
-start of D): nothing of D or later can leak in.
+``with_features(pairs, tables, config)`` takes (user_id, tag, position, request_index, hour)
+rows describing day D and adds every feature, computed only from ``tables``, which the
+steps read as of D-1 (``jobs.common.inputs.feature_tables``): nothing of D or later can
+leak in. No I/O here: DataFrames in, a DataFrame out.
 
-Features (names in ``feature_spec``):
+Features (names in ``schemas.features.feature_spec``):
 
 - categorical: ``tag``; ``u_<key>`` for each key in features.user_features (users as of
   D-1; a missing user or key is the empty string); ``position`` ("none" when unknown) and
@@ -22,38 +23,24 @@ Features (names in ``feature_spec``):
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from jobs.common.config import Config
-from jobs.common.storage import Warehouse
-
-CONTEXT = ("position", "request_index", "hour")
+from schemas.config import Config
+from schemas.features import feature_spec
 
 
 @dataclass(frozen=True)
-class FeatureSpec:
-    categorical: tuple[str, ...]
-    numeric: tuple[str, ...]
+class FeatureTables:
+    """The tables every feature is computed from, all of one day (D-1 for features of D)."""
 
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return self.categorical + self.numeric
-
-    def to_dict(self) -> dict:
-        return {"categorical": list(self.categorical), "numeric": list(self.numeric)}
-
-
-def feature_spec(config: Config) -> FeatureSpec:
-    horizons = list(config.profiles.half_life_days)
-    categorical = ("tag", *[f"u_{k}" for k in config.features.user_features], "position", "hour")
-    numeric = (*[f"{h}_weight" for h in horizons], *[f"{h}_rank" for h in horizons],
-               "user_tag_ctr", "user_tag_impressions", "tag_impressions", "tag_clicks", "tag_ctr",
-               "tag_mean_dwell", "tag_articles", "match", "request_index")
-    return FeatureSpec(categorical, numeric)
+    profile: DataFrame     # user_tag_profile
+    tag_stats: DataFrame
+    tag_index: DataFrame
+    articles: DataFrame
+    users: DataFrame
 
 
 def match_strength(profile: DataFrame, tag_index: DataFrame, articles: DataFrame, pairs: DataFrame) -> DataFrame:
@@ -82,38 +69,37 @@ def match_strength(profile: DataFrame, tag_index: DataFrame, articles: DataFrame
                                                  F.lit(0.0)).alias("match")))
 
 
-def build(wh: Warehouse, config: Config, date: dt.date, pairs: DataFrame) -> DataFrame:
-    """``pairs`` (user_id, tag, position, request_index, hour, ...) + every feature as of the
-    end of D-1. Other columns of ``pairs`` pass through."""
-    prev = (date - dt.timedelta(days=1)).isoformat()
-    hint = f" (features for {date} are computed from {prev}'s tables)"
-    profile = wh.read_partition("user_tag_profile", prev, hint)
-    stats = wh.read_partition("tag_stats", prev, hint)
-    index = wh.read_partition("tag_index", prev, hint)
-    articles = wh.read_partition("articles", prev, hint)
-    users = wh.read_partition("users", prev, hint)
-    horizons = list(config.profiles.half_life_days)
-    absent_rank = config.profiles.max_tags_per_user + 1
-
+def ranked_profile(profile: DataFrame, horizons: list[str]) -> DataFrame:
+    """(user_id, tag, <h>_weight, <h>_rank per horizon, _u_imp, _u_clk): each tag's rank
+    among the user's tags by that horizon's weight (null where the weight is 0)."""
     ranked = profile
     for h in horizons:
         order = Window.partitionBy("user_id").orderBy(F.desc(f"{h}_weight"), "tag")
         ranked = ranked.withColumn(f"{h}_rank", F.when(F.col(f"{h}_weight") > 0, F.row_number().over(order)))
-    ranked = ranked.select("user_id", "tag", *[f"{h}_weight" for h in horizons], *[f"{h}_rank" for h in horizons],
-                           F.col("impressions").alias("_u_imp"), F.col("clicks").alias("_u_clk"))
+    return ranked.select("user_id", "tag", *[f"{h}_weight" for h in horizons], *[f"{h}_rank" for h in horizons],
+                         F.col("impressions").alias("_u_imp"), F.col("clicks").alias("_u_clk"))
+
+
+def with_features(pairs: DataFrame, tables: FeatureTables, config: Config) -> DataFrame:
+    """``pairs`` (user_id, tag, position, request_index, hour, ...) + every feature computed
+    from ``tables``. Other columns of ``pairs`` pass through."""
+    horizons = list(config.profiles.half_life_days)
+    absent_rank = config.profiles.max_tags_per_user + 1
+    stats = tables.tag_stats
     mean_dwell = stats.agg(F.avg("mean_dwell_sec")).first()[0] or 0.0
     tag_feats = stats.select("tag", F.col("impressions").alias("tag_impressions"),
                              F.col("clicks").alias("tag_clicks"), F.col("ctr").alias("tag_ctr"),
                              F.coalesce("mean_dwell_sec", F.lit(float(mean_dwell))).alias("tag_mean_dwell"),
                              F.col("articles").cast("double").alias("tag_articles"))
     user_cols = [F.coalesce(F.col("features")[k], F.lit("")).alias(f"u_{k}") for k in config.features.user_features]
-    user_feats = users.select("user_id", *user_cols)
+    user_feats = tables.users.select("user_id", *user_cols)
     k = config.features.user_ctr_prior
 
-    out = (pairs.join(ranked, ["user_id", "tag"], "left")
+    out = (pairs.join(ranked_profile(tables.profile, horizons), ["user_id", "tag"], "left")
            .join(F.broadcast(tag_feats), "tag", "left")
            .join(user_feats, "user_id", "left")
-           .join(match_strength(profile, index, articles, pairs), ["user_id", "tag"], "left"))
+           .join(match_strength(tables.profile, tables.tag_index, tables.articles, pairs), ["user_id", "tag"],
+                 "left"))
     tag_ctr = F.coalesce(F.col("tag_ctr"), F.lit(0.0))
     u_imp, u_clk = F.coalesce(F.col("_u_imp"), F.lit(0.0)), F.coalesce(F.col("_u_clk"), F.lit(0.0))
     filled = {

@@ -16,8 +16,9 @@ import json
 import logging
 from pathlib import Path
 
-from jobs.common.config import Config, ConfigError
-from jobs.common.storage import MissingPartitionError, Warehouse, absolute_uri
+from jobs.common.storage import MissingPartitionError, Warehouse
+from schemas.catalog import absolute_uri
+from schemas.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 

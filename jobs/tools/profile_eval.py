@@ -7,8 +7,9 @@ tags of what they click? For each method and N, over the clicks of D+1 (user, ar
   least one of the user's top-N tags;
 - ``user_hit_rate``: the share of clicking users with at least one such click.
 
-Methods: ``long`` and ``short`` rank the user's tags by that horizon's weight; ``blend`` by
-0.5 x (long weight / the user's long total) + 0.5 x (short weight / the user's short total);
+Methods (jobs/transforms/tag_lists.py): ``long`` and ``short`` rank the user's tags by that
+horizon's weight; ``blend`` by 0.5 x (long weight / the user's long total) + 0.5 x (short
+weight / the user's short total);
 ``global`` gives everyone the N tags most clicked on D (a non-personal baseline). A user
 whose profile has fewer than N tags with a positive weight (or no profile) gets the list
 filled up with the global tags not already in it, as the export step does: every method
@@ -27,56 +28,15 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.common.config import Config
 from jobs.common.storage import Warehouse
 from jobs.profiles import TABLE
+from jobs.transforms.tag_lists import PROFILE_RANKINGS, filled, global_list, ranked_tags
+from schemas.config import Config
 
-METHODS = ("long", "short", "blend", "global")
-
-
-def blend() -> F.Column:
-    """0.5 x the tag's share of the user's long total + 0.5 x its share of the short total."""
-    by_user = Window.partitionBy("user_id")
-    return sum(0.5 * F.coalesce(F.col(c) / F.nullif(F.sum(c).over(by_user), F.lit(0.0)), F.lit(0.0))
-               for c in ("long_weight", "short_weight"))
-
-
-def ranked_tags(profile: DataFrame, method: str, top_n: int, score_as: str | None = None) -> DataFrame:
-    """(user_id, tag, rank) for the user's top ``top_n`` profile tags by ``method``; with
-    ``score_as``, also the ranking score under that name."""
-    if method in ("long", "short"):
-        score = F.col(f"{method}_weight")
-    elif method == "blend":
-        score = blend()
-    else:
-        raise ValueError(f"unknown profile ranking {method!r}; known: long, short, blend")
-    ranked = profile.select("user_id", "tag", score.alias("_score")).where(F.col("_score") > 0)
-    order = Window.partitionBy("user_id").orderBy(F.desc("_score"), "tag")
-    kept = ranked.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= top_n)
-    return kept.select("user_id", "tag", "rank", *([F.col("_score").alias(score_as)] if score_as else []))
-
-
-def filled(personal: DataFrame, fallback: DataFrame, top_n: int, carry: tuple[str, ...] = ()) -> DataFrame:
-    """(user_id, tag, rank, *carry): the user's ``personal`` tags first, then ``fallback``'s
-    tags not already among them, ``top_n`` in all. ``fallback`` has a row per user to be
-    served; both have the ``carry`` columns."""
-    both = (personal.select("user_id", "tag", F.lit(0).alias("_src"), "rank", *carry)
-            .unionByName(fallback.select("user_id", "tag", F.lit(1).alias("_src"), "rank", *carry)))
-    first = Window.partitionBy("user_id", "tag").orderBy("_src", "rank")
-    deduped = both.withColumn("_k", F.row_number().over(first)).where(F.col("_k") == 1)
-    order = Window.partitionBy("user_id").orderBy("_src", "rank", "tag")
-    return (deduped.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= top_n)
-            .select("user_id", "tag", "rank", *carry))
-
-
-def global_list(users: DataFrame, tags: list[str]) -> DataFrame:
-    """(user_id, tag, rank): the same ``tags``, ranked in their order, for every user of
-    ``users``: the non-personal list and the fill-up for short personal ones."""
-    ranked = users.sparkSession.createDataFrame([(t, i + 1) for i, t in enumerate(tags)], "tag string, rank int")
-    return users.select("user_id").crossJoin(F.broadcast(ranked))
+METHODS = (*PROFILE_RANKINGS, "global")
 
 
 def most_clicked_tags(events: DataFrame, articles: DataFrame, top_n: int) -> list[str]:
@@ -105,7 +65,7 @@ def next_day_hit_rates(spark: SparkSession, config: Config, date: dt.date, top_n
         top_global = most_clicked_tags(today_events, today_articles, n)
         everyone = global_list(clickers, top_global)
         lists = {m: filled(ranked_tags(profile, m, n).join(clickers, "user_id"), everyone, n)
-                 for m in ("long", "short", "blend")}
+                 for m in PROFILE_RANKINGS}
         lists["global"] = everyone
         for method in METHODS:
             hits = click_tags.join(lists[method].select("user_id", "tag"), ["user_id", "tag"]).select(

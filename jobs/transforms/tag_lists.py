@@ -1,0 +1,64 @@
+"""Ranked tag lists per user: the profile rankings, the global list, the fill-up that makes
+every list equally long, and top-k per key. Used by export (candidates), evaluate (the
+methods compared) and profile-eval (diagnostics), so all three rank the same way."""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+PROFILE_RANKINGS = ("long", "short", "blend")
+
+
+def top_k_per_key(df: DataFrame, key: str | list[str], order: list[Column | str], k: int,
+                  rank_col: str = "rank") -> DataFrame:
+    """The first ``k`` rows of each ``key`` by ``order``, numbered 1.. in ``rank_col``.
+    ``order`` must end in a unique column for the ranks to be the same on every run."""
+    window = Window.partitionBy(*([key] if isinstance(key, str) else key)).orderBy(*order)
+    return df.withColumn(rank_col, F.row_number().over(window)).where(F.col(rank_col) <= k)
+
+
+def blend() -> Column:
+    """0.5 x the tag's share of the user's long total + 0.5 x its share of the short total."""
+    by_user = Window.partitionBy("user_id")
+    return sum(0.5 * F.coalesce(F.col(c) / F.nullif(F.sum(c).over(by_user), F.lit(0.0)), F.lit(0.0))
+               for c in ("long_weight", "short_weight"))
+
+
+def ranked_tags(profile: DataFrame, method: str, top_n: int, score_as: str | None = None) -> DataFrame:
+    """(user_id, tag, rank) for the user's top ``top_n`` profile tags by ``method`` (long,
+    short or blend); with ``score_as``, also the ranking score under that name."""
+    if method in ("long", "short"):
+        score = F.col(f"{method}_weight")
+    elif method == "blend":
+        score = blend()
+    else:
+        raise ValueError(f"unknown profile ranking {method!r}; known: {', '.join(PROFILE_RANKINGS)}")
+    ranked = profile.select("user_id", "tag", score.alias("_score")).where(F.col("_score") > 0)
+    kept = top_k_per_key(ranked, "user_id", [F.desc("_score"), "tag"], top_n)
+    return kept.select("user_id", "tag", "rank", *([F.col("_score").alias(score_as)] if score_as else []))
+
+
+def filled(personal: DataFrame, fallback: DataFrame, top_n: int, carry: tuple[str, ...] = ()) -> DataFrame:
+    """(user_id, tag, rank, *carry): the user's ``personal`` tags first, then ``fallback``'s
+    tags not already among them, ``top_n`` in all. ``fallback`` has a row per user to be
+    served; both have the ``carry`` columns."""
+    both = (personal.select("user_id", "tag", F.lit(0).alias("_src"), "rank", *carry)
+            .unionByName(fallback.select("user_id", "tag", F.lit(1).alias("_src"), "rank", *carry)))
+    first = Window.partitionBy("user_id", "tag").orderBy("_src", "rank")
+    deduped = both.withColumn("_k", F.row_number().over(first)).where(F.col("_k") == 1)
+    return (top_k_per_key(deduped, "user_id", ["_src", "rank", "tag"], top_n)
+            .select("user_id", "tag", "rank", *carry))
+
+
+def global_list(users: DataFrame, tags: list[str]) -> DataFrame:
+    """(user_id, tag, rank): the same ``tags``, ranked in their order, for every user of
+    ``users``: the non-personal list and the fill-up for short personal ones."""
+    ranked = users.sparkSession.createDataFrame([(t, i + 1) for i, t in enumerate(tags)], "tag string, rank int")
+    return users.select("user_id").crossJoin(F.broadcast(ranked))
+
+
+def global_tags(tag_stats: DataFrame, count: int) -> list[str]:
+    """The ``count`` tags with the most decayed clicks in tag_stats (ties by tag): the list
+    for users without enough profile tags, and for users unknown to D's snapshot."""
+    return [r["tag"] for r in tag_stats.orderBy(F.desc("clicks"), "tag").limit(count).select("tag").collect()]
