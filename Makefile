@@ -2,20 +2,32 @@
 # Both set up what they need first (a virtualenv in .venv, Java 17+ for Spark).
 
 PYTHON ?= python3
+comma  := ,
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= test,delta,bench,model,airflow
+# Every resolved version (Linux x86_64, Python 3.11), installed by `make setup`; `make lock`
+# refreshes it from setup.cfg's ranges. `make setup LOCK=` installs from the ranges instead.
+LOCK   ?= requirements.lock
 
-.PHONY: setup java redis demo test lint bench dist airflow clean
+.PHONY: setup java redis demo test lint lock bench dist env-archive airflow clean
 
 setup: java $(VENV)/.installed
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "tagrecall needs Python 3.11+, found " + sys.version.split()[0]'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	$(if $(LOCK),$(BIN)/pip install --quiet -r $(LOCK))
+	$(BIN)/pip install --quiet $(if $(LOCK),--no-deps) -e ".[$(EXTRAS)]"
 	@touch $@
+
+# Re-resolve every dependency within setup.cfg's ranges and pin the result.
+lock:
+	$(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install --quiet uv
+	.lock-venv/bin/uv pip compile setup.cfg $(foreach e,$(subst $(comma), ,$(EXTRAS)),--extra $(e)) \
+		--python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.lock
+	rm -rf .lock-venv
 
 # Spark 4 needs Java 17 or newer.
 java:
@@ -77,6 +89,19 @@ airflow: setup dist
 	AIRFLOW_CONN_TAGRECALL_SPARK='{"conn_type": "spark", "host": "local[*]"}' \
 	PATH=$(CURDIR)/$(BIN):$$PATH PYSPARK_PYTHON=$(CURDIR)/$(BIN)/python \
 	$(BIN)/airflow standalone
+
+# A packed virtualenv for Spark executors that need tagrecall's dependencies (TensorFlow for
+# export's scoring): `spark-submit --archives dist/tagrecall-env.tar.gz#environment --conf
+# spark.pyspark.python=./environment/bin/python ...` (the DAG does this with TAGRECALL_ARCHIVES).
+# venv-pack refuses editable installs, so the archive is a fresh virtualenv from the lock file.
+env-archive:
+	@mkdir -p dist
+	rm -rf dist/env && $(PYTHON) -m venv dist/env
+	dist/env/bin/pip install --quiet -r $(LOCK) venv-pack
+	dist/env/bin/pip install --quiet --no-deps .
+	dist/env/bin/venv-pack -p dist/env -o dist/tagrecall-env.tar.gz --force
+	rm -rf dist/env
+	@echo "dist/tagrecall-env.tar.gz"
 
 clean:
 	rm -rf $(VENV) dist build demo airflow-home airflow-data *.egg-info .pytest_cache

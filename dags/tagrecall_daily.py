@@ -8,22 +8,31 @@ retries and `airflow dags backfill` are safe:
 
 - The Spark steps go through SparkSubmitOperator against the Spark connection
   `tagrecall_spark` (a local master by default; a cluster is another connection), with the
-  project's code shipped as `--py-files dist/tagrecall.zip` (`make dist`).
-- `train` runs tagrecall's Python entry point in the worker (TensorFlow is imported inside
-  the task only; no Spark). Set `tagrecall_train` to `false` to keep the current model.
+  project's code shipped as `--py-files dist/tagrecall.zip` (`make dist`). Executors that
+  score with the model (export) need TensorFlow: set TAGRECALL_ARCHIVES to a packed
+  virtualenv (`make env-archive`, e.g. `hdfs:///envs/tagrecall-env.tar.gz#environment`)
+  and the executors run its Python (`--archives` + spark.pyspark.python).
+- `train` is a Python task calling tagrecall's training step directly (TensorFlow is
+  imported inside the task only; no Spark). Set `tagrecall_train` to `false` to keep the
+  current model.
 - `profiles` has depends_on_past: D's profile is D-1's decayed plus D's events.
-- `publish` succeeds as "skipped" when no Redis is configured; `evaluate` scores D-1's
-  recall against D's events and succeeds as "skipped" on the first day.
+- Steps whose inputs are not there yet skip with a reason (`--if-ready`): publish when no
+  Redis is configured, evaluate on the first day, triples and train on the first days.
+- Each task declares the tables it reads and writes as Assets, so the asset view shows the
+  lineage from the raw landing to user_top_tags and Redis.
 
 Settings, each an Airflow Variable or else an environment variable, with working
 defaults: `tagrecall_warehouse` / TAGRECALL_WAREHOUSE, `tagrecall_raw` / TAGRECALL_RAW,
 `tagrecall_format` / TAGRECALL_FORMAT (parquet), `tagrecall_config` / TAGRECALL_CONFIG (a
 TOML file, optional), `tagrecall_code` / TAGRECALL_CODE (the folder holding jobs/, whose
 step files are the applications submitted), `tagrecall_py_files` / TAGRECALL_PY_FILES
-(dist/tagrecall.zip there), `tagrecall_train` / TAGRECALL_TRAIN (true). Redis: TAGRECALL_REDIS_URL and
-TAGRECALL_REDIS_PASSWORD in the workers' environment, or publish.redis_url in the config.
+(dist/tagrecall.zip there), `tagrecall_train` / TAGRECALL_TRAIN (true). Deployment
+settings read when the file is parsed: TAGRECALL_SPARK_CONN, TAGRECALL_SCHEDULE_TZ,
+TAGRECALL_ARCHIVES. Redis: TAGRECALL_REDIS_URL and TAGRECALL_REDIS_PASSWORD in the
+workers' environment, or publish.redis_url in the config.
 
-This file imports Airflow only: no Spark, no TensorFlow, no tagrecall module at parse time.
+This file imports Airflow and tagrecall's table catalog (pure Python) only: no Spark, no
+TensorFlow, no step module at parse time.
 """
 
 from __future__ import annotations
@@ -33,13 +42,15 @@ import os
 from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.providers.standard.operators.python import PythonOperator
-from airflow.sdk import DAG
-from airflow.timetables.interval import CronDataIntervalTimetable
+from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
+
+from schemas.catalog import TABLES
 
 REPO = Path(__file__).resolve().parents[1]
 SPARK_CONN = os.environ.get("TAGRECALL_SPARK_CONN", "tagrecall_spark")
 SCHEDULE_TZ = os.environ.get("TAGRECALL_SCHEDULE_TZ", "UTC")
+ARCHIVES = os.environ.get("TAGRECALL_ARCHIVES", "")
+ARCHIVE_PYTHON = os.environ.get("TAGRECALL_ARCHIVE_PYTHON", "./environment/bin/python")
 
 
 def _setting(name: str, default: str) -> str:
@@ -61,20 +72,38 @@ DAY_BEFORE = "{{ macros.ds_add(data_interval_start | ds, -1) }}"
 COMMON = ["--warehouse", WAREHOUSE, "--raw", RAW, "--format", FORMAT, "--config", CONFIG]
 
 
-def train_step(date: str, warehouse: str, raw: str, table_format: str, config: str, enabled: str) -> None:
-    """Runs in the Airflow worker: `tagrecall train --date D` (imports TensorFlow here only)."""
-    if enabled.strip().lower() in ("false", "0", "no", "off"):
-        print(f"training disabled by tagrecall_train={enabled!r}; the current model stays")
-        return
-    from jobs.cli import main
+def table_asset(name: str) -> Asset:
+    return Asset(name=f"tagrecall.{name}", uri=f"tagrecall://warehouse/{name}", group="tagrecall")
 
-    code = main(["train", "--date", date, "--warehouse", warehouse, "--raw", raw, "--format", table_format,
-                 "--config", config])
-    if code != 0:
-        raise RuntimeError(f"tagrecall train --date {date} exited with {code}; see the log above")
+
+RAW_LANDING = [Asset(name=f"tagrecall.raw.{s}", uri=f"tagrecall://raw/{s}", group="tagrecall")
+               for s in ("events", "articles", "users")]
+REDIS = Asset(name="tagrecall.redis", uri="tagrecall://redis/current", group="tagrecall")
+MODEL = Asset(name="tagrecall.model", uri="tagrecall://warehouse/models/current", group="tagrecall")
+# What each step reads: the lineage edges of the asset view (DESIGN.md, "One day, end to end").
+READS = {
+    "ingest": RAW_LANDING,
+    "profiles": ["events", "articles"],
+    "index": ["events", "articles"],
+    "triples": ["events", "articles", "user_tag_profile", "tag_index", "tag_stats", "users"],
+    "train": ["training_triples"],
+    "export": ["user_tag_profile", "users", "tag_stats", "tag_index", "articles", MODEL],
+    "publish": ["user_top_tags", "tag_index", "tag_stats"],
+    "evaluate": ["user_top_tags", "user_tag_profile", "tag_stats", "tag_index", "events", "articles"],
+}
+
+
+def inlets(step: str) -> list[Asset]:
+    return [a if isinstance(a, Asset) else table_asset(a) for a in READS[step]]
+
+
+def outlets(step: str) -> list[Asset]:
+    extra = {"train": [MODEL], "publish": [REDIS]}.get(step, [])
+    return [table_asset(t.name) for t in TABLES.values() if t.written_by == step] + extra
 
 
 def spark_step(step: str, date: str = DAY, extra: tuple[str, ...] = (), **kwargs) -> SparkSubmitOperator:
+    packed = {"archives": ARCHIVES, "conf": {"spark.pyspark.python": ARCHIVE_PYTHON}} if ARCHIVES else {}
     return SparkSubmitOperator(
         task_id=step,
         conn_id=SPARK_CONN,
@@ -82,11 +111,29 @@ def spark_step(step: str, date: str = DAY, extra: tuple[str, ...] = (), **kwargs
         py_files=PY_FILES,
         application_args=["--date", date, *extra, *COMMON],
         name=f"tagrecall-{step}-{date}",
+        inlets=inlets(step),
+        outlets=outlets(step),
+        **packed,
         **kwargs,
     )
 
 
-with DAG(
+@task(inlets=inlets("train"), outlets=outlets("train"))
+def train(date: str, warehouse: str, raw: str, table_format: str, config: str, enabled: str) -> str:
+    """Fit and gate D's model in the worker (no Spark); TensorFlow is imported here only."""
+    if enabled.strip().lower() in ("false", "0", "no", "off"):
+        return f"training disabled by tagrecall_train={enabled!r}; the current model stays"
+    from jobs import train as train_step
+    from jobs.common.dates import parse_date
+    from jobs.common.entry import describe
+    from schemas.config import load_config
+
+    settings = load_config(config or None, overrides={"storage": {"warehouse": warehouse, "raw": raw,
+                                                                  "format": table_format}})
+    return describe(train_step.STEP.invoke(None, settings, parse_date(date), if_ready=True))
+
+
+@dag(
     dag_id="tagrecall_daily",
     description="tagrecall: logs -> profiles, index, triples, model, top tags per user, Redis, evaluation",
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone=SCHEDULE_TZ),
@@ -97,19 +144,18 @@ with DAG(
     doc_md=__doc__,
     default_args={"owner": "tagrecall", "retries": 2, "retry_delay": dt.timedelta(minutes=5),
                   "retry_exponential_backoff": True, "max_retry_delay": dt.timedelta(minutes=30)},
-) as dag:
+)
+def tagrecall_daily():
     ingest = spark_step("ingest")
     profiles = spark_step("profiles", depends_on_past=True)
     index = spark_step("index")
-    triples = spark_step("triples")
-    train = PythonOperator(
-        task_id="train",
-        python_callable=train_step,
-        op_kwargs={"date": DAY, "warehouse": WAREHOUSE, "raw": RAW, "table_format": FORMAT, "config": CONFIG,
-                   "enabled": TRAIN},
-    )
+    triples = spark_step("triples", extra=("--if-ready",))
+    trained = train(date=DAY, warehouse=WAREHOUSE, raw=RAW, table_format=FORMAT, config=CONFIG, enabled=TRAIN)
     export = spark_step("export")
-    publish = spark_step("publish", extra=("--if-configured",))
+    publish = spark_step("publish", extra=("--if-ready",))
     evaluate = spark_step("evaluate", date=DAY_BEFORE, extra=("--if-ready",))
 
-    ingest >> profiles >> index >> triples >> train >> export >> publish >> evaluate
+    ingest >> profiles >> index >> triples >> trained >> export >> publish >> evaluate
+
+
+tagrecall_daily()

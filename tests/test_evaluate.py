@@ -126,3 +126,20 @@ def test_the_report_is_one_self_contained_page(spark, evaluated, tmp_path):
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) >= 5
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+
+
+def test_if_ready_without_the_next_day_is_skipped_from_the_command_line(spark, evaluated, capsys):
+    import datetime as dt
+    import json
+    from pathlib import Path
+
+    from jobs.cli import main
+
+    config, _, dates, _ = evaluated
+    last = dates[-1].isoformat()
+    code = main(["evaluate", "--date", last, "--if-ready", "--warehouse", config.storage.warehouse,
+                 "--raw", config.storage.raw])
+    assert code == 0
+    assert f"evaluate {last}: skipped (no events of {dates[-1] + dt.timedelta(days=1)})" in capsys.readouterr().out
+    report = json.loads((Path(config.storage.warehouse) / "_runs" / "evaluate" / f"{last}.json").read_text())
+    assert report["status"] == "skipped" and "events of" in report["reason"]

@@ -176,3 +176,24 @@ def test_reject_ratio_fails_after_writing_rejected(spark, tmp_path, make_config)
 def test_missing_landing_names_the_path(spark, make_config):
     with pytest.raises(FileNotFoundError, match=r"raw articles for 2026-11-20 not found under .*raw/articles/dt=2026-11-20"):
         ingest.run(spark, make_config(), D)
+
+
+def test_a_run_leaves_nothing_cached(spark, landed):
+    # Cached snapshots that outlive the run pile up across `tagrecall run --until`.
+    spark.catalog.clearCache()
+    ingest.run(spark, landed, D)
+    assert spark._jsparkSession.sharedState().cacheManager().isEmpty()
+
+
+def test_reject_ratio_and_balance_by_hand():
+    counts = {"events": ingest.source_counts({None: 90, "bad_type": 6, "too_late": 4}),
+              "users": ingest.source_counts({None: 3, "missing_field": 2})}
+    assert counts["events"] == {"landed": 100, "accepted": 90, "rejected": {"bad_type": 6, "too_late": 4}}
+    cfg = ingest.IngestConfig(max_reject_ratio=0.05, reject_ratio_min_records=10)
+    ratios, over = ingest.reject_ratios(counts, cfg)
+    assert ratios == {"events": 0.10, "users": 0.40}
+    assert over == {"events": 0.10}  # users landed 5 records, below reject_ratio_min_records
+    ok = ingest.balance(counts, events_written=90, rejected_written={"events": 10, "users": 2})
+    assert all(b["balanced"] for b in ok.values())
+    lost = ingest.balance(counts, events_written=89, rejected_written={"events": 10, "users": 1})
+    assert not lost["events"]["balanced"] and not lost["users"]["balanced"]

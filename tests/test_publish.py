@@ -219,3 +219,27 @@ def test_recall_before_anything_is_published_says_what_to_do(redis_server, tmp_p
     config = _config(tmp_path, redis_server())
     with pytest.raises(LookupError, match="tagrecall publish --date D"):
         recall.recall(redis_keys.connect(config), "u1", prefix=config.publish.key_prefix)
+
+
+class _Counter:
+    """Stands in for a Spark accumulator (add only)."""
+
+    def __init__(self):
+        self.value = 0
+
+    def add(self, n):
+        self.value += n
+
+
+def test_a_retried_task_counts_the_members_it_rewrote(redis_server, tmp_path):
+    # A Spark task that is retried writes members that are already there; ZADD then reports
+    # 0 added, which must not read as 'nothing written'.
+    config = _config(tmp_path, redis_server())
+    conn, keys = redis_keys.connection(config), redis_keys.Keys("p")
+    rows = [{"key": "u1", "items": [("t1", 1.0), ("t2", 2.0)]}, {"key": "u2", "items": [("t3", 1.0)]}]
+    for _attempt in range(2):
+        written, members = _Counter(), _Counter()
+        publish._writer(conn, keys, "v1", "user", 1, written, members)(iter(rows))
+        assert (written.value, members.value) == (2, 3)
+    client = redis_keys.connect(config)
+    assert client.zrange(keys.user("v1", "u1"), 0, -1) == ["t1", "t2"]
