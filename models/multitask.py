@@ -1,7 +1,8 @@
 """The multi-task tag model: a shared bottom and, per task, a Wide&Deep tower.
 
-Inputs are the raw feature columns of jobs/features.py (strings and floats): the model
-holds its vocabularies (StringLookup, one out-of-vocabulary bucket) and its normalisation
+Inputs are the raw feature columns of schemas/features.py (strings and floats, computed by
+jobs/transforms/features.py): the model holds its vocabularies (StringLookup, one
+out-of-vocabulary bucket) and its normalisation
 (log1p then Normalization with the training data's mean and variance), so a saved model
 scores rows as the triples and export tables hold them, with nothing else to ship.
 
@@ -10,7 +11,8 @@ scores rows as the triples and export tables hold them, with nothing else to shi
                                                           └─> dwell tower: deep MLP + wide ─> log1p(seconds)
 
 The wide part of each tower is a linear model over the one-hot categorical features and
-hashed crosses of the tag with each user feature, the position and the hour.
+hashed crosses (keras.layers.HashedCrossing) of the tag with each user feature, the position
+and the hour. The click head outputs its logit too: the loss is computed from it.
 
 ``MultiTaskTrainer`` wraps the network for training only: it owns the learned log
 variances and the loss of models/layers.py. The saved artefact is the network itself.
