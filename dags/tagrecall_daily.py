@@ -28,7 +28,8 @@ TOML file, optional), `tagrecall_code` / TAGRECALL_CODE (the folder holding jobs
 step files are the applications submitted), `tagrecall_py_files` / TAGRECALL_PY_FILES
 (dist/tagrecall.zip there), `tagrecall_train` / TAGRECALL_TRAIN (true). Deployment
 settings read when the file is parsed: TAGRECALL_SPARK_CONN, TAGRECALL_SCHEDULE_TZ,
-TAGRECALL_ARCHIVES. Redis: TAGRECALL_REDIS_URL and TAGRECALL_REDIS_PASSWORD in the
+TAGRECALL_ARCHIVES (with TAGRECALL_ARCHIVE_PYTHON, the executors' Python inside it, and
+TAGRECALL_DRIVER_PYTHON, the driver's in client mode). Redis: TAGRECALL_REDIS_URL and TAGRECALL_REDIS_PASSWORD in the
 workers' environment, or publish.redis_url in the config.
 
 This file imports Airflow and tagrecall's table catalog (pure Python) only: no Spark, no
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sys
 from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
@@ -51,6 +53,8 @@ SPARK_CONN = os.environ.get("TAGRECALL_SPARK_CONN", "tagrecall_spark")
 SCHEDULE_TZ = os.environ.get("TAGRECALL_SCHEDULE_TZ", "UTC")
 ARCHIVES = os.environ.get("TAGRECALL_ARCHIVES", "")
 ARCHIVE_PYTHON = os.environ.get("TAGRECALL_ARCHIVE_PYTHON", "./environment/bin/python")
+# In client deploy mode the driver runs beside Airflow, where the archive is not unpacked.
+DRIVER_PYTHON = os.environ.get("TAGRECALL_DRIVER_PYTHON", sys.executable)
 
 
 def _setting(name: str, default: str) -> str:
@@ -103,7 +107,8 @@ def outlets(step: str) -> list[Asset]:
 
 
 def spark_step(step: str, date: str = DAY, extra: tuple[str, ...] = (), **kwargs) -> SparkSubmitOperator:
-    packed = {"archives": ARCHIVES, "conf": {"spark.pyspark.python": ARCHIVE_PYTHON}} if ARCHIVES else {}
+    packed = {"archives": ARCHIVES, "conf": {"spark.pyspark.python": ARCHIVE_PYTHON,
+                                             "spark.pyspark.driver.python": DRIVER_PYTHON}} if ARCHIVES else {}
     return SparkSubmitOperator(
         task_id=step,
         conn_id=SPARK_CONN,

@@ -16,7 +16,7 @@ import logging
 import time
 
 from jobs import evaluate, export, index, ingest, profiles, publish, train, triples
-from jobs.common.entry import Step, describe, skipped
+from jobs.common.entry import Step, describe
 from schemas.config import Config, ConfigError
 
 log = logging.getLogger("tagrecall")
@@ -46,15 +46,11 @@ def step_date(step: Step, day: dt.date) -> dt.date:
 
 
 def run_step(spark, config: Config, step: Step, date: dt.date, label: str) -> dict:
-    """Run one step for ``date``, or skip it with its reason; log a line as it starts and ends."""
-    reason = step.skip_reason(spark, config, date) if step.skip_reason else None
-    if reason:
-        report = skipped(config, step.name, date, reason, spark)
-        log.info("%s: skipped (%s)", label, reason)
-        return report
+    """Run one step for ``date``, or skip it with its reason (``Step.invoke``, as
+    ``--if-ready`` does); log a line as it starts and one as it ends."""
     log.info("%s ...", label)
     started = time.monotonic()
-    report = step.run(spark, config, date)
+    report = step.invoke(spark, config, date, if_ready=True)
     log.info("%s: %s, %.1f s", label, describe(report), time.monotonic() - started)
     return report
 

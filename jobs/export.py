@@ -51,27 +51,14 @@ def candidates(profile: DataFrame, users: DataFrame, stats: DataFrame, count: in
     return filled(personal, fallback, count, carry=("prior",)).select("user_id", "tag", "prior")
 
 
-_MODELS: dict[str, tuple] = {}
-
-
-def _model(warehouse: str, version: str):
-    """The model, loaded once per Python worker process and kept for its later tasks."""
-    key = f"{warehouse}::{version}"
-    if key not in _MODELS:
-        from models import registry
-
-        _MODELS[key] = registry.load(warehouse, version)
-    return _MODELS[key]
-
-
 def score_batches(warehouse: str, version: str, spec: FeatureSpec, chunk: int = 8192):
     """A mapInArrow function: feature rows -> (user_id, tag, prior, p_click, dwell_sec, score),
     by models.scoring, ``chunk`` rows per predict call."""
 
     def score(batches):
-        from models.scoring import score_batch
+        from models.scoring import load_cached, score_batch
 
-        model, meta = _model(warehouse, version)
+        model, meta = load_cached(warehouse, version)  # once per Python worker
         for batch in batches:
             for start in range(0, batch.num_rows, chunk):
                 yield score_batch(model, meta, batch.slice(start, chunk), spec)

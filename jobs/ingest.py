@@ -366,12 +366,8 @@ def _bootstrap_versions(spark, config, source, date, parse, check) -> DataFrame 
         return None
     log.info("no %s snapshot for the day before %s: rebuilding it from %d landed day(s)",
              source, date, len(earlier))
-    frames = [check(parse(read_raw_records(spark, config, source, d)), d).where(F.col("reason").isNull())
-              for d in earlier]
-    out = frames[0]
-    for frame in frames[1:]:
-        out = out.unionByName(frame)
-    return out
+    return _union([check(parse(read_raw_records(spark, config, source, d)), d).where(F.col("reason").isNull())
+                   for d in earlier])
 
 
 def _snapshot_sources(spark: SparkSession, config: Config, wh: Warehouse, date: dt.date, timed, cached: list):
@@ -410,15 +406,60 @@ def _union(frames: list[DataFrame]) -> DataFrame:
     return out
 
 
+def _events(spark: SparkSession, config: Config, wh: Warehouse, date: dt.date, window, day_start, counts: dict,
+            rejected: list[DataFrame], timed, on_failure) -> None:
+    """Check D's events against D's snapshots, write ``rejected`` (all sources), then
+    ``events`` unless a reject ratio is too high (``on_failure`` records the report first)."""
+    day, ing = date.isoformat(), config.ingest
+    checked = checked_events(read_raw_records(spark, config, "events", day), ing, window, day_start,
+                             wh.read_partition("users", day), wh.read_partition("articles", day))
+    # The parsed, checked day is read several times below (duplicates, counts, the two
+    # outputs): parse the JSON once into scratch Parquet.
+    with wh.scratch(f"ingest-{day}") as stage:
+        checked = timed("parse_events", lambda: stage(checked, "checked"))
+        earlier = wh.read_partitions("events", [(date - dt.timedelta(days=k)).isoformat()
+                                                for k in range(1, lookback_days(ing) + 1)])
+        seen_ids = None if earlier is None else earlier.select("event_id")
+        losers = timed("find_duplicates", lambda: stage(duplicate_losers(checked, seen_ids), "duplicates"))
+        final = with_duplicates_marked(checked, losers)
+        counts["events"] = source_counts(timed("validate_events", lambda: counts_by_reason(final)))
+        rejected.append(rejected_rows(final, "events"))
+        timed("write_rejected", lambda: wh.write_partition(
+            _union(rejected).select(*REJECTED.fieldNames()), "rejected", day))
+        _, over = reject_ratios(counts, ing)
+        if over:
+            on_failure()
+            worst = ", ".join(f"{s} {r:.1%}" for s, r in over.items())
+            raise RejectRatioExceeded(
+                f"ingest {day}: reject ratio above ingest.max_reject_ratio={ing.max_reject_ratio:.1%} "
+                f"({worst}). Refused records are in {wh.partition_location('rejected', day)} with their "
+                "reasons; fix the upstream export or raise the threshold, then re-run this date.")
+        events = final.where(F.col("reason").isNull()).select(*EVENTS.fieldNames())
+        timed("write_events", lambda: wh.write_partition(events, "events", day))
+
+
+def _verified(wh: Warehouse, day: str, counts: dict) -> tuple[dict, dict, dict]:
+    """(balance, rows written, rejected rows written per source), counted from the tables;
+    RuntimeError when a source does not balance."""
+    written = {name: wh.read_partition(name, day).count() for name in ("events", "articles", "users")}
+    rejected_written = {r["source"]: r["count"] for r in
+                        wh.read_partition("rejected", day).groupBy("source").count().collect()}
+    balanced = balance(counts, written["events"], rejected_written)
+    for source, b in balanced.items():
+        if not b["balanced"]:
+            raise RuntimeError(f"ingest {day}: {source} do not balance: landed {b['landed']}, "
+                               f"accepted {b['accepted']}, rejected written {b['rejected']}")
+    return balanced, written, rejected_written
+
+
 def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
     """Ingest the landing of ``date``; returns the run report (also written to _runs)."""
     started = time.monotonic()
     day = date.isoformat()
     wh = Warehouse(spark, config)
     start, end = day_bounds(date, config.time.timezone)
-    ing = config.ingest
-    late_start = start - dt.timedelta(hours=ing.late_tolerance_hours)
-    skew_end = end + dt.timedelta(minutes=ing.clock_skew_minutes)
+    late_start = start - dt.timedelta(hours=config.ingest.late_tolerance_hours)
+    skew_end = end + dt.timedelta(minutes=config.ingest.clock_skew_minutes)
     timings: dict[str, float] = {}
 
     def timed(label, fn):
@@ -431,59 +472,26 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
                                                     "accepts_from": late_start.isoformat(),
                                                     "accepts_until": skew_end.isoformat()},
               "config": config.to_dict()}
+
+    def finish(status: str, **extra) -> None:
+        report.update(status=status, sources=counts, reject_ratio=reject_ratios(counts, config.ingest)[0],
+                      timings_sec=timings, seconds=round(time.monotonic() - started, 3), **extra)
+        wh.write_run_report(NAME, day, report)
+
     cached: list[DataFrame] = []
     try:
         # Articles and users first: events are checked against the snapshots of D.
         counts, rejected = _snapshot_sources(spark, config, wh, date, timed, cached)
-        checked = checked_events(read_raw_records(spark, config, "events", day), ing, (late_start, skew_end), start,
-                                 wh.read_partition("users", day), wh.read_partition("articles", day))
-        # The parsed, checked day is read several times below (duplicates, counts, the two
-        # outputs): parse the JSON once into scratch Parquet.
-        with wh.scratch(f"ingest-{day}") as stage:
-            checked = timed("parse_events", lambda: stage(checked, "checked"))
-            earlier = wh.read_partitions("events", [(date - dt.timedelta(days=k)).isoformat()
-                                                    for k in range(1, lookback_days(ing) + 1)])
-            seen_ids = None if earlier is None else earlier.select("event_id")
-            losers = timed("find_duplicates", lambda: stage(duplicate_losers(checked, seen_ids), "duplicates"))
-            final = with_duplicates_marked(checked, losers)
-            counts["events"] = source_counts(timed("validate_events", lambda: counts_by_reason(final)))
-            rejected.append(rejected_rows(final, "events"))
-            timed("write_rejected", lambda: wh.write_partition(
-                _union(rejected).select(*REJECTED.fieldNames()), "rejected", day))
-
-            ratios, over = reject_ratios(counts, ing)
-            report.update(sources=counts, reject_ratio=ratios)
-            if over:
-                report.update(status="failed", timings_sec=timings, seconds=round(time.monotonic() - started, 3))
-                wh.write_run_report(NAME, day, report)
-                worst = ", ".join(f"{s} {r:.1%}" for s, r in over.items())
-                raise RejectRatioExceeded(
-                    f"ingest {day}: reject ratio above ingest.max_reject_ratio={ing.max_reject_ratio:.1%} "
-                    f"({worst}). Refused records are in {wh.partition_location('rejected', day)} with their "
-                    "reasons; fix the upstream export or raise the threshold, then re-run this date.")
-            events = final.where(F.col("reason").isNull()).select(*EVENTS.fieldNames())
-            timed("write_events", lambda: wh.write_partition(events, "events", day))
+        _events(spark, config, wh, date, (late_start, skew_end), start, counts, rejected, timed,
+                on_failure=lambda: finish("failed"))
     finally:
         for df in cached:
             df.unpersist()
-
     # No record lost: what was landed equals what was written, counted from the tables.
-    t_verify = time.monotonic()
-    written = {name: wh.read_partition(name, day).count() for name in ("events", "articles", "users")}
-    rejected_written = {r["source"]: r["count"] for r in
-                        wh.read_partition("rejected", day).groupBy("source").count().collect()}
-    balanced = balance(counts, written["events"], rejected_written)
-    for source, b in balanced.items():
-        if not b["balanced"]:
-            raise RuntimeError(f"ingest {day}: {source} do not balance: landed {b['landed']}, "
-                               f"accepted {b['accepted']}, rejected written {b['rejected']}")
-    timings["verify"] = round(time.monotonic() - t_verify, 3)
-    report.update(status="succeeded", balance=balanced, rows_written=written,
-                  rows_written_rejected=rejected_written, timings_sec=timings,
-                  seconds=round(time.monotonic() - started, 3))
-    wh.write_run_report(NAME, day, report)
+    balanced, written, rejected_written = timed("verify", lambda: _verified(wh, day, counts))
+    finish("succeeded", balance=balanced, rows_written=written, rows_written_rejected=rejected_written)
     log.debug("ingest %s: %d events accepted, %d refused, %.1fs", day, counts["events"]["accepted"],
-             sum(counts["events"]["rejected"].values()), report["seconds"])
+              sum(counts["events"]["rejected"].values()), report["seconds"])
     return report
 
 

@@ -17,6 +17,21 @@ from schemas.features import FeatureSpec
 # Columns of the scored batches (export's mapInArrow schema, in this order).
 SCORED_COLUMNS = ("user_id", "tag", "prior", "p_click", "dwell_sec", "score")
 
+# Models loaded in this process, by (warehouse, version). It lives here, in a module that
+# Spark's Python workers import by name, so a worker loads a model once for all its tasks;
+# a cache in a function shipped from a spark-submit __main__ would be copied into each task.
+_LOADED: dict[tuple[str, str], tuple] = {}
+
+
+def load_cached(warehouse: str, version: str):
+    """(model, metadata) of ``version``, loaded once per process."""
+    key = (warehouse, version)
+    if key not in _LOADED:
+        from models import registry
+
+        _LOADED[key] = registry.load(warehouse, version)
+    return _LOADED[key]
+
 
 def dwell_seconds(dwell_log_pred: np.ndarray, smearing: float) -> np.ndarray:
     """E[dwell | click] in seconds from the dwell head's log1p prediction."""

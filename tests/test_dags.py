@@ -148,11 +148,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _packed_env(tmp_path: Path) -> tuple[Path, Path]:
+    """A packed environment for --archives whose bin/python records each start (in
+    ``used/``) and runs this interpreter: small enough for a test, unlike a real
+    `make env-archive` of TensorFlow and friends, and it proves the executors ran it."""
+    import tarfile
+
+    used = tmp_path / "used"
+    used.mkdir()
+    python = tmp_path / "env" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(f'#!/bin/sh\ntouch "{used}/$$"\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    archive = tmp_path / "tagrecall-env.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "env", arcname=".")
+    return archive, used
+
+
 @pytest.mark.slow
-def test_jobs_on_a_standalone_cluster_write_what_local_mode_writes(two_days, tmp_path):
+def test_jobs_on_a_standalone_cluster_write_what_local_mode_writes(two_days, tmp_path, redis_server):
     import pyspark
 
     base, dist = two_days
+    archive, used = _packed_env(tmp_path)
+    packed = ["--archives", f"{archive}#environment", "--conf", "spark.pyspark.python=./environment/bin/python",
+              "--conf", f"spark.pyspark.driver.python={sys.executable}"]
     spark_home = Path(pyspark.__file__).parent
     port, ui = _free_port(), _free_port()
     env = _env(SPARK_HOME=str(spark_home), SPARK_LOCAL_IP="127.0.0.1", SPARK_LOG_DIR=str(tmp_path / "logs"),
@@ -172,11 +193,21 @@ def test_jobs_on_a_standalone_cluster_write_what_local_mode_writes(two_days, tmp
         shutil.copytree(base / "day1", wh)
         for step in STEPS:
             _run([BIN / "spark-submit", "--master", master_url, "--executor-memory", "1g", "--py-files", dist,
-                  REPO / "jobs" / f"{step}.py", "--date", DAY2, "--warehouse", wh, "--raw", base / "raw"],
+                  *packed, REPO / "jobs" / f"{step}.py", "--date", DAY2, "--warehouse", wh, "--raw", base / "raw"],
                  SPARK_LOCAL_IP="127.0.0.1")
-        # The executors ran on the worker: one application folder per submitted job.
-        assert len(list((tmp_path / "work").glob("app-*"))) == len(STEPS)
         _assert_same_tables(base / "local", wh, DAY2)
+        # publish writes to Redis from the executors (foreachPartition): Python on the
+        # worker, started from the shipped environment.
+        _run([BIN / "spark-submit", "--master", master_url, "--executor-memory", "1g", "--py-files", dist,
+              *packed, REPO / "jobs" / "publish.py", "--date", DAY2, "--warehouse", wh, "--raw", base / "raw",
+              "--set", f"publish.redis_url={redis_server()}"], SPARK_LOCAL_IP="127.0.0.1")
+        published = json.loads((wh / "_runs" / "publish" / f"{DAY2}.json").read_text())
+        assert published["status"] == "succeeded" and published["written"]["users"] > 0
+        # The executors ran on the worker (one application folder per submitted job) and
+        # started Python from the archive.
+        assert len(list((tmp_path / "work").glob("app-*"))) == len(STEPS) + 1
+        assert any((tmp_path / "work").glob("app-*/*/environment/bin/python"))
+        assert list(used.iterdir()), "no executor started the archive's Python"
     finally:
         for proc in daemons:
             with contextlib.suppress(ProcessLookupError):
