@@ -152,8 +152,13 @@ class TaskWeightLogger(keras.callbacks.Callback):
             logs[f"weight_{task}"] = w
         for task, s in trainer.log_variances().items():
             logs[f"log_var_{task}"] = s
-        shown = ", ".join(f"{k}={float(v):.4f}" for k, v in sorted(logs.items()))
-        log.info("%s epoch %d: %s", self.label, epoch + 1, shown)
+        def part(prefix: str) -> str:
+            return " ".join(f"{t} {float(logs[f'{prefix}{t}_loss']):.4f}" for t in trainer.tasks
+                            if f"{prefix}{t}_loss" in logs)
+
+        weights = " ".join(f"{t} {w:.3f}" for t, w in trainer.task_weights().items())
+        log.info("%s epoch %d: loss %s | validation %s | task weights %s", self.label, epoch + 1, part(""),
+                 part("val_") or "n/a", weights)
 
 
 class EpochProgress(keras.callbacks.Callback):

@@ -117,11 +117,16 @@ def test_without_the_next_days_events_it_says_so(spark, evaluated):
 def test_the_report_is_one_self_contained_page(spark, evaluated, tmp_path):
     from jobs.tools import report
 
+    from jobs import publish
+
     config, base, dates, _ = evaluated
+    # The chain's publish without Redis: skipped with its reason, as the page must say.
+    publish.STEP.invoke(spark, config, dates[-1], if_ready=True)
     path = report.write(config, dates[-1], str(tmp_path / "r.html"), spark=spark)
     page = path.read_text()
     for heading in ("The run of", "Ingest: rows and rejects", "Recall evaluation", "Profiles and tags"):
         assert heading in page
+    assert "Not published: skipped (Redis is not configured" in page
     assert not re.search(r"(src|href)=[\"'](?!data:)", page), "everything must be embedded"
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) >= 5

@@ -243,3 +243,20 @@ def test_a_retried_task_counts_the_members_it_rewrote(redis_server, tmp_path):
         assert (written.value, members.value) == (2, 3)
     client = redis_keys.connect(config)
     assert client.zrange(keys.user("v1", "u1"), 0, -1) == ["t1", "t2"]
+
+
+def test_what_redis_must_receive_is_counted_from_the_tables(spark):
+    from pyspark.testing import assertDataFrameEqual
+
+    served = spark.createDataFrame([("u1", 1, "t1", "m7"), ("u1", 2, "t2", "m7"), ("u2", 1, "t1", "m7")],
+                                   "user_id string, rank int, tag string, model_version string")
+    index = spark.createDataFrame([("t1", "a1", 0.9), ("t1", "a2", 0.5), ("t2", "a1", 0.3)],
+                                  "tag string, article_id string, score double")
+    expected, model = publish.expected_counts(served, index)
+    assert expected == {"users": 2, "tags": 2, "user_members": 3, "tag_members": 3} and model == "m7"
+    users, tags = publish.sorted_sets(served, index)
+    sort = ["key"]
+    assertDataFrameEqual(users.selectExpr("key", "array_sort(items) as items").orderBy(*sort),
+                         [("u1", [("t1", 1.0), ("t2", 2.0)]), ("u2", [("t1", 1.0)])])
+    assertDataFrameEqual(tags.selectExpr("key", "array_sort(items) as items").orderBy(*sort),
+                         [("t1", [("a1", 0.9), ("a2", 0.5)]), ("t2", [("a1", 0.3)])])

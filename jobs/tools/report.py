@@ -260,12 +260,15 @@ def _export_section(reader: _Reader, day: str) -> str:
         return ""
     out = (f"<section><h2>Export and publish</h2><p>{e['users']:,} users get {e['rows_written']['user_top_tags']:,} "
            f"tags, ranked by {html.escape(e['ranked_by'])} (model {html.escape(str(e['model_version']))}).</p>")
-    if pub:
+    if pub and pub.get("status") == "succeeded":
         out += (f"<p>Published to {html.escape(pub['redis'])} as version <code>{html.escape(pub['version'])}</code> "
                 f"({pub['written']['users']:,} users, {pub['written']['tags']:,} tags); previous "
                 f"<code>{html.escape(str(pub['previous']))}</code> kept for rollback.</p>")
+    elif pub:
+        out += (f"<p class='note'>Not published: {html.escape(str(pub.get('status')))} "
+                f"({html.escape(str(pub.get('reason', '')))}).</p>")
     else:
-        out += "<p class='note'>Not published (no Redis configured for this run).</p>"
+        out += "<p class='note'>Not published (publish has not run for this day).</p>"
     return out + "</section>"
 
 
