@@ -115,9 +115,8 @@ def test_without_the_next_days_events_it_says_so(spark, evaluated):
 
 
 def test_the_report_is_one_self_contained_page(spark, evaluated, tmp_path):
-    from jobs.tools import report
-
     from jobs import publish
+    from jobs.tools import report
 
     config, base, dates, _ = evaluated
     # The chain's publish without Redis: skipped with its reason, as the page must say.

@@ -52,7 +52,8 @@ def session_builder(config: Config, app_name: str, *, set_master: bool):
         settings["spark.driver.memory"] = config.spark.driver_memory
         # A driver started here logs Spark's warnings and errors only (no start-up banner);
         # under spark-submit the cluster's own log4j2 configuration applies.
-        settings["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={LOG4J2_CONF.as_uri()}"
+        if LOG4J2_CONF.is_file():
+            settings["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={LOG4J2_CONF.as_uri()}"
     settings.update(config.spark.conf)
     for key, value in settings.items():
         builder = builder.config(key, value)
