@@ -26,6 +26,7 @@ import datetime as dt
 import logging
 import time
 
+import redis
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -98,8 +99,6 @@ def delete_version(client, keys: Keys, version: str, batch: int = 1000) -> int:
 
 def switch(client, keys: Keys, version: str) -> str | None:
     """Make ``version`` current and the old current previous, atomically; returns the old one."""
-    import redis
-
     with client.pipeline(transaction=True) as pipe:
         while True:
             try:
@@ -117,8 +116,6 @@ def switch(client, keys: Keys, version: str) -> str | None:
 
 def rollback(client, keys: Keys) -> tuple[str, str]:
     """Swap current and previous atomically; returns (now current, now previous)."""
-    import redis
-
     with client.pipeline(transaction=True) as pipe:
         while True:
             try:
@@ -163,7 +160,7 @@ def run_rollback(config: Config, date: dt.date) -> dict:
     client, keys, where = connect(config), Keys(config.publish.key_prefix), redact_url(connection(config).url)
     try:
         now, before = rollback(client, keys)
-    except redis_errors() as exc:
+    except redis.RedisError as exc:
         raise RedisUnavailable(f"publish --rollback: Redis at {where} failed: {exc}; nothing was changed "
                                "unless the rollback's transaction completed") from None
     finally:
@@ -171,12 +168,6 @@ def run_rollback(config: Config, date: dt.date) -> dict:
     log.warning("publish: rolled back %s to %s on %s", before, now, where)
     return {"step": NAME, "date": date.isoformat(), "status": "rolled back", "current": now, "previous": before,
             "redis": where}
-
-
-def redis_errors() -> type[Exception]:
-    import redis
-
-    return redis.RedisError
 
 
 def publish_version(spark: SparkSession, config: Config, client, day: str, wh: Warehouse) -> dict:
@@ -221,10 +212,10 @@ def run(spark: SparkSession | None, config: Config, date: dt.date, rollback: boo
     started = time.monotonic()
     day = date.isoformat()
     where = redact_url(connection(config).url)
-    client = connect(config)
+    wh, client = Warehouse(spark, config), connect(config)
     try:
-        published = publish_version(spark, config, client, day, Warehouse(spark, config))
-    except redis_errors() as exc:
+        published = publish_version(spark, config, client, day, wh)
+    except redis.RedisError as exc:
         raise RedisUnavailable(f"publish {day}: Redis at {where} failed: {exc}. "
                                f"{Keys(config.publish.key_prefix).current} still names the last complete "
                                "version; re-run the step when Redis is back") from None
@@ -233,7 +224,7 @@ def run(spark: SparkSession | None, config: Config, date: dt.date, rollback: boo
     write_sec, members = published.pop("write_sec"), published.pop("members")
     report = {"step": NAME, "date": day, "status": "succeeded", "redis": where, **published,
               "seconds": round(time.monotonic() - started, 3), "config": config.to_dict()}
-    Warehouse(spark, config).write_run_report(NAME, day, report)
+    wh.write_run_report(NAME, day, report)
     log.debug("publish %s: %s is current (%d users, %d tags, %d members in %.1fs); previous %s; deleted %s",
              day, published["version"], published["written"]["users"], published["written"]["tags"], members,
              write_sec, published["previous"], list(published["deleted_versions"]) or "none")

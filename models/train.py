@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -119,7 +120,7 @@ def tf_dataset(ds, spec: FeatureSpec, batch_size: int, shuffle_seed: int | None 
          **{c: tf.TensorSpec((None, 1), tf.float32) for c in spec.numeric}},
         {t: tf.TensorSpec((None, 1), tf.float32) for t in data.TARGETS},
     )
-    epochs = iter(range(1 << 30))
+    epochs = itertools.count()
 
     def generate():
         seed = None if shuffle_seed is None else int(np.random.SeedSequence([shuffle_seed, next(epochs)])

@@ -103,8 +103,8 @@ class Step:
     spark_unless: tuple[str, ...] = ()
     summary: str = ""
 
-    def parser(self, prog: str | None = None) -> argparse.ArgumentParser:
-        parser = argparse.ArgumentParser(prog=prog or f"tagrecall-{self.name}", description=self.summary)
+    def parser(self) -> argparse.ArgumentParser:
+        parser = argparse.ArgumentParser(prog=f"tagrecall-{self.name}", description=self.summary)
         self.add_arguments(parser)
         return parser
 

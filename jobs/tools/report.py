@@ -16,13 +16,13 @@ import json
 import logging
 from pathlib import Path
 
+from jobs.chain import STEPS
 from jobs.common.storage import MissingPartitionError, Warehouse
 from schemas.catalog import absolute_uri
 from schemas.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
-CHAIN = ("ingest", "profiles", "index", "triples", "train", "export", "publish", "evaluate")
 EVAL_METRICS = ("recall_at_k", "click_coverage", "tagged_impressions", "tag_ctr")
 
 CSS = """
@@ -78,7 +78,7 @@ class _Reader:
 
 def _run_section(reader: _Reader, day: str) -> str:
     rows = []
-    for step in CHAIN:
+    for step in (s.name for s in STEPS):
         r = reader.report(step, day)
         if r is None:
             rows.append([step, '<span class="note">not run</span>', "", "", ""])
