@@ -6,6 +6,10 @@ method has no tags for gets the global list, as the online recall does (jobs/onl
 - ``export``: D's ``user_top_tags`` (the model's ranking, or the profile blend without one);
 - ``long``, ``short``, ``blend``: the top profile tags by that horizon's weight or the blend
   (jobs/transforms/tag_lists.py), filled up with the global list;
+- ``mix``: the user's tags by their share of the user's decayed impressions +
+  evaluate.mix_click_weight x their share of the decayed clicks in tag_stats, candidates
+  being the user's tags and the evaluate.mix_global_tags most clicked (what the feed chose
+  to show the user, pulled towards what everyone clicks);
 - ``global``: the export.top_n tags with the most decayed clicks in D's tag_stats (the list
   served to users without tags).
 
@@ -40,6 +44,7 @@ from jobs.transforms.tag_lists import (
     filled,
     global_list,
     global_tags,
+    mix,
     ranked_tags,
     top_k_per_key,
 )
@@ -50,7 +55,7 @@ log = logging.getLogger(__name__)
 
 NAME = "evaluate"
 TABLE = "recall_eval"
-METHODS = ("export", "long", "short", "blend", "global")
+METHODS = ("export", "long", "short", "blend", "mix", "global")
 
 
 def rank_weight(rank: F.Column) -> F.Column:
@@ -68,7 +73,7 @@ def recalled(lists: DataFrame, tag_index: DataFrame, k: int) -> DataFrame:
 
 
 def method_lists(served: DataFrame, profile: DataFrame, tag_stats: DataFrame, users: DataFrame,
-                 top_n: int) -> dict[str, DataFrame]:
+                 top_n: int, config: Config) -> dict[str, DataFrame]:
     """(user_id, tag, rank) with ``top_n`` tags for every user of ``users``, per method:
     ``served`` is D's user_top_tags, ``profile`` and ``tag_stats`` D's tables."""
     everyone = global_list(users, global_tags(tag_stats, top_n))
@@ -76,6 +81,8 @@ def method_lists(served: DataFrame, profile: DataFrame, tag_stats: DataFrame, us
     lists = {"export": filled(exported, everyone, top_n)}
     for method in PROFILE_RANKINGS:
         lists[method] = filled(ranked_tags(profile, method, top_n).join(users, "user_id"), everyone, top_n)
+    lists["mix"] = filled(mix(profile, tag_stats, users, top_n, config.evaluate.mix_click_weight,
+                              config.evaluate.mix_global_tags), everyone, top_n)
     lists["global"] = everyone
     return lists
 
@@ -101,7 +108,7 @@ def evaluate(spark: SparkSession, config: Config, date: dt.date) -> list[dict]:
     served_n, tag_n, k = config.export.top_n, config.evaluate.top_n, config.evaluate.recall_k
     lists = {m: df.persist() for m, df in method_lists(
         wh.read_partition("user_top_tags", day), wh.read_partition("user_tag_profile", day),
-        wh.read_partition("tag_stats", day), users, max(served_n, tag_n)).items()}
+        wh.read_partition("tag_stats", day), users, max(served_n, tag_n), config).items()}
     tag_index = wh.read_partition("tag_index", day)
     rows = [_row("all", "ctr", 0, None, n_click, n_imp)]
     for method in METHODS:

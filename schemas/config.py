@@ -186,10 +186,17 @@ class EvaluateConfig:
     top_n: int = 5
     # Articles the recall returns per user (the served export.top_n tags x tag_index, merged).
     recall_k: int = 100
+    # The ``mix`` baseline (jobs/transforms/tag_lists.py): a tag's share of the user's
+    # decayed impressions + mix_click_weight x its share of all decayed clicks, over the
+    # user's tags and the mix_global_tags most clicked ones.
+    mix_click_weight: float = 8.0
+    mix_global_tags: int = 25
 
     def validate(self, where: str) -> None:
         _require(self.top_n > 0, f"{where}.top_n", "must be > 0")
         _require(self.recall_k > 0, f"{where}.recall_k", "must be > 0")
+        _require(self.mix_click_weight >= 0, f"{where}.mix_click_weight", "must be >= 0")
+        _require(self.mix_global_tags > 0, f"{where}.mix_global_tags", "must be > 0")
 
 
 def redact_url(url: str) -> str:

@@ -31,7 +31,7 @@ def _pd(base, name, day):
 
 
 def _by_hand(base, config, day, nxt, method):
-    """The four metrics of ``method`` (export, long or global) from the tables, in pandas."""
+    """The four metrics of ``method`` (export, long, mix or global) from the tables, in pandas."""
     events = _pd(base, "events", nxt)
     events = events[events.event_type.isin(["impression", "click"])]
     art = _pd(base, "articles", nxt)
@@ -46,6 +46,20 @@ def _by_hand(base, config, day, nxt, method):
         prof = _pd(base, "user_tag_profile", day)
         prof = prof[prof.long_weight > 0].sort_values(["user_id", "long_weight", "tag"], ascending=[True, False, True])
         own = {u: list(g.tag[:n_max]) for u, g in prof.groupby("user_id")}
+    elif method == "mix":
+        prof = _pd(base, "user_tag_profile", day)
+        prof = prof[prof.impressions > 0]
+        share = prof.impressions / prof.groupby("user_id").impressions.transform("sum")
+        shown = {u: dict(zip(g.tag, share[g.index], strict=True)) for u, g in prof.groupby("user_id")}
+        click_share = dict(zip(stats.tag, stats.clicks / stats.clicks.sum(), strict=True))
+        popular = list(stats.tag[:config.evaluate.mix_global_tags])
+        users = events.user_id.unique()
+        own = {}
+        for u in users:
+            cands = set(shown.get(u, {})) | set(popular)
+            scored = {t: shown.get(u, {}).get(t, 0.0) + config.evaluate.mix_click_weight * click_share.get(t, 0.0)
+                      for t in cands}
+            own[u] = sorted(scored, key=lambda t: (-scored[t], t))[:n_max]
     else:
         own = {}
 
@@ -74,7 +88,7 @@ def _by_hand(base, config, day, nxt, method):
             "tagged_impressions": imps.tagged.mean(), "tag_ctr": clicks.tagged.sum() / imps.tagged.sum()}
 
 
-@pytest.mark.parametrize("method", ["export", "long", "global"])
+@pytest.mark.parametrize("method", ["export", "long", "mix", "global"])
 def test_metrics_equal_a_pandas_computation_from_the_tables(evaluated, method):
     config, base, dates, report = evaluated
     day, nxt = dates[-2].isoformat(), dates[-1].isoformat()
@@ -88,7 +102,7 @@ def test_metrics_equal_a_pandas_computation_from_the_tables(evaluated, method):
 def test_every_method_and_the_reference_ctr_are_written_once(evaluated):
     config, base, dates, report = evaluated
     table = _pd(base, "recall_eval", dates[-2].isoformat())
-    assert sorted(table.method.unique()) == ["all", "blend", "export", "global", "long", "short"]
+    assert sorted(table.method.unique()) == ["all", "blend", "export", "global", "long", "mix", "short"]
     assert not table.duplicated(["method", "metric"]).any()
     assert ((table.numerator <= table.denominator) | (table.metric == "ctr")).all()
     assert report["against"] == dates[-1].isoformat()

@@ -39,6 +39,30 @@ def ranked_tags(profile: DataFrame, method: str, top_n: int, score_as: str | Non
     return kept.select("user_id", "tag", "rank", *([F.col("_score").alias(score_as)] if score_as else []))
 
 
+def mix(profile: DataFrame, tag_stats: DataFrame, users: DataFrame, top_n: int, click_weight: float,
+        global_count: int) -> DataFrame:
+    """(user_id, tag, rank) for every user of ``users``: the ``mix`` heuristic. Candidates are
+    the user's profile tags with decayed impressions and the ``global_count`` tags with the
+    most decayed clicks; each scores (its share of the user's decayed impressions) +
+    ``click_weight`` x (its share of all decayed clicks in tag_stats). What the feed chose to
+    show a user, pulled towards what everyone clicks; users without impressions get the
+    global order."""
+    total = tag_stats.agg(F.sum("clicks")).first()[0] or 0.0
+    popular = {t: 0.0 for t in global_tags(tag_stats, global_count)}
+    share = (tag_stats.select("tag", (F.col("clicks") / F.lit(total) if total else F.lit(0.0)).alias("_g"))
+             .where(F.col("_g") > 0))
+    by_user = Window.partitionBy("user_id")
+    shown = (profile.where(F.col("impressions") > 0).join(users.select("user_id"), "user_id")
+             .select("user_id", "tag", (F.col("impressions") / F.sum("impressions").over(by_user)).alias("_s")))
+    everyone = users.select("user_id").crossJoin(F.broadcast(
+        users.sparkSession.createDataFrame([(t,) for t in popular], "tag string")))
+    cands = (shown.unionByName(everyone.withColumn("_s", F.lit(0.0)))
+             .groupBy("user_id", "tag").agg(F.max("_s").alias("_s"))
+             .join(F.broadcast(share), "tag", "left")
+             .select("user_id", "tag", (F.col("_s") + F.lit(click_weight) * F.coalesce("_g", F.lit(0.0))).alias("_m")))
+    return top_k_per_key(cands, "user_id", [F.desc("_m"), "tag"], top_n).select("user_id", "tag", "rank")
+
+
 def filled(personal: DataFrame, fallback: DataFrame, top_n: int, carry: tuple[str, ...] = ()) -> DataFrame:
     """(user_id, tag, rank, *carry): the user's ``personal`` tags first, then ``fallback``'s
     tags not already among them, ``top_n`` in all. ``fallback`` has a row per user to be
