@@ -18,6 +18,7 @@ from pathlib import Path
 
 from jobs.chain import STEPS
 from jobs.common.storage import MissingPartitionError, Warehouse
+from jobs.evaluate import METHODS
 from schemas.catalog import absolute_uri
 from schemas.config import Config, ConfigError
 
@@ -191,7 +192,7 @@ def _eval_section(reader: _Reader, day: str) -> str:
                 "needs the events of D+1.</p></section>")
     rows = e["rows"]
     by = {(r["method"], r["metric"]): r for r in rows}
-    methods = [m for m in ("export", "long", "short", "blend", "global") if (m, "recall_at_k") in by]
+    methods = [m for m in METHODS if (m, "recall_at_k") in by]
     heads = []
     for m in EVAL_METRICS:
         r = by[(methods[0], m)]
