@@ -1,6 +1,6 @@
 """The daily chain: every step in order for each date, one skip policy, one line per step.
 
-    ingest -> profiles -> index -> triples -> train -> export -> publish -> evaluate (D-1)
+    ingest -> profiles -> index -> triples -> train -> tag_model -> export -> publish -> evaluate (D-1)
 
 In the chain for D, evaluate runs for D-1: it scores D-1's recall against D's events.
 A step whose inputs are not there yet (``Step.skip_reason``: the first days of data, no
@@ -15,14 +15,14 @@ import datetime as dt
 import logging
 import time
 
-from jobs import evaluate, export, index, ingest, profiles, publish, train, triples
+from jobs import evaluate, export, index, ingest, profiles, publish, tag_model, train, triples
 from jobs.common.entry import Step, describe
 from schemas.config import Config, ConfigError
 
 log = logging.getLogger("tagrecall")
 
-STEPS: tuple[Step, ...] = (ingest.STEP, profiles.STEP, index.STEP, triples.STEP, train.STEP, export.STEP,
-                           publish.STEP, evaluate.STEP)
+STEPS: tuple[Step, ...] = (ingest.STEP, profiles.STEP, index.STEP, triples.STEP, train.STEP, tag_model.STEP,
+                           export.STEP, publish.STEP, evaluate.STEP)
 BY_NAME: dict[str, Step] = {s.name: s for s in STEPS}
 DATA_STEPS = ("ingest", "profiles", "index", "triples")
 

@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_options(p)
 
     for step in STEPS:
-        step.add_arguments(sub.add_parser(step.name, help=step.summary or f"run the {step.name} step for one date"))
+        aliases = [step.name.replace("_", "-")] if "_" in step.name else []
+        step.add_arguments(sub.add_parser(step.name, aliases=aliases,
+                                          help=step.summary or f"run the {step.name} step for one date"))
 
     p = sub.add_parser("profile-eval", help="how well D's profiles predict D+1's clicked tags, against baselines")
     p.add_argument("--date", type=date_arg, required=True)
@@ -151,7 +153,7 @@ def cmd_run(args) -> int:
 def cmd_step(args) -> int:
     from jobs.chain import BY_NAME
 
-    step = BY_NAME[args.command]
+    step = BY_NAME[args.command.replace("-", "_")]
     config = config_from_args(args)
     options = {o.dest: getattr(args, o.dest) for o in step.all_options}
     spark = _session(config, f"tagrecall-{step.name}") if step.wants_spark(options) else None

@@ -43,6 +43,7 @@ def load(warehouse: str, version: str | None = None):
     import keras
 
     import models.layers  # noqa: F401  (registers the custom layers)
+    import models.utpm  # noqa: F401
 
     version = version or current_version(warehouse)
     if version is None:

@@ -272,6 +272,58 @@ class ModelConfig:
         _require(self.auc_tolerance >= 0, f"{where}.auc_tolerance", "must be >= 0")
 
 
+TAG_MODEL_LOSSES = ("joint", "split", "softmax")
+
+
+def _default_tag_fields() -> list[str]:
+    return ["long_weight", "short_weight", "impressions", "clicks"]
+
+
+@dataclass(frozen=True)
+class TagModelConfig:
+    """The user-tag profile model (models/utpm.py) and its daily step (jobs/tag_model.py)."""
+
+    enabled: bool = True
+    loss: str = "softmax"
+    # Train on the tag examples of the window_days days ending at D; the last one validates.
+    window_days: int = 7
+    # The user's multi-valued fields: each a column of user_tag_profile (a horizon's
+    # weight, or the decayed impressions or clicks), the user's top field_length tags by it.
+    fields: list[str] = field(default_factory=_default_tag_fields)
+    field_length: int = 20
+    # An impression's article contributes at most this many tags (by weight) to the loss.
+    article_tags: int = 8
+    embedding_dim: int = 16
+    heads: int = 2
+    units: list[int] = field(default_factory=lambda: [64])
+    user_dim: int = 32
+    learning_rate: float = 0.003
+    batch_size: int = 512
+    epochs: int = 10
+    patience: int = 2
+    seed: int = 0
+    # Training rows beyond this are left out (a seeded uniform sample is kept).
+    max_train_rows: int = 2_000_000
+    # The softmax loss normalises over the whole vocabulary up to this many tags; above, it
+    # samples sampled_negatives uniform negatives per batch.
+    full_softmax_max_tags: int = 20_000
+    sampled_negatives: int = 1000
+    # Tags kept per user in user_tag_scores.
+    top_m: int = 50
+
+    def validate(self, where: str) -> None:
+        _require(self.loss in TAG_MODEL_LOSSES, f"{where}.loss",
+                 f"{self.loss!r} is not one of {', '.join(TAG_MODEL_LOSSES)}")
+        _require(self.window_days >= 2, f"{where}.window_days", "must be >= 2 (one day validates)")
+        for key in ("field_length", "article_tags", "embedding_dim", "heads", "user_dim", "batch_size",
+                    "epochs", "max_train_rows", "full_softmax_max_tags", "sampled_negatives", "top_m"):
+            _require(getattr(self, key) > 0, f"{where}.{key}", "must be > 0")
+        _require(all(u > 0 for u in self.units), f"{where}.units", "layer sizes must be > 0")
+        _require(self.learning_rate > 0, f"{where}.learning_rate", "must be > 0")
+        _require(self.patience >= 0, f"{where}.patience", "must be >= 0")
+        _require(len(set(self.fields)) == len(self.fields), f"{where}.fields", "must not repeat a column")
+
+
 @dataclass(frozen=True)
 class SparkConfig:
     # Used by the `tagrecall` command only; under spark-submit the submitter sets the master.
@@ -295,6 +347,7 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    tag_model: TagModelConfig = field(default_factory=TagModelConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
@@ -302,6 +355,10 @@ class Config:
     def validate(self) -> Config:
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate(f.name)
+        profile_columns = [f"{h}_weight" for h in self.profiles.half_life_days] + ["impressions", "clicks"]
+        unknown = [c for c in self.tag_model.fields if c not in profile_columns]
+        _require(not unknown, "tag_model.fields",
+                 f"{unknown} are not columns of user_tag_profile; known: {', '.join(profile_columns)}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -127,6 +127,30 @@ USER_TOP_TAGS = StructType(
     ]
 )
 
+USER_TAG_SCORES = StructType(
+    [
+        StructField("user_id", StringType(), False),
+        StructField("rank", IntegerType(), False),
+        StructField("tag", StringType(), False),
+        StructField("score", DoubleType(), False),
+        StructField("model_version", StringType(), False),
+    ]
+)
+
+
+def tag_examples_schema(user_features: list[str], fields: list[str]) -> StructType:
+    """One row per impression of D: the user's fields as of D-1 (jobs/transforms/user_fields.py),
+    the impressed article's tags and the click. ``u_<k>`` per user feature; ``<f>_tags`` and
+    ``<f>_weights`` per field (a user_tag_profile column)."""
+    return StructType(
+        [StructField("event_id", StringType(), False), StructField("user_id", StringType(), False),
+         StructField("article_tags", TAG_WEIGHTS, False), StructField("click", IntegerType(), False)]
+        + [StructField(f"u_{k}", StringType(), False) for k in user_features]
+        + [s for f in fields for s in (StructField(f"{f}_tags", ArrayType(StringType(), False), False),
+                                       StructField(f"{f}_weights", ArrayType(DoubleType(), False), False))]
+    )
+
+
 RECALL_EVAL = StructType(
     [
         StructField("method", StringType(), False),
@@ -149,5 +173,6 @@ SCHEMAS: dict[str, StructType] = {
     "tag_stats": TAG_STATS,
     "training_triples": TRAINING_TRIPLES,
     "user_top_tags": USER_TOP_TAGS,
+    "user_tag_scores": USER_TAG_SCORES,
     "recall_eval": RECALL_EVAL,
 }

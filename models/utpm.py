@@ -1,0 +1,248 @@
+"""The user-tag profile model (UTPM: Su Yan et al., "Learning to Build User-tag Profile in
+Recommendation System", CIKM 2020): a user vector u from attention over feature fields and
+an FM-style crossing, and tags on the label side, so one product with the tag table ranks
+the whole vocabulary.
+
+    user fields:  categorical u_<k> ─> embedding ─────────────────────────┐
+                  tag lists (tags, weights) ─> tag embedding ─> intra-field │ attention (per head)
+                                                                           ├─> inter-field attention ─┐
+                                                                           └─> FM crossing ─> norm ────┴─> MLP ─> u
+    label side:   score(u, t) = u . e_t + b_t   for every tag t of the vocabulary
+
+- Intra-field attention pools each multi-valued field (the user's tags by long and short
+  profile weight, by decayed impressions, by decayed clicks): alpha_i = softmax_i(q_h^T
+  ReLU(W e_i + b) + log w_i), the query q_h of head h shared by every field, padding
+  masked. The log of the tag's weight in the field is a prior: with q = 0 the pooling is
+  the weighted mean of the tag embeddings.
+- Inter-field attention merges the field vectors the same way with its own query per head;
+  the heads are concatenated (``heads``, default 2).
+- FM crossing: sum_{i<j} f_i * f_j over the field vectors (elementwise), computed as
+  ((sum f)^2 - sum f^2) / 2 in O(k d), then layer-normalised.
+
+Losses (``utpm.loss``), over impressions of day D, the user's fields from D-1's tables:
+
+- ``joint`` (the paper's): an impression of article a is clicked with probability
+  sigmoid(sum_t w_at score(u, t) / sum_t w_at), the article's tag weights w_at;
+- ``split``: each (impression, tag) pair is an example of its own with the impression's
+  click as label (as the multi-task model's triples are);
+- ``softmax``: each clicked impression is a draw from softmax(scores over the whole
+  vocabulary), the target spread over the article's tags by their weights. Above
+  utpm.full_softmax_max_tags tags, a sampled softmax (utpm.sampled_negatives uniform
+  negatives shared by the batch, with the log-Q correction).
+
+The saved network maps the raw fields (strings and floats) to ``scores`` over the
+vocabulary; the vocabulary's order is in the version's metadata.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+LOSSES = ("joint", "split", "softmax")
+NEG = -1e9
+
+
+@keras.saving.register_keras_serializable(package="tagrecall")
+class FieldAttention(keras.layers.Layer):
+    """Attention pooling over the items of a field, one query per head:
+    alpha_i = softmax_i(q_h^T ReLU(W x_i + b) + log w_i) over the unmasked items.
+
+    call(items (B, L, d), weights (B, L), present (B, L), False where padded) -> pooled
+    (B, heads, d); ``attention`` gives the weights themselves (B, heads, L). A row whose
+    items are all padding pools to zeros. One instance applied to several fields
+    shares its queries across them."""
+
+    def __init__(self, heads: int = 2, units: int = 16, **kwargs):
+        super().__init__(**kwargs)
+        self.heads, self.units = heads, units
+        self.project = keras.layers.Dense(units, activation="relu", name="project")
+
+    def build(self, items_shape, weights_shape=None, present_shape=None):
+        self.project.build(items_shape)
+        self.query = self.add_weight(name="query", shape=(self.units, self.heads), initializer="zeros")
+
+    def attention(self, items, weights, present):
+        logits = ops.matmul(self.project(items), self.query)            # (B, L, H)
+        mask = ops.cast(present, logits.dtype)[..., None]
+        prior = ops.log(ops.maximum(ops.cast(weights, logits.dtype), 1e-12))[..., None]
+        logits = logits + prior * mask + (1.0 - mask) * NEG
+        alpha = ops.softmax(logits, axis=1) * mask                      # all-masked rows -> 0
+        return ops.transpose(alpha, (0, 2, 1))                           # (B, H, L)
+
+    def call(self, items, weights, present):
+        alpha = self.attention(items, weights, present)
+        return ops.matmul(alpha, items)                                  # (B, H, d)
+
+    def get_config(self):
+        return {**super().get_config(), "heads": self.heads, "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="tagrecall")
+class FMCross(keras.layers.Layer):
+    """The pairwise interactions of k field vectors: (B, k, ..., d) -> sum_{i<j} f_i * f_j
+    (B, ..., d), as ((sum_i f_i)^2 - sum_i f_i^2) / 2."""
+
+    def call(self, fields):
+        total = ops.sum(fields, axis=1)
+        return 0.5 * (ops.square(total) - ops.sum(ops.square(fields), axis=1))
+
+
+@keras.saving.register_keras_serializable(package="tagrecall")
+class TagScores(keras.layers.Layer):
+    """The label side: a tag embedding table E (T, d) and bias b (T).
+    call(u (B, d)) -> u E^T + b (B, T); ``gather(u, ids)`` -> score of each id (B, L)."""
+
+    def __init__(self, tags: int, dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.tags, self.dim = tags, dim
+
+    def build(self, input_shape):
+        self.embeddings = self.add_weight(name="embeddings", shape=(self.tags, self.dim),
+                                          initializer=keras.initializers.RandomNormal(stddev=0.05))
+        self.bias = self.add_weight(name="bias", shape=(self.tags,), initializer="zeros")
+
+    def call(self, u):
+        return ops.matmul(u, ops.transpose(self.embeddings)) + self.bias
+
+    def gather(self, u, ids):
+        e = ops.take(self.embeddings, ids, axis=0)                      # (B, L, d)
+        return ops.sum(e * u[:, None, :], axis=-1) + ops.take(self.bias, ids, axis=0)
+
+    def get_config(self):
+        return {**super().get_config(), "tags": self.tags, "dim": self.dim}
+
+
+def build_network(user_features: list[str], fields: list[str], vocabularies: dict[str, list[str]],
+                  tags: list[str], field_length: int, embedding_dim: int = 16, heads: int = 2,
+                  units: list[int] | tuple[int, ...] = (64,), user_dim: int = 32) -> tuple[keras.Model, keras.Model]:
+    """(user_model: inputs -> u, network: inputs -> {"scores": (B, T)}), sharing layers.
+
+    Inputs: ``u_<k>`` (string, (1,)) per user feature, ``<f>_tags`` (string, (L,), "" pads)
+    and ``<f>_weights`` (float, (L,)) per multi-valued field."""
+    inputs = {f"u_{k}": keras.Input(shape=(1,), dtype="string", name=f"u_{k}") for k in user_features}
+    for f in fields:
+        inputs[f"{f}_tags"] = keras.Input(shape=(field_length,), dtype="string", name=f"{f}_tags")
+        inputs[f"{f}_weights"] = keras.Input(shape=(field_length,), dtype="float32", name=f"{f}_weights")
+
+    field_vectors = []
+    for k in user_features:
+        vocab = vocabularies[f"u_{k}"]
+        ids = keras.layers.StringLookup(vocabulary=vocab, num_oov_indices=1, name=f"lookup_u_{k}")(inputs[f"u_{k}"])
+        e = keras.layers.Embedding(len(vocab) + 1, embedding_dim, name=f"embed_u_{k}")(ids)   # (B, 1, d)
+        field_vectors.append(ops.repeat(e, heads, axis=1))                                  # (B, H, d)
+    if fields:
+        lookup = keras.layers.StringLookup(vocabulary=tags, mask_token="", num_oov_indices=1, name="lookup_tags")
+        embed = keras.layers.Embedding(len(tags) + 2, embedding_dim, name="embed_tags")
+        intra = FieldAttention(heads, embedding_dim, name="intra_field_attention")
+        for f in fields:
+            ids = lookup(inputs[f"{f}_tags"])
+            field_vectors.append(intra(embed(ids), inputs[f"{f}_weights"], ops.not_equal(ids, 0)))
+    stacked = ops.stack(field_vectors, axis=1)                                              # (B, k, H, d)
+    batch_ones = ops.ones_like(stacked[:, :, 0, 0])                                         # (B, k)
+    inter = FieldAttention(heads, embedding_dim, name="inter_field_attention")
+    merged = []
+    for h in range(heads):   # head h of the inter-field attention over head h's field vectors
+        pooled = inter(stacked[:, :, h, :], batch_ones, ops.ones_like(batch_ones))         # (B, H, d)
+        merged.append(pooled[:, h, :])
+    attended = keras.layers.Concatenate(name="attended")(merged)                           # (B, H d)
+    crossed = keras.layers.Flatten(name="crossed")(FMCross(name="fm_cross")(stacked))      # (B, H d)
+    x = keras.layers.Concatenate(name="linear_and_cross")(
+        [attended, keras.layers.LayerNormalization(name="cross_norm")(crossed)])
+    for i, n in enumerate(units):
+        x = keras.layers.Dense(n, activation="relu", name=f"user_{i}")(x)
+    u = keras.layers.Dense(user_dim, name="user_vector")(x)
+    scores = TagScores(len(tags), user_dim, name="tag_scores")(u)
+    user_model = keras.Model(inputs, u, name="utpm_user")
+    network = keras.Model(inputs, {"scores": keras.layers.Identity(name="scores")(scores)}, name="utpm")
+    return user_model, network
+
+
+def _weights(w, mask):
+    w = ops.where(mask, ops.cast(w, "float32"), 0.0)
+    return w / ops.maximum(ops.sum(w, axis=-1, keepdims=True), 1e-12)
+
+
+def joint_loss(scores, weights, mask, click):
+    """Mean BCE of each impression's click against sigmoid(sum_t w_t s_t / sum_t w_t);
+    ``scores`` (B, L): score(u, t) of the article's tags, ``mask`` where a tag is present."""
+    logit = ops.sum(_weights(weights, mask) * scores, axis=-1)
+    has_tags = ops.cast(ops.any(mask, axis=-1), "float32")
+    bce = ops.binary_crossentropy(ops.cast(click, "float32"), logit, from_logits=True)
+    return ops.sum(bce * has_tags) / ops.maximum(ops.sum(has_tags), 1.0)
+
+
+def split_loss(scores, mask, click):
+    """Mean BCE over every (impression, tag) pair present, each labelled with the click."""
+    m = ops.cast(mask, "float32")
+    label = ops.broadcast_to(ops.cast(click, "float32")[:, None], ops.shape(scores))
+    bce = ops.binary_crossentropy(label, scores, from_logits=True)
+    return ops.sum(bce * m) / ops.maximum(ops.sum(m), 1.0)
+
+
+def softmax_loss(positive_scores, weights, mask, click, all_scores=None, negative_scores=None,
+                 log_q: float = 0.0):
+    """Cross-entropy of clicked impressions: target the article's tags by weight.
+
+    Full: ``all_scores`` (B, T), the normaliser over the vocabulary. Sampled:
+    ``negative_scores`` (B, S) of uniform negatives, corrected by ``log_q`` = log(S / T)."""
+    target = _weights(weights, mask)
+    if all_scores is not None:
+        log_z = ops.logsumexp(all_scores, axis=-1, keepdims=True)
+    else:
+        pos = ops.where(mask, positive_scores, NEG)
+        log_z = ops.logsumexp(ops.concatenate([pos, negative_scores - log_q], axis=-1), axis=-1, keepdims=True)
+    nll = -ops.sum(target * (positive_scores - log_z), axis=-1)
+    clicked = ops.cast(click, "float32") * ops.cast(ops.any(mask, axis=-1), "float32")
+    return ops.sum(nll * clicked) / ops.maximum(ops.sum(clicked), 1.0)
+
+
+class UTPMTrainer(keras.Model):
+    """Trains the user model and the tag table with one of LOSSES; not saved itself.
+
+    ``y`` holds ``click`` (B,), ``article_ids`` (B, L, int, index into the vocabulary) and
+    ``article_weights`` (B, L, 0 where padded)."""
+
+    def __init__(self, user_model: keras.Model, network: keras.Model, loss_name: str,
+                 sampled_negatives: int = 0, seed: int = 0):
+        super().__init__(name="utpm_trainer")
+        if loss_name not in LOSSES:
+            raise ValueError(f"unknown UTPM loss {loss_name!r}; known: {', '.join(LOSSES)}")
+        self.user_model, self.network, self.loss_name = user_model, network, loss_name
+        self.tag_scores = network.get_layer("tag_scores")
+        self.sampled_negatives = sampled_negatives
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+
+    def call(self, inputs, training=False):
+        return self.user_model(inputs, training=training)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        u, ids, w, click = y_pred, y["article_ids"], y["article_weights"], y["click"]
+        mask = ops.greater(w, 0.0)
+        ids = ops.where(mask, ids, 0)
+        pos = self.tag_scores.gather(u, ids)
+        if self.loss_name == "joint":
+            loss = joint_loss(pos, w, mask, click)
+        elif self.loss_name == "split":
+            loss = split_loss(pos, mask, click)
+        elif self.sampled_negatives:
+            vocab = self.tag_scores.tags
+            neg = keras.random.randint((self.sampled_negatives,), 0, vocab, seed=self.seed_generator)
+            negative = ops.matmul(u, ops.transpose(ops.take(self.tag_scores.embeddings, neg, axis=0)))
+            negative = negative + ops.take(self.tag_scores.bias, neg, axis=0)
+            loss = softmax_loss(pos, w, mask, click, negative_scores=negative,
+                                log_q=math.log(self.sampled_negatives / vocab))
+        else:
+            loss = softmax_loss(pos, w, mask, click, all_scores=self.tag_scores(u))
+        self.loss_tracker.update_state(loss)
+        return loss
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        return {m.name: m.result() for m in self.metrics}
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker]

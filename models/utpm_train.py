@@ -1,0 +1,248 @@
+"""Training and scoring the user-tag profile model (models/utpm.py) for day D. The step
+``tagrecall tag-model --date D`` (jobs/tag_model.py) writes the examples, calls
+``train_day`` and scores the users with ``score_users``; nothing here imports Spark or jobs/.
+
+The window is tag_model.window_days days of ``tag_examples`` ending at D: the days before D
+train, D validates (early stopping on the validation loss, the best epoch's weights kept).
+The window is read into memory (at most tag_model.max_train_rows rows, a seeded uniform
+sample beyond that): a user-tag model's examples are one row per impression with a few
+short lists, far smaller than the multi-task model's triples.
+
+``models/<version>/``: ``model.keras`` (raw fields -> scores over the vocabulary; loads with
+safe_mode on), ``metadata.json`` (the vocabulary in score order, the fields, the loss,
+the training days, validation figures), ``history.json``. The version name is
+``<D>-utpm-<loss>-<fingerprint>`` (settings and training files): a retried day rewrites
+the same version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pds
+
+from models import registry
+from schemas.catalog import absolute_uri, table
+from schemas.config import Config
+
+log = logging.getLogger(__name__)
+
+TABLE = "tag_examples"
+SCORED_COLUMNS = ("user_id", "rank", "tag", "score")
+
+
+def _local(uri: str) -> Path:
+    return Path(absolute_uri(uri).removeprefix("file://").removeprefix("file:"))
+
+
+@dataclass(frozen=True)
+class Window:
+    day: str
+    parts: dict[str, Path]
+
+    @property
+    def train_days(self) -> list[str]:
+        return [d for d in self.parts if d != self.day]
+
+
+def window(config: Config, date: dt.date) -> Window:
+    days = [date - dt.timedelta(days=k) for k in range(config.tag_model.window_days - 1, -1, -1)]
+    parts = {}
+    for d in days:
+        p = _local(table(TABLE).partition_location(config.storage.warehouse, d.isoformat()))
+        if p.exists() and any(p.glob("*.parquet")):
+            parts[d.isoformat()] = p
+    return Window(date.isoformat(), parts)
+
+
+def skip_reason(config: Config, date: dt.date) -> str | None:
+    """Why the model of ``date`` cannot be trained yet (the first days of data), or None."""
+    w = window(config, date)
+    if w.day not in w.parts:
+        return f"no {TABLE} for {w.day} (the validation day): its examples need {date - dt.timedelta(days=1)}'s tables"
+    if not w.train_days:
+        return (f"no {TABLE} in the {config.tag_model.window_days - 1} days before {w.day} "
+                f"(tag_model.window_days={config.tag_model.window_days})")
+    return None
+
+
+# ---- Arrow -> model inputs: the one conversion, for training and scoring ------------------
+
+def _list_array(col) -> pa.ListArray:
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def pad(col, length: int, fill, dtype) -> np.ndarray:
+    """A list column -> (rows, length) array, each list cut or padded with ``fill``."""
+    arr = _list_array(col)
+    n = len(arr)
+    out = np.full((n, length), fill, dtype=dtype)
+    offsets = arr.offsets.to_numpy()
+    sizes = np.diff(offsets)
+    values = arr.flatten().to_numpy(zero_copy_only=False)
+    if len(values):
+        rows = np.repeat(np.arange(n), sizes)
+        pos = np.arange(len(values)) - np.repeat(offsets[:-1] - offsets[0], sizes)
+        keep = pos < length
+        out[rows[keep], pos[keep]] = values[keep]
+    return out
+
+
+def inputs(batch: pa.RecordBatch | pa.Table, user_features: list[str], fields: list[str],
+           length: int) -> dict[str, np.ndarray]:
+    """The network's inputs from user_fields columns: u_<k> (n, 1) strings, <f>_tags (n, L)
+    strings ("" pads) and <f>_weights (n, L) float32."""
+    out = {f"u_{k}": np.asarray(batch.column(f"u_{k}").fill_null("").to_numpy(zero_copy_only=False),
+                                dtype=object).reshape(-1, 1) for k in user_features}
+    for f in fields:
+        out[f"{f}_tags"] = pad(batch.column(f"{f}_tags"), length, "", object)
+        out[f"{f}_weights"] = pad(batch.column(f"{f}_weights"), length, 0.0, np.float32)
+    return out
+
+
+def labels(batch: pa.RecordBatch | pa.Table, tag_ids: dict[str, int], length: int) -> dict[str, np.ndarray]:
+    """click (n,), article_ids (n, L) int32 and article_weights (n, L), 0 for padding and for
+    tags outside the vocabulary."""
+    arr = _list_array(batch.column("article_tags"))
+    flat = arr.flatten()
+    tags = pa.ListArray.from_arrays(arr.offsets, flat.field("tag"))
+    weights = pa.ListArray.from_arrays(arr.offsets, flat.field("weight"))
+    names = pad(tags, length, "", object)
+    w = pad(weights, length, 0.0, np.float32)
+    ids = np.vectorize(lambda t: tag_ids.get(t, -1), otypes=[np.int32])(names) if names.size else \
+        np.zeros(names.shape, np.int32)
+    w = np.where(ids >= 0, w, 0.0).astype(np.float32)
+    click = batch.column("click").fill_null(0).to_numpy(zero_copy_only=False).astype(np.float32)
+    return {"click": click, "article_ids": np.maximum(ids, 0), "article_weights": w}
+
+
+def vocabularies(tbl: pa.Table, user_features: list[str], fields: list[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """(user feature vocabularies, the tag vocabulary): every value seen in ``tbl``, sorted."""
+    vocab = {f"u_{k}": sorted(set(tbl.column(f"u_{k}").fill_null("").to_pylist()) - {""}) for k in user_features}
+    tags = set(_list_array(tbl.column("article_tags")).flatten().field("tag").to_pylist())
+    for f in fields:
+        tags |= set(_list_array(tbl.column(f"{f}_tags")).flatten().to_pylist())
+    return vocab, sorted(tags - {""})
+
+
+# ---- training ----------------------------------------------------------------------------
+
+def read(paths: list[Path], limit: int | None = None, seed: int = 0) -> pa.Table:
+    files = [str(f) for p in paths for f in sorted(p.glob("*.parquet"))]
+    tbl = pds.dataset(files, format="parquet").to_table()
+    if limit is not None and tbl.num_rows > limit:
+        keep = np.sort(np.random.default_rng(seed).choice(tbl.num_rows, limit, replace=False))
+        tbl = tbl.take(pa.array(keep))
+    return tbl
+
+
+def model_version(config: Config, w: Window) -> str:
+    files = sorted((d, f.name, f.stat().st_size) for d, p in w.parts.items() for f in p.glob("*.parquet"))
+    payload = json.dumps({"tag_model": config.to_dict()["tag_model"],
+                          "user_features": config.features.user_features, "files": files},
+                         sort_keys=True, default=str)
+    return f"{w.day}-utpm-{config.tag_model.loss}-{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
+
+
+def _tf_data(x: dict, y: dict, batch_size: int, seed: int | None):
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if seed is not None:
+        ds = ds.shuffle(len(y["click"]), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(2)
+
+
+def fit(config: Config, train: pa.Table, val: pa.Table, label: str):
+    """(network, metadata, history): the model fitted with early stopping on ``val``."""
+    import keras
+
+    from models.multitask import EpochProgress
+    from models.utpm import UTPMTrainer, build_network
+
+    cfg, feats = config.tag_model, list(config.features.user_features)
+    keras.utils.set_random_seed(cfg.seed)
+    vocab, tags = vocabularies(train, feats, cfg.fields)
+    if not tags:
+        raise ValueError(f"{label}: the training examples name no tag")
+    tag_ids = {t: i for i, t in enumerate(tags)}
+    user_model, network = build_network(feats, cfg.fields, vocab, tags, cfg.field_length, cfg.embedding_dim,
+                                        cfg.heads, cfg.units, cfg.user_dim)
+    sampled = cfg.sampled_negatives if cfg.loss == "softmax" and len(tags) > cfg.full_softmax_max_tags else 0
+    trainer = UTPMTrainer(user_model, network, cfg.loss, sampled_negatives=min(sampled, len(tags)), seed=cfg.seed)
+    trainer.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate))
+    x_tr, y_tr = inputs(train, feats, cfg.fields, cfg.field_length), labels(train, tag_ids, cfg.article_tags)
+    x_va, y_va = inputs(val, feats, cfg.fields, cfg.field_length), labels(val, tag_ids, cfg.article_tags)
+    steps = max(1, -(-train.num_rows // cfg.batch_size))
+    callbacks = [EpochProgress(label, steps),
+                 keras.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=cfg.patience,
+                                               restore_best_weights=True)]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
+        fitted = trainer.fit(_tf_data(x_tr, y_tr, cfg.batch_size, cfg.seed),
+                             validation_data=_tf_data(x_va, y_va, cfg.batch_size, None),
+                             epochs=cfg.epochs, callbacks=callbacks, verbose=0)
+    history = {k: [float(v) for v in vs] for k, vs in fitted.history.items()}
+    for epoch, (loss, val_loss) in enumerate(zip(history["loss"], history["val_loss"], strict=True), 1):
+        log.info("%s epoch %d: loss %.4f | validation %.4f", label, epoch, loss, val_loss)
+    metadata = {"kind": "utpm", "loss": cfg.loss, "tags": tags, "user_features": feats, "fields": cfg.fields,
+                "field_length": cfg.field_length, "sampled_negatives": trainer.sampled_negatives,
+                "train_rows": train.num_rows, "validation_rows": val.num_rows,
+                "validation_loss": min(history["val_loss"]) if history.get("val_loss") else None}
+    return network, metadata, history
+
+
+def train_day(config: Config, date: dt.date, version: str | None = None) -> dict:
+    """Fit and save the tag model of ``date``; returns the result (what the run report holds).
+    Raises ValueError when the day cannot be trained: check ``skip_reason`` first."""
+    from models.train import write_version
+
+    started = time.monotonic()
+    reason = skip_reason(config, date)
+    if reason:
+        raise ValueError(f"tag-model {date}: {reason}")
+    cfg, w = config.tag_model, window(config, date)
+    train = read([w.parts[d] for d in w.train_days], cfg.max_train_rows, cfg.seed)
+    val = read([w.parts[w.day]], cfg.max_train_rows, cfg.seed)
+    log.info("tag-model %s: %s training impressions from %s; validating on %s (%s), loss %s", w.day,
+             f"{train.num_rows:,}", ", ".join(w.train_days), w.day, f"{val.num_rows:,}", cfg.loss)
+    network, metadata, history = fit(config, train, val, f"tag-model {w.day}")
+    version = version or model_version(config, w)
+    metadata |= {"version": version, "date": w.day, "train_days": w.train_days, "validation_day": w.day}
+    folder = write_version(config.storage.warehouse, version, network,
+                           {registry.METADATA_FILE: metadata, "history.json": history}, plot=None)
+    return {"date": w.day, "version": version, "loss": cfg.loss, "tags": len(metadata["tags"]),
+            "train_rows": metadata["train_rows"], "train_days": w.train_days,
+            "validation_loss": metadata["validation_loss"], "epochs": len(history.get("loss", [])),
+            "history": history, "seconds": round(time.monotonic() - started, 3), "model_dir": str(folder)}
+
+
+# ---- scoring -----------------------------------------------------------------------------
+
+def top_tags(scores: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, scores) of each row's ``m`` best columns, best first (ties by column)."""
+    m = min(m, scores.shape[1])
+    order = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -scores), axis=1)[:, :m]
+    return order, np.take_along_axis(scores, order, axis=1)
+
+
+def score_users(model, metadata: dict, batch: pa.RecordBatch, m: int) -> pa.RecordBatch:
+    """user_fields rows -> SCORED_COLUMNS: each user's top ``m`` tags by score(u, t)."""
+    x = inputs(batch, metadata["user_features"], metadata["fields"], metadata["field_length"])
+    scores = np.asarray(model.predict_on_batch(x)["scores"], dtype="float64")
+    idx, top = top_tags(scores, m)
+    n, k = idx.shape
+    tags = np.asarray(metadata["tags"], dtype=object)
+    users = np.asarray(batch.column("user_id").to_numpy(zero_copy_only=False), dtype=object)
+    return pa.RecordBatch.from_arrays(
+        [pa.array(np.repeat(users, k), pa.string()), pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), n)),
+         pa.array(tags[idx.ravel()], pa.string()), pa.array(top.ravel())], names=list(SCORED_COLUMNS))

@@ -1,0 +1,159 @@
+"""The user-tag profile model's parts against hand computations (no Spark)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from models import utpm, utpm_train  # noqa: E402
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def test_the_joint_loss_equals_a_hand_computation_on_two_articles():
+    # Article 1: tags with scores 2.0 and -1.0, weights 0.75 / 0.25, clicked.
+    # Article 2: one tag, score 0.5 (one padded slot), not clicked.
+    scores = np.array([[2.0, -1.0], [0.5, 9.0]], np.float32)
+    weights = np.array([[0.75, 0.25], [1.0, 0.0]], np.float32)
+    click = np.array([1.0, 0.0], np.float32)
+    p1 = _sigmoid(0.75 * 2.0 + 0.25 * -1.0)
+    p2 = _sigmoid(0.5)
+    expected = (-math.log(p1) - math.log(1.0 - p2)) / 2
+    got = utpm.joint_loss(scores, weights, weights > 0, click)
+    assert float(keras.ops.convert_to_numpy(got)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_split_and_softmax_losses_equal_hand_computations():
+    scores = np.array([[2.0, -1.0], [0.5, 9.0]], np.float32)
+    weights = np.array([[0.75, 0.25], [1.0, 0.0]], np.float32)
+    click = np.array([1.0, 0.0], np.float32)
+    split = (-math.log(_sigmoid(2.0)) - math.log(_sigmoid(-1.0)) - math.log(1 - _sigmoid(0.5))) / 3
+    got = utpm.split_loss(scores, weights > 0, click)
+    assert float(keras.ops.convert_to_numpy(got)) == pytest.approx(split, rel=1e-5)
+    # Softmax over a vocabulary of 3 tags: the clicked article's tags are ids 0 and 1.
+    all_scores = np.array([[2.0, -1.0, 0.3], [0.5, 0.0, 0.0]], np.float32)
+    log_z = math.log(math.exp(2.0) + math.exp(-1.0) + math.exp(0.3))
+    softmax = -(0.75 * (2.0 - log_z) + 0.25 * (-1.0 - log_z))   # only the clicked row counts
+    got = utpm.softmax_loss(scores, weights, weights > 0, click, all_scores=all_scores)
+    assert float(keras.ops.convert_to_numpy(got)) == pytest.approx(softmax, rel=1e-5)
+
+
+def test_attention_weights_sum_to_one_and_ignore_padding():
+    rng = np.random.default_rng(0)
+    layer = utpm.FieldAttention(heads=2, units=4)
+    items = rng.normal(size=(3, 5, 4)).astype(np.float32)
+    weights = rng.uniform(0.1, 2.0, size=(3, 5)).astype(np.float32)
+    present = np.array([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]], bool)
+    layer(items, weights, present)
+    layer.query.assign(rng.normal(size=(4, 2)).astype(np.float32))
+    alpha = keras.ops.convert_to_numpy(layer.attention(items, weights, present))
+    assert alpha.shape == (3, 2, 5)
+    np.testing.assert_allclose(alpha.sum(axis=-1), 1.0, rtol=1e-5)
+    assert (alpha[~np.broadcast_to(present[:, None, :], alpha.shape)] == 0).all()
+    # Whatever sits in the padded slots, the pooled vectors are the same.
+    noisy_items, noisy_weights = items.copy(), weights.copy()
+    noisy_items[~present] = 100.0
+    noisy_weights[~present] = 50.0
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(items, weights, present)),
+                               keras.ops.convert_to_numpy(layer(noisy_items, noisy_weights, present)), rtol=1e-6)
+    # With a zero query the pooling is the weighted mean of the items.
+    layer.query.assign(np.zeros((4, 2), np.float32))
+    pooled = keras.ops.convert_to_numpy(layer(items, weights, present))
+    w = weights * present
+    expected = (items * (w / w.sum(1, keepdims=True))[..., None]).sum(1)
+    np.testing.assert_allclose(pooled[:, 0], expected, rtol=1e-5)
+    # A row of padding only pools to zeros.
+    empty = keras.ops.convert_to_numpy(layer(items, weights, np.zeros_like(present)))
+    assert (empty == 0).all()
+
+
+def test_the_fm_layer_equals_the_brute_force_pairwise_sum():
+    rng = np.random.default_rng(1)
+    fields = rng.normal(size=(4, 6, 2, 3)).astype(np.float32)   # (batch, fields, heads, dim)
+    brute = sum(fields[:, i] * fields[:, j] for i, j in itertools.combinations(range(6), 2))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(utpm.FMCross()(fields)), brute, rtol=1e-4, atol=1e-5)
+
+
+def _network():
+    tags = ["a", "b", "c", "d"]
+    return utpm.build_network(["age"], ["long", "shown"], {"u_age": ["x", "y"]}, tags, 3, embedding_dim=4,
+                              heads=2, units=(8,), user_dim=5), tags
+
+
+def _inputs():
+    return {"u_age": np.array([["x"], ["nobody"]], dtype=object),
+            "long_tags": np.array([["a", "b", ""], ["", "", ""]], dtype=object),
+            "long_weights": np.array([[1, 2, 0], [0, 0, 0]], np.float32),
+            "shown_tags": np.array([["c", "d", "zz"], ["a", "", ""]], dtype=object),
+            "shown_weights": np.ones((2, 3), np.float32)}
+
+
+def test_scores_are_the_user_vector_times_the_tag_table_plus_bias():
+    (user_model, network), tags = _network()
+    x = _inputs()
+    u = keras.ops.convert_to_numpy(user_model(x))
+    layer = network.get_layer("tag_scores")
+    e, b = (keras.ops.convert_to_numpy(w) for w in (layer.embeddings, layer.bias))
+    np.testing.assert_allclose(network.predict_on_batch(x)["scores"], u @ e.T + b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_saved_model_loads_with_safe_mode_and_scores_the_same(tmp_path):
+    (user_model, network), _ = _network()
+    network.get_layer("tag_scores").bias.assign(np.array([0.1, -0.2, 0.3, 0.0], np.float32))
+    network.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_allclose(loaded.predict_on_batch(_inputs())["scores"],
+                               network.predict_on_batch(_inputs())["scores"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss", utpm.LOSSES)
+def test_each_loss_learns_a_planted_preference(loss):
+    """Users whose long field holds tag "a" click articles tagged "a" and skip "b"; the
+    others the reverse. After training, each group's best tag is its own."""
+    import tensorflow as tf
+
+    (user_model, network), tags = _network()
+    n = 256
+    group = np.arange(n) % 2
+    x = {"u_age": np.full((n, 1), "x", dtype=object),
+         "long_tags": np.where(group[:, None] == 0, np.array([["a", "", ""]]), np.array([["b", "", ""]])).astype(object),
+         "long_weights": np.tile(np.array([[1, 0, 0]], np.float32), (n, 1)),
+         "shown_tags": np.full((n, 3), "", dtype=object), "shown_weights": np.zeros((n, 3), np.float32)}
+    shown = np.arange(n) // 2 % 2               # which article each impression shows: tag a (0) or b (1)
+    y = {"click": (shown == group).astype(np.float32), "article_ids": shown.reshape(-1, 1).astype(np.int32),
+         "article_weights": np.ones((n, 1), np.float32)}
+    trainer = utpm.UTPMTrainer(user_model, network, loss, seed=0)
+    trainer.compile(keras.optimizers.Adam(0.02))
+    trainer.fit(tf.data.Dataset.from_tensor_slices((x, y)).shuffle(n, seed=0).batch(32), epochs=15, verbose=0)
+    scores = network.predict_on_batch({k: v[:2] for k, v in x.items()})["scores"]
+    assert scores[0, 0] > scores[0, 1] and scores[1, 1] > scores[1, 0]
+
+
+def test_padding_cuts_and_fills_each_list():
+    col = pa.array([["a", "b", "c"], [], ["d"], None], pa.list_(pa.string())).slice(0, 3)
+    assert utpm_train.pad(col, 2, "", object).tolist() == [["a", "b"], ["", ""], ["d", ""]]
+    sliced = pa.array([[1.0], [2.0, 3.0], [4.0, 5.0, 6.0]], pa.list_(pa.float64())).slice(1)
+    assert utpm_train.pad(sliced, 3, 0.0, np.float32).tolist() == [[2, 3, 0], [4, 5, 6]]
+
+
+def test_labels_drop_tags_outside_the_vocabulary():
+    tags = pa.array([[{"tag": "a", "weight": 0.5}, {"tag": "zz", "weight": 0.5}], [{"tag": "b", "weight": 1.0}]],
+                    pa.list_(pa.struct([("tag", pa.string()), ("weight", pa.float64())])))
+    tbl = pa.table({"article_tags": tags, "click": pa.array([1, 0], pa.int32())})
+    got = utpm_train.labels(tbl, {"a": 0, "b": 1}, 3)
+    assert got["article_ids"].tolist() == [[0, 0, 0], [1, 0, 0]]
+    assert got["article_weights"].tolist() == [[0.5, 0, 0], [1, 0, 0]]
+    assert got["click"].tolist() == [1, 0]
+
+
+def test_top_tags_orders_by_score_then_by_column():
+    idx, top = utpm_train.top_tags(np.array([[0.1, 0.5, 0.5, -1.0]]), 3)
+    assert idx.tolist() == [[1, 2, 0]] and top.tolist() == [[0.5, 0.5, 0.1]]
