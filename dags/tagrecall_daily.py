@@ -4,7 +4,7 @@ One run per day, on a data-interval timetable (midnight to midnight, UTC by defa
 run for D starts once D is over. Tasks, each rewriting only its own partition of D, so
 retries and `airflow dags backfill` are safe:
 
-    ingest -> profiles -> index -> triples -> train -> export -> publish -> evaluate (D-1)
+    ingest -> profiles -> index -> triples -> train -> tag_model -> export -> publish -> evaluate (D-1)
 
 - The Spark steps go through SparkSubmitOperator against the Spark connection
   `tagrecall_spark` (a local master by default; a cluster is another connection), with the
@@ -12,12 +12,16 @@ retries and `airflow dags backfill` are safe:
   score with the model (export) need TensorFlow: set TAGRECALL_ARCHIVES to a packed
   virtualenv (`make env-archive`, e.g. `hdfs:///envs/tagrecall-env.tar.gz#environment`)
   and the executors run its Python (`--archives` + spark.pyspark.python).
+- `tag_model` trains the user-tag model and scores every user's tags; it runs in Spark
+  (the scoring is a mapInArrow), with TensorFlow on the driver and, like export, on the
+  executors (TAGRECALL_ARCHIVES).
 - `train` is a Python task calling tagrecall's training step directly (TensorFlow is
   imported inside the task only; no Spark). Set `tagrecall_train` to `false` to keep the
   current model.
 - `profiles` has depends_on_past: D's profile is D-1's decayed plus D's events.
 - Steps whose inputs are not there yet skip with a reason (`--if-ready`): publish when no
-  Redis is configured, evaluate on the first day, triples and train on the first days.
+  Redis is configured, evaluate on the first day, triples, train and tag_model on the first
+  days.
 - Each task declares the tables it reads and writes as Assets, so the asset view shows the
   lineage from the raw landing to user_top_tags and Redis.
 
@@ -91,9 +95,11 @@ READS = {
     "index": ["events", "articles"],
     "triples": ["events", "articles", "user_tag_profile", "tag_index", "tag_stats", "users"],
     "train": ["training_triples"],
-    "export": ["user_tag_profile", "users", "tag_stats", "tag_index", "articles", MODEL],
+    "tag_model": ["tag_examples", "user_tag_profile", "users"],
+    "export": ["user_tag_profile", "users", "tag_stats", "tag_index", "articles", "user_tag_scores", MODEL],
     "publish": ["user_top_tags", "tag_index", "tag_stats"],
-    "evaluate": ["user_top_tags", "user_tag_profile", "tag_stats", "tag_index", "events", "articles"],
+    "evaluate": ["user_top_tags", "user_tag_scores", "user_tag_profile", "tag_stats", "tag_index", "events",
+                 "articles"],
 }
 
 
@@ -156,11 +162,12 @@ def tagrecall_daily():
     index = spark_step("index")
     triples = spark_step("triples", extra=("--if-ready",))
     trained = train(date=DAY, warehouse=WAREHOUSE, raw=RAW, table_format=FORMAT, config=CONFIG, enabled=TRAIN)
+    tag_model = spark_step("tag_model", extra=("--if-ready",))
     export = spark_step("export")
     publish = spark_step("publish", extra=("--if-ready",))
     evaluate = spark_step("evaluate", date=DAY_BEFORE, extra=("--if-ready",))
 
-    ingest >> profiles >> index >> triples >> trained >> export >> publish >> evaluate
+    ingest >> profiles >> index >> triples >> trained >> tag_model >> export >> publish >> evaluate
 
 
 tagrecall_daily()

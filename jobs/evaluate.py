@@ -10,6 +10,8 @@ method has no tags for gets the global list, as the online recall does (jobs/onl
   evaluate.mix_click_weight x their share of the decayed clicks in tag_stats, candidates
   being the user's tags and the evaluate.mix_global_tags most clicked (what the feed chose
   to show the user, pulled towards what everyone clicks);
+- ``tag_model``: D's ``user_tag_scores`` (the user-tag model's ranking alone), when the
+  tag_model step wrote them for D;
 - ``global``: the export.top_n tags with the most decayed clicks in D's tag_stats (the list
   served to users without tags).
 
@@ -55,7 +57,7 @@ log = logging.getLogger(__name__)
 
 NAME = "evaluate"
 TABLE = "recall_eval"
-METHODS = ("export", "long", "short", "blend", "mix", "global")
+METHODS = ("export", "tag_model", "long", "short", "blend", "mix", "global")
 
 
 def rank_weight(rank: F.Column) -> F.Column:
@@ -73,12 +75,19 @@ def recalled(lists: DataFrame, tag_index: DataFrame, k: int) -> DataFrame:
 
 
 def method_lists(served: DataFrame, profile: DataFrame, tag_stats: DataFrame, users: DataFrame,
-                 top_n: int, config: Config) -> dict[str, DataFrame]:
+                 top_n: int, config: Config, learned: DataFrame | None = None) -> dict[str, DataFrame]:
     """(user_id, tag, rank) with ``top_n`` tags for every user of ``users``, per method:
-    ``served`` is D's user_top_tags, ``profile`` and ``tag_stats`` D's tables."""
+    ``served`` is D's user_top_tags, ``learned`` D's user_tag_scores (None when absent),
+    ``profile`` and ``tag_stats`` D's tables."""
     everyone = global_list(users, global_tags(tag_stats, top_n))
-    exported = served.where(F.col("rank") <= top_n).select("user_id", "tag", "rank").join(users, "user_id")
-    lists = {"export": filled(exported, everyone, top_n)}
+
+    def ranked(df: DataFrame) -> DataFrame:
+        return filled(df.where(F.col("rank") <= top_n).select("user_id", "tag", "rank").join(users, "user_id"),
+                      everyone, top_n)
+
+    lists = {"export": ranked(served)}
+    if learned is not None:
+        lists["tag_model"] = ranked(learned)
     for method in PROFILE_RANKINGS:
         lists[method] = filled(ranked_tags(profile, method, top_n).join(users, "user_id"), everyone, top_n)
     lists["mix"] = filled(mix(profile, tag_stats, users, top_n, config.evaluate.mix_click_weight,
@@ -106,12 +115,13 @@ def evaluate(spark: SparkSession, config: Config, date: dt.date) -> list[dict]:
     n_imp, n_click, n_pairs = totals.get("impression", 0), totals.get("click", 0), clicks.count()
     users = events.select("user_id").distinct()
     served_n, tag_n, k = config.export.top_n, config.evaluate.top_n, config.evaluate.recall_k
+    learned = wh.read_partition("user_tag_scores", day) if wh.has_partition("user_tag_scores", day) else None
     lists = {m: df.persist() for m, df in method_lists(
         wh.read_partition("user_top_tags", day), wh.read_partition("user_tag_profile", day),
-        wh.read_partition("tag_stats", day), users, max(served_n, tag_n), config).items()}
+        wh.read_partition("tag_stats", day), users, max(served_n, tag_n), config, learned).items()}
     tag_index = wh.read_partition("tag_index", day)
     rows = [_row("all", "ctr", 0, None, n_click, n_imp)]
-    for method in METHODS:
+    for method in (m for m in METHODS if m in lists):
         tagged = (event_tags.join(lists[method].where(F.col("rank") <= tag_n).select("user_id", "tag"),
                                   ["user_id", "tag"]).select("_eid", "event_type").distinct())
         hits = {r["event_type"]: r["count"] for r in tagged.groupBy("event_type").count().collect()}
@@ -161,7 +171,7 @@ def format_eval(rows: list[dict]) -> str:
     heads = [f"recall@{first['recall_at_k']['k']}" if first["recall_at_k"] else "recall@k",
              *(f"{m.replace('_', ' ')} N={first[m]['top_n']}" if first[m] else m for m in metrics[1:])]
     lines = [f"{'method':<10}" + "".join(f"{h:>26}" for h in heads)]
-    for method in METHODS:
+    for method in (m for m in METHODS if (m, "recall_at_k") in by):
         vals = [by.get((method, m), {}).get("value") for m in metrics]
         lines.append(f"{method:<10}" + "".join(f"{'n/a' if v is None else f'{v:.4f}':>26}" for v in vals))
     ctr = by.get(("all", "ctr"), {}).get("value")

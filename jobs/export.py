@@ -1,19 +1,29 @@
-"""Export step: D's profiles, scored by the ``current`` model -> ``user_top_tags`` (for D+1).
+"""Export step: D's candidate tags per user, ranked by the models -> ``user_top_tags`` (for D+1).
 
 Candidates per user of D's users snapshot: the user's top export.candidate_tags profile tags
 by the blend (jobs/transforms/tag_lists.py: 0.5 x share of the long total + 0.5 x share of
 the short total), filled up to that count with the tags with the most decayed clicks in D's
 tag_stats, so a user with an empty or tiny profile still gets tags to recall through.
 
-Each (user, tag) gets its features from jobs/transforms/features.py, as the training triples do, for
-the day D+1 it is served on (computed from D's tables), at the reference context
+For the multi-task score, each (user, tag) gets its features from
+jobs/transforms/features.py, as the training triples do, for the day D+1 it is served on (computed from D's tables), at the reference context
 features.reference_position, request_index 0 and features.reference_hour. The current
 model scores them inside Spark (mapInArrow; the model is loaded once per Python worker and
 applied to Arrow batches by models/scoring.py, with the input conversion training uses):
 score = p_click x E[dwell | click] in seconds. Each user keeps the top export.top_n by score (ties by tag).
 
-Without a promoted model the tags are ranked by the blend itself, p_click and dwell_sec are
-null, and model_version says ``none (profile blend)``; the run report says so too.
+Ranking (export.ranking):
+
+- ``tag_model`` (default), when the tag_model step wrote D's ``user_tag_scores``: the
+  model's tags join the candidates and each candidate scores 1 / (export.fusion_k +
+  its rank by the user-tag model) (reciprocal-rank fusion; candidates the model did not
+  rank come after its tags, in prior order). With export.multitask_weight > 0 and a
+  promoted multi-task model, + multitask_weight / (fusion_k + its rank by p_click x
+  E[dwell | click]). model_version names the models used.
+- ``multitask``, or ``tag_model`` without D's scores: p_click x E[dwell | click] by the
+  current multi-task model.
+- ``profile``, or no model at all: the blend itself; p_click and dwell_sec are null and
+  model_version says ``none (profile blend)``; the run report says so too.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ import logging
 import time
 
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from jobs.common.entry import Step
@@ -83,10 +93,49 @@ def at_reference_context(cands: DataFrame, config: Config) -> DataFrame:
                         F.lit(0).alias("request_index"), F.lit(config.features.reference_hour).alias("hour"))
 
 
+def learned_ranks(cands: DataFrame, learned: DataFrame, top_m: int) -> DataFrame:
+    """``cands`` (user_id, tag, prior) + the user-tag model's tags -> (user_id, tag, prior,
+    tm_rank): the model's rank, and for candidates it did not rank, top_m + their order by
+    prior. Every tag the model ranked is a candidate too."""
+    ranked = learned.select("user_id", "tag", F.col("rank").alias("_tm"))
+    both = (cands.select("user_id", "tag", "prior").unionByName(
+        ranked.select("user_id", "tag", F.lit(None).cast("double").alias("prior")))
+        .groupBy("user_id", "tag").agg(F.max("prior").alias("prior"))
+        .join(ranked, ["user_id", "tag"], "left"))
+    rest = Window.partitionBy("user_id", F.col("_tm").isNull()).orderBy(F.desc_nulls_last("prior"), "tag")
+    return both.select("user_id", "tag", "prior", F.coalesce(F.col("_tm"), F.lit(top_m) + F.row_number().over(rest))
+                       .alias("tm_rank"))
+
+
+def fused(ranked: DataFrame, multitask: DataFrame | None, cfg) -> DataFrame:
+    """SCORED rows: score = 1 / (fusion_k + tm_rank) [+ multitask_weight / (fusion_k + the
+    rank by p_click x E[dwell | click])]: reciprocal-rank fusion, which needs no common scale."""
+    if multitask is None:
+        return ranked.select("user_id", "tag", "prior", F.lit(None).cast("double").alias("p_click"),
+                             F.lit(None).cast("double").alias("dwell_sec"),
+                             (F.lit(1.0) / (F.lit(cfg.fusion_k) + F.col("tm_rank"))).alias("score"))
+    order = Window.partitionBy("user_id").orderBy(F.desc("score"), "tag")
+    mt = multitask.select("user_id", "tag", "p_click", "dwell_sec", F.row_number().over(order).alias("_mt"))
+    both = ranked.join(mt, ["user_id", "tag"])
+    return both.select("user_id", "tag", "prior", "p_click", "dwell_sec",
+                       (F.lit(1.0) / (F.lit(cfg.fusion_k) + F.col("tm_rank"))
+                        + F.lit(cfg.multitask_weight) / (F.lit(cfg.fusion_k) + F.col("_mt"))).alias("score"))
+
+
+def multitask_scores(cands: DataFrame, wh: Warehouse, config: Config, date: dt.date, version: str) -> DataFrame:
+    """SCORED rows of ``cands`` by the multi-task model ``version``, at the reference context
+    of D+1, with features from D's tables."""
+    spec = feature_spec(config)
+    rows = with_features(at_reference_context(cands, config), feature_tables(wh, date + dt.timedelta(days=1)), config)
+    return rows.select("user_id", "prior", *spec.columns).mapInArrow(
+        score_batches(config.storage.warehouse, version, spec), SCORED)
+
+
 def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
     from models import registry
 
     started = time.monotonic()
+    cfg = config.export
     wh = Warehouse(spark, config)
     day = date.isoformat()
     profile = wh.read_partition("user_tag_profile", day)
@@ -94,27 +143,32 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
     stats = wh.read_partition("tag_stats", day)
     # The feature builder reads the candidates twice (the pairs, and their users for
     # match): kept, they are computed once.
-    cands = candidates(profile, users, stats, config.export.candidate_tags).persist(StorageLevel.MEMORY_AND_DISK)
-    version = registry.current_version(config.storage.warehouse)
-    if version is None:
-        scored, used = unscored(cands), NO_MODEL
-        log.warning("export %s: no promoted model; tags ranked by the profile blend", day)
+    learned = (wh.read_partition("user_tag_scores", day)
+               if cfg.ranking == "tag_model" and wh.has_partition("user_tag_scores", day) else None)
+    cands = candidates(profile, users, stats, cfg.candidate_tags)
+    if learned is not None:
+        cands = learned_ranks(cands, learned, config.tag_model.top_m)
+    cands = cands.persist(StorageLevel.MEMORY_AND_DISK)
+    version = registry.current_version(config.storage.warehouse) if cfg.ranking != "profile" else None
+    learned_version = (learned.select("model_version").limit(1).collect() or [[None]])[0][0] if learned else None
+    if learned is not None:
+        with_mt = version is not None and cfg.multitask_weight > 0
+        scored = fused(cands, multitask_scores(cands, wh, config, date, version) if with_mt else None, cfg)
+        used = f"{learned_version} + {version}" if with_mt else learned_version
+        ranked_by = (f"user-tag model rank fused with p_click x E[dwell | click] (weight {cfg.multitask_weight:g})"
+                     if with_mt else "user-tag model score")
+    elif version is not None:
+        scored, used, ranked_by = multitask_scores(cands, wh, config, date, version), version, "p_click x E[dwell | click]"
     else:
-        spec = feature_spec(config)
-        # Served on D+1: its features come from D's tables, as training's come from the day before.
-        rows = with_features(at_reference_context(cands, config), feature_tables(wh, date + dt.timedelta(days=1)),
-                             config)
-        scored = rows.select("user_id", "prior", *spec.columns).mapInArrow(
-            score_batches(config.storage.warehouse, version, spec), SCORED)
-        used = version
+        scored, used, ranked_by = unscored(cands), NO_MODEL, "profile blend (no model)"
+        log.warning("export %s: no user_tag_scores and no promoted model; tags ranked by the profile blend", day)
     try:
-        wh.write_partition(top_n(scored, config.export.top_n, used), TABLE, day)
+        wh.write_partition(top_n(scored, cfg.top_n, used), TABLE, day)
     finally:
         cands.unpersist()
     written = wh.read_partition(TABLE, day).agg(F.count(F.lit(1)).alias("rows"),
                                                  F.countDistinct("user_id").alias("users")).first()
-    report = {"step": NAME, "date": day, "status": "succeeded", "model_version": used,
-              "ranked_by": "p_click x E[dwell | click]" if version else "profile blend (no promoted model)",
+    report = {"step": NAME, "date": day, "status": "succeeded", "model_version": used, "ranked_by": ranked_by,
               "rows_written": {TABLE: written["rows"]}, "users": written["users"],
               "seconds": round(time.monotonic() - started, 3), "config": config.to_dict()}
     wh.write_run_report(NAME, day, report)

@@ -6,6 +6,10 @@ when requests are unknown) and ``dwell_sec`` (the click's dwell; null when not c
 unknown), the context (position, the request's index in the user's day, the hour in
 time.timezone), and every feature of jobs/transforms/features.py computed from D-1's tables.
 
+The same step writes ``tag_examples`` of D, the user-tag model's training rows: one per
+impression of the triples, with its click, the article's tags and the user's fields from
+D-1's profile and users (jobs/transforms/user_fields.py).
+
 Without D-1's profile (the first day of data) there is nothing to describe D's impressions
 with: the step writes nothing and reports ``skipped`` with the reason; training uses the
 days that have triples.
@@ -24,6 +28,7 @@ from jobs.common.entry import Step, skipped
 from jobs.common.inputs import feature_tables
 from jobs.common.storage import Warehouse
 from jobs.transforms.features import with_features
+from jobs.transforms.user_fields import examples, user_fields
 from schemas.config import Config
 from schemas.features import feature_spec
 from schemas.tables import TRAINING_TRIPLES
@@ -32,6 +37,7 @@ log = logging.getLogger(__name__)
 
 NAME = "triples"
 TABLE = "training_triples"
+EXAMPLES = "tag_examples"
 
 
 def local_hour(ts: F.Column, timezone: str, session_timezone: str) -> F.Column:
@@ -60,6 +66,11 @@ def labelled_impressions(events: DataFrame, timezone: str, session_timezone: str
         local_hour(F.col("event_time"), timezone, session_timezone).alias("hour"),
         F.coalesce(F.col("_clicked"), F.lit(0)).alias("click"),
         (F.col("_dwell_ms") / 1000.0).alias("dwell_sec"))
+
+
+def impressions(triples: DataFrame) -> DataFrame:
+    """(event_id, user_id, article_id, click): one row per impression of the triples."""
+    return triples.groupBy("event_id", "user_id", "article_id").agg(F.max("click").alias("click"))
 
 
 def pairs_of(labelled: DataFrame, articles: DataFrame) -> DataFrame:
@@ -99,11 +110,15 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
     session_tz = spark.conf.get("spark.sql.session.timeZone")
     labelled = labelled_impressions(events, config.time.timezone, session_tz)
     spec = feature_spec(config)
-    wh.write_partition(training_rows(labelled, articles, feature_tables(wh, date), config), TABLE, day)
+    tables = feature_tables(wh, date)
+    wh.write_partition(training_rows(labelled, articles, tables, config), TABLE, day)
     written = wh.read_partition(TABLE, day)
+    wh.write_partition(examples(impressions(written), articles, user_fields(tables.profile, tables.users, config),
+                                config), EXAMPLES, day)
     stats = written.agg(F.count(F.lit(1)).alias("rows"), F.sum("click").alias("clicks"),
                         F.countDistinct("event_id").alias("impressions")).first()
-    report.update(status="succeeded", rows_written={TABLE: stats["rows"]}, impressions=stats["impressions"],
+    n_examples = wh.read_partition(EXAMPLES, day).count()
+    report.update(status="succeeded", rows_written={TABLE: stats["rows"], EXAMPLES: n_examples}, impressions=stats["impressions"],
                   clicked_rows=stats["clicks"], features=spec.to_dict(), features_from=prev,
                   seconds=round(time.monotonic() - started, 3))
     wh.write_run_report(NAME, day, report)

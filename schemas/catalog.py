@@ -50,7 +50,7 @@ TABLES: dict[str, Table] = {
         Table("tag_index", "tag x article", ("tag", "rank"), "index"),
         Table("tag_stats", "tag", ("tag",), "index"),
         Table("training_triples", "impression x tag", ("event_id", "tag"), "triples"),
-        Table("tag_examples", "impression", ("event_id",), "tag_model"),
+        Table("tag_examples", "impression", ("event_id",), "triples"),
         Table("user_tag_scores", "user x rank", ("user_id", "rank"), "tag_model"),
         Table("user_top_tags", "user x rank", ("user_id", "rank"), "export"),
         Table("recall_eval", "metric x method", ("method", "metric"), "evaluate"),

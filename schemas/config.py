@@ -147,13 +147,29 @@ class IndexConfig:
         _require(self.prior_strength >= 0, f"{where}.prior_strength", "must be >= 0")
 
 
+EXPORT_RANKINGS = ("tag_model", "multitask", "profile")
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     top_n: int = 20
     candidate_tags: int = 50
+    # How the candidates are ranked (jobs/export.py): "tag_model" (the user-tag model's
+    # score, fused with the multi-task model's rank when multitask_weight > 0),
+    # "multitask" (p_click x E[dwell | click] only) or "profile" (the blend, no model).
+    # Each falls back to the next when its model has not written anything for D.
+    ranking: str = "tag_model"
+    # Reciprocal-rank fusion: 1 / (fusion_k + tag-model rank) + multitask_weight / (fusion_k
+    # + multi-task rank); 0 ranks by the tag model alone and skips the multi-task scoring.
+    multitask_weight: float = 0.0
+    fusion_k: float = 60.0
 
     def validate(self, where: str) -> None:
         _require(self.top_n > 0, f"{where}.top_n", "must be > 0")
+        _require(self.ranking in EXPORT_RANKINGS, f"{where}.ranking",
+                 f"{self.ranking!r} is not one of {', '.join(EXPORT_RANKINGS)}")
+        _require(self.multitask_weight >= 0, f"{where}.multitask_weight", "must be >= 0")
+        _require(self.fusion_k >= 0, f"{where}.fusion_k", "must be >= 0")
         _require(self.candidate_tags >= self.top_n, f"{where}.candidate_tags", "must be >= export.top_n")
 
 

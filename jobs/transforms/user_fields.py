@@ -16,6 +16,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from schemas.config import Config
+from schemas.tables import tag_examples_schema
 
 
 def user_fields(profile: DataFrame, users: DataFrame, config: Config) -> DataFrame:
@@ -63,4 +64,4 @@ def examples(impressions: DataFrame, articles: DataFrame, fields: DataFrame, con
     rows = (impressions.join(tags, "article_id").join(fields, "user_id", "left")
             .select("event_id", "user_id", "article_tags", F.col("click").cast("int").alias("click"),
                     *fill_missing(config)))
-    return rows
+    return rows.select(*tag_examples_schema(config.features.user_features, config.tag_model.fields).fieldNames())

@@ -1,0 +1,141 @@
+"""The tag_model step on the synthetic feed: examples without leakage, scores for every user,
+the planted interests recovered, and export ranking by the learned scores."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from schemas.config import load_config
+
+FAST = {"epochs": 6, "patience": 2, "batch_size": 256}
+
+
+@pytest.fixture(scope="module")
+def tagged(spark, synthetic_feed, tmp_path_factory):
+    """A copy of the synthetic feed with the tag model trained and scored for its last day."""
+    from jobs import tag_model
+
+    _, src, dates = synthetic_feed
+    base = tmp_path_factory.mktemp("tagged")
+    shutil.copytree(src / "warehouse", base / "warehouse")
+    config = load_config(overrides={"storage": {"warehouse": str(base / "warehouse"), "raw": str(src / "raw")},
+                                    "tag_model": FAST})
+    report = tag_model.run(spark, config, dates[-1])
+    return config, base, dates, report
+
+
+def _pd(base, name, day):
+    return pd.read_parquet(base / "warehouse" / name / f"dt={day}")
+
+
+def test_every_user_gets_the_top_tags_of_the_vocabulary_in_order(tagged):
+    config, base, dates, report = tagged
+    day = dates[-1].isoformat()
+    assert report["status"] == "succeeded", report
+    scores = _pd(base, "user_tag_scores", day)
+    users = set(_pd(base, "users", day).user_id) | set(_pd(base, "user_tag_profile", day).user_id)
+    assert set(scores.user_id) == users
+    meta = json.loads((base / "warehouse" / "models" / report["model_version"] / "metadata.json").read_text())
+    m = min(config.tag_model.top_m, len(meta["tags"]))
+    per_user = scores.sort_values(["user_id", "rank"]).groupby("user_id")
+    assert (per_user.size() == m).all()
+    assert all(list(g["rank"]) == list(range(1, m + 1)) and g.score.is_monotonic_decreasing for _, g in per_user)
+    assert not scores.duplicated(["user_id", "tag"]).any() and set(scores.tag) <= set(meta["tags"])
+    assert (scores.model_version == report["model_version"]).all()
+    assert report["train_days"] == [d.isoformat() for d in dates[1:-1]]
+
+
+def test_the_saved_model_reproduces_the_written_scores(tagged):
+    """The table's scores are what the saved model (loaded with safe_mode) gives the users'
+    fields as of D: one definition for training and scoring."""
+    import numpy as np
+    import pyarrow as pa
+
+    from models import registry
+    from models.utpm_train import inputs
+
+    config, base, dates, report = tagged
+    day = dates[-1].isoformat()
+    model, meta = registry.load(config.storage.warehouse, report["model_version"])
+    scores = _pd(base, "user_tag_scores", day)
+    first = scores[scores["rank"] == 1].set_index("user_id")
+    # The fields of a few users, rebuilt from D's profile and users by hand.
+    prof = _pd(base, "user_tag_profile", day)
+    users = _pd(base, "users", day).set_index("user_id")
+    some = sorted(prof.user_id.unique())[:20]
+    cols = {}
+    for k in meta["user_features"]:
+        cols[f"u_{k}"] = [(dict(users.features[u]).get(k) or "") if u in users.index else "" for u in some]
+    for f in meta["fields"]:
+        lists = []
+        for u in some:
+            mine = prof[(prof.user_id == u) & (prof[f] > 0)].sort_values([f, "tag"], ascending=[False, True])
+            lists.append(mine.head(meta["field_length"]))
+        cols[f"{f}_tags"] = [list(x.tag) for x in lists]
+        cols[f"{f}_weights"] = [list(x[f].astype(float)) for x in lists]
+    batch = pa.table({"user_id": some, **cols})
+    got = np.asarray(model.predict_on_batch(inputs(batch, meta["user_features"], meta["fields"],
+                                                   meta["field_length"]))["scores"])
+    best = [meta["tags"][i] for i in got.argmax(axis=1)]
+    assert best == list(first.loc[some].tag)
+    np.testing.assert_allclose(got.max(axis=1), first.loc[some].score, rtol=1e-5)
+
+
+def test_examples_of_d_do_not_change_when_the_tables_of_d_are_rewritten(spark, synthetic_feed, tmp_path):
+    """Leakage: D's training rows describe users with D-1's tables only."""
+    from pyspark.sql import functions as F
+
+    from jobs import triples
+    from jobs.common.storage import Warehouse
+
+    _, src, dates = synthetic_feed
+    shutil.copytree(src / "warehouse", tmp_path / "warehouse")
+    config = load_config(overrides={"storage": {"warehouse": str(tmp_path / "warehouse"), "raw": str(src / "raw")}})
+    day = dates[-2].isoformat()
+    before = _pd(tmp_path, "tag_examples", day)
+    wh = Warehouse(spark, config)
+    profile = wh.read_partition("user_tag_profile", day)
+    wh.write_partition(profile.withColumn("long_weight", F.col("long_weight") * 0 + 1.0)
+                       .withColumn("impressions", F.lit(99.0)), "user_tag_profile", day)
+    users = wh.read_partition("users", day)
+    wh.write_partition(users.withColumn("features", F.create_map(F.lit("age_band"), F.lit("rewritten"))), "users", day)
+    triples.run(spark, config, dates[-2])
+    after = _pd(tmp_path, "tag_examples", day)
+    key = ["event_id"]
+    pd.testing.assert_frame_equal(before.sort_values(key).reset_index(drop=True),
+                                  after.sort_values(key).reset_index(drop=True))
+    # ... while the next day's examples, which describe users by D's tables, do change.
+    triples.run(spark, config, dates[-1])
+    changed = _pd(tmp_path, "tag_examples", dates[-1].isoformat())
+    assert (changed.impressions_weights.map(lambda w: len(w) > 0 and all(x == 99.0 for x in w))).any()
+
+
+def test_examples_are_one_row_per_impression_with_the_triples_clicks(synthetic_feed):
+    _, base, dates = synthetic_feed
+    day = dates[-1].isoformat()
+    ex = _pd(base, "tag_examples", day)
+    tri = _pd(base, "training_triples", day)
+    per_event = tri.groupby("event_id").click.max()
+    assert not ex.event_id.duplicated().any()
+    assert set(ex.event_id) == set(per_event.index)   # every impression's article has tags here
+    assert (ex.set_index("event_id").click == per_event.loc[ex.event_id].values).all()
+    assert ex.article_tags.map(len).between(1, 8).all()
+
+
+def test_export_ranks_by_the_learned_scores(spark, tagged):
+    from jobs import export
+
+    config, base, dates, _ = tagged
+    day = dates[-1].isoformat()
+    report = export.run(spark, config, dates[-1])
+    assert report["ranked_by"] == "user-tag model score"
+    top = _pd(base, "user_top_tags", day)
+    learned = _pd(base, "user_tag_scores", day)
+    n = config.export.top_n
+    want = learned[learned["rank"] <= n].set_index(["user_id", "rank"]).tag
+    got = top.set_index(["user_id", "rank"]).tag
+    assert got.loc[want.index].equals(want)
