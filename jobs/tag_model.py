@@ -72,7 +72,8 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
     report = {"step": NAME, "date": day, "config": config.to_dict()}
     result = utpm_train.train_day(config, date)
     version = result["version"]
-    fields = user_fields(wh.read_partition("user_tag_profile", day), wh.read_partition("users", day), config)
+    fields = user_fields(wh.read_partition("user_tag_profile", day), wh.read_partition("users", day),
+                         wh.read_partition("tag_stats", day), config)
     scored = fields.mapInArrow(score_batches(config.storage.warehouse, version, config.tag_model.top_m), SCORED)
     wh.write_partition(scored.withColumn("model_version", F.lit(version)).select(*USER_TAG_SCORES.fieldNames()),
                        TABLE, day)

@@ -113,8 +113,8 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
     tables = feature_tables(wh, date)
     wh.write_partition(training_rows(labelled, articles, tables, config), TABLE, day)
     written = wh.read_partition(TABLE, day)
-    wh.write_partition(examples(impressions(written), articles, user_fields(tables.profile, tables.users, config),
-                                config), EXAMPLES, day)
+    before = user_fields(tables.profile, tables.users, tables.tag_stats, config)
+    wh.write_partition(examples(impressions(written), articles, before, config), EXAMPLES, day)
     stats = written.agg(F.count(F.lit(1)).alias("rows"), F.sum("click").alias("clicks"),
                         F.countDistinct("event_id").alias("impressions")).first()
     n_examples = wh.read_partition(EXAMPLES, day).count()

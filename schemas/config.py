@@ -306,6 +306,9 @@ class TagModelConfig:
     # The user's multi-valued fields: each a column of user_tag_profile (a horizon's
     # weight, or the decayed impressions or clicks), the user's top field_length tags by it.
     fields: list[str] = field(default_factory=_default_tag_fields)
+    # A context field, the same for every user of a day: the field_length tags with the
+    # most decayed clicks in that day's tag_stats, weighted by their share of the clicks.
+    popular_field: bool = True
     field_length: int = 20
     # An impression's article contributes at most this many tags (by weight) to the loss.
     article_tags: int = 8
@@ -326,6 +329,11 @@ class TagModelConfig:
     sampled_negatives: int = 1000
     # Tags kept per user in user_tag_scores.
     top_m: int = 50
+
+    @property
+    def input_fields(self) -> list[str]:
+        """The model's multi-valued fields: the profile columns, then ``popular``."""
+        return [*self.fields, *(["popular"] if self.popular_field else [])]
 
     def validate(self, where: str) -> None:
         _require(self.loss in TAG_MODEL_LOSSES, f"{where}.loss",

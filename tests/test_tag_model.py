@@ -139,3 +139,15 @@ def test_export_ranks_by_the_learned_scores(spark, tagged):
     want = learned[learned["rank"] <= n].set_index(["user_id", "rank"]).tag
     got = top.set_index(["user_id", "rank"]).tag
     assert got.loc[want.index].equals(want)
+
+
+def test_the_learned_profile_recovers_the_planted_interests_at_least_as_well_as_the_decayed_one(spark, tagged):
+    from pathlib import Path
+
+    from jobs.tools.profile_eval import planted_recovery
+
+    config, base, dates, _ = tagged
+    r = planted_recovery(spark, config, dates[-1], Path(config.storage.raw) / "_truth")
+    assert r["users"] > 50
+    assert r["precision3_all_learned"] >= r["precision3_all"], r
+    assert r["precision3_all_learned"] > r["precision3_all_global"] + 0.1, r

@@ -19,7 +19,8 @@ Planted-interest recovery (synthetic data only, from ``<raw>/_truth``): for user
 least ``min_clicks`` decayed clicks in their profile, the mean of
 ``|top-3 profile tags by long weight ∩ top-3 planted long interests| / 3`` and the
 precision@3 of those tags against all planted interests on D (long and that day's short
-ones), each next to the same figures for the 3 globally strongest tags.
+ones), each next to the same figures for the 3 globally strongest tags and, when the
+tag_model step wrote D's user_tag_scores, for the user-tag model's top 3.
 """
 
 from __future__ import annotations
@@ -122,20 +123,30 @@ def planted_recovery(spark: SparkSession, config: Config, date: dt.date, truth_d
         return tags.join(truth_tags.select("user_id", "tag"), ["user_id", "tag"]).count() / (3 * n_users)
 
     truth_top3 = planted_long.where(F.col("truth_rank") <= 3)
-    return {"date": date.isoformat(), "users": n_users, "min_clicks": min_clicks,
-            "top3_overlap_long": mean_hits(top3, truth_top3),
-            "top3_overlap_long_global": mean_hits(global3, truth_top3),
-            "precision3_all": mean_hits(top3, planted_all),
-            "precision3_all_global": mean_hits(global3, planted_all)}
+    out = {"date": date.isoformat(), "users": n_users, "min_clicks": min_clicks,
+           "top3_overlap_long": mean_hits(top3, truth_top3),
+           "top3_overlap_long_global": mean_hits(global3, truth_top3),
+           "precision3_all": mean_hits(top3, planted_all),
+           "precision3_all_global": mean_hits(global3, planted_all)}
+    wh = Warehouse(spark, config)
+    if wh.has_partition("user_tag_scores", date.isoformat()):
+        learned3 = (wh.read_partition("user_tag_scores", date.isoformat()).where(F.col("rank") <= 3)
+                    .join(users, "user_id").select("user_id", "tag"))
+        out |= {"top3_overlap_long_learned": mean_hits(learned3, truth_top3),
+                "precision3_all_learned": mean_hits(learned3, planted_all)}
+    return out
 
 
 def format_recovery(r: dict) -> str:
     def f(x):
         return "n/a" if x is None else f"{x:.3f}"
 
+    def learned(key):
+        return f"user-tag model {f(r[key + '_learned'])}, " if key + "_learned" in r else ""
+
     return (f"planted-interest recovery at {r['date']} ({r['users']:,} users with >= {r['min_clicks']:g} "
             f"decayed clicks):\n"
             f"  top-3 overlap with planted long top-3: profile {f(r['top3_overlap_long'])}, "
-            f"3 globally strongest tags {f(r['top3_overlap_long_global'])}\n"
+            f"{learned('top3_overlap_long')}3 globally strongest tags {f(r['top3_overlap_long_global'])}\n"
             f"  precision@3 against all planted interests: profile {f(r['precision3_all'])}, "
-            f"3 globally strongest tags {f(r['precision3_all_global'])}")
+            f"{learned('precision3_all')}3 globally strongest tags {f(r['precision3_all_global'])}")

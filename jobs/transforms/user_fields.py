@@ -7,7 +7,10 @@ features: a missing user or key is the empty string), and for each column c of
 tag_model.fields (a column of user_tag_profile: a horizon's weight, the decayed
 impressions or the decayed clicks) the user's top tag_model.field_length tags by c with a
 positive value, strongest first (ties by tag): ``<c>_tags`` and ``<c>_weights``, empty
-when the user has none.
+when the user has none. With tag_model.popular_field, ``popular_tags`` and
+``popular_weights``, the same for every user: the field_length tags with the most decayed
+clicks in the day's tag_stats, weighted by their share of all its clicks (what everyone
+clicked lately, the context a user's own tags are read against).
 """
 
 from __future__ import annotations
@@ -19,8 +22,20 @@ from schemas.config import Config
 from schemas.tables import tag_examples_schema
 
 
-def user_fields(profile: DataFrame, users: DataFrame, config: Config) -> DataFrame:
-    """(user_id, u_<k>..., <c>_tags, <c>_weights...) for every user of ``users`` or ``profile``."""
+def popular(tag_stats: DataFrame, length: int) -> DataFrame:
+    """One row (popular_tags, popular_weights): the ``length`` most clicked tags and their
+    share of the clicks."""
+    total = F.sum("clicks").over(Window.partitionBy())
+    top = (tag_stats.where(F.col("clicks") > 0).select("tag", (F.col("clicks") / total).alias("_w"))
+           .orderBy(F.desc("_w"), "tag").limit(length))
+    items = F.sort_array(F.collect_list(F.struct((-F.col("_w")).alias("_n"), "tag", "_w")))
+    return top.agg(items.alias("_p")).select(F.transform("_p", lambda s: s["tag"]).alias("popular_tags"),
+                                             F.transform("_p", lambda s: s["_w"]).alias("popular_weights"))
+
+
+def user_fields(profile: DataFrame, users: DataFrame, tag_stats: DataFrame, config: Config) -> DataFrame:
+    """(user_id, u_<k>..., <c>_tags, <c>_weights...) for every user of ``users`` or
+    ``profile``, all of one day, as is ``tag_stats``."""
     cfg = config.tag_model
     long = None
     for c in cfg.fields:
@@ -38,13 +53,15 @@ def user_fields(profile: DataFrame, users: DataFrame, config: Config) -> DataFra
     feats = users.select("user_id", *[F.col("features")[k].alias(f"u_{k}") for k in config.features.user_features])
     everyone = users.select("user_id").unionByName(profile.select("user_id")).distinct()
     out = everyone.join(feats, "user_id", "left").join(per_user, "user_id", "left")
+    if cfg.popular_field:
+        out = out.crossJoin(F.broadcast(popular(tag_stats, cfg.field_length)))
     return out.select("user_id", *fill_missing(config))
 
 
 def fill_missing(config: Config) -> list:
     """The columns of user_fields with a user's missing values filled: "" and empty lists."""
     cols = [F.coalesce(F.col(f"u_{k}"), F.lit("")).alias(f"u_{k}") for k in config.features.user_features]
-    for c in config.tag_model.fields:
+    for c in config.tag_model.input_fields:
         cols += [F.coalesce(F.col(f"{c}_tags"), F.array().cast("array<string>")).alias(f"{c}_tags"),
                  F.coalesce(F.col(f"{c}_weights"), F.array().cast("array<double>")).alias(f"{c}_weights")]
     return cols
@@ -64,4 +81,4 @@ def examples(impressions: DataFrame, articles: DataFrame, fields: DataFrame, con
     rows = (impressions.join(tags, "article_id").join(fields, "user_id", "left")
             .select("event_id", "user_id", "article_tags", F.col("click").cast("int").alias("click"),
                     *fill_missing(config)))
-    return rows.select(*tag_examples_schema(config.features.user_features, config.tag_model.fields).fieldNames())
+    return rows.select(*tag_examples_schema(config.features.user_features, config.tag_model.input_fields).fieldNames())
