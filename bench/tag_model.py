@@ -50,7 +50,7 @@ def baselines(rows: list[dict]) -> dict[str, dict[str, list[str]]]:
         share = {t: w for t, w in zip(r["popular_tags"], r["popular_weights"], strict=True)}
         out["global"][r["user_id"]] = pop
 
-        def shares(field):
+        def shares(field, r=r):
             tags, w = r[f"{field}_tags"], r[f"{field}_weights"]
             total = sum(w) or 1.0
             return {t: x / total for t, x in zip(tags, w, strict=True)}
@@ -77,7 +77,8 @@ def run(config, day: dt.date, seeds: list[int], variants: dict[str, dict]) -> li
                          return_index=True)
     users = test.take(np.sort(first))
     rows = users.to_pylist()
-    vocab = len({t for _, tags in clicks for t in tags} | {t for r in rows for t in r["popular_tags"]})
+    fields = [c for c in test.column_names if c.endswith("_tags") and c != "article_tags"]
+    vocab = len({t for _, tags in clicks for t in tags} | {t for r in rows for f in fields for t in r[f]})
     results = []
     for name, lists in baselines(rows).items():
         results.append({"day": day.isoformat(), "method": name, "seed": None,
