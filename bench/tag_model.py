@@ -64,7 +64,17 @@ def baselines(rows: list[dict]) -> dict[str, dict[str, list[str]]]:
     return out
 
 
-def run(config, day: dt.date, seeds: list[int], variants: dict[str, dict]) -> list[dict]:
+def fused(a: list[str], b: list[str], k: float, n: int = 20) -> list[str]:
+    """Reciprocal-rank fusion of two ranked lists: 1 / (k + rank in a) + 1 / (k + rank in b)."""
+    score: dict[str, float] = {}
+    for ranked in (a, b):
+        for i, t in enumerate(ranked, 1):
+            score[t] = score.get(t, 0.0) + 1.0 / (k + i)
+    return sorted(score, key=lambda t: (-score[t], t))[:n]
+
+
+def run(config, day: dt.date, seeds: list[int], variants: dict[str, dict], fuse_with: str | None = None,
+        fusion_k: float = 60.0) -> list[dict]:
     nxt = (day + dt.timedelta(days=1)).isoformat()
     nxt_part = utpm_train.window(config, day + dt.timedelta(days=1)).parts.get(nxt)
     if nxt_part is None:
@@ -80,7 +90,8 @@ def run(config, day: dt.date, seeds: list[int], variants: dict[str, dict]) -> li
     fields = [c for c in test.column_names if c.endswith("_tags") and c != "article_tags"]
     vocab = len({t for _, tags in clicks for t in tags} | {t for r in rows for f in fields for t in r[f]})
     results = []
-    for name, lists in baselines(rows).items():
+    base = baselines(rows)
+    for name, lists in base.items():
         results.append({"day": day.isoformat(), "method": name, "seed": None,
                         **tag_metrics.tag_metrics(lists, clicks, KS, vocab)})
     w = utpm_train.window(config, day)
@@ -101,6 +112,11 @@ def run(config, day: dt.date, seeds: list[int], variants: dict[str, dict]) -> li
             results.append({"day": day.isoformat(), "method": variant, "seed": seed, "epochs": len(history["loss"]),
                             "train_seconds": seconds, "examples_per_sec": train.num_rows * len(history["loss"]) / seconds,
                             **tag_metrics.tag_metrics(lists, clicks, KS, vocab)})
+            if fuse_with:
+                other = base[fuse_with]
+                fusedl = {u: fused(lists.get(u, pop), other.get(u, pop), fusion_k) for u in set(lists) | set(other)}
+                results.append({"day": day.isoformat(), "method": f"{variant} + {fuse_with} (rank fusion)",
+                                "seed": seed, **tag_metrics.tag_metrics(fusedl, clicks, KS, vocab)})
             print(f"  {day} {variant} seed {seed}: p@5 {results[-1]['p@5']:.4f} click coverage@5 "
                   f"{results[-1]['click_coverage@5']:.4f} ({seconds:.0f} s)", flush=True)
     return results
@@ -140,6 +156,8 @@ def main() -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--variant", action="append", default=[],
                     help="name:key=value,... over tag_model settings (default: one variant per loss)")
+    ap.add_argument("--fuse-with", choices=("global", "long", "short", "blend", "mix"),
+                    help="also rank each model's list fused with this baseline's (reciprocal ranks)")
     ap.add_argument("--out")
     args = ap.parse_args()
     config = load_config(args.config, overrides={"storage": {"warehouse": args.warehouse}})
@@ -148,7 +166,8 @@ def main() -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     results = []
     for day in args.days.split(","):
-        results += run(config, dt.date.fromisoformat(day), seeds, variants)
+        results += run(config, dt.date.fromisoformat(day), seeds, variants, args.fuse_with,
+                       config.export.fusion_k)
     print(summary(results))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

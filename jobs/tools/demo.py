@@ -93,6 +93,18 @@ def summarise_training(reports: list[dict]) -> str:
                      f"{'promoted to current' if t['promoted'] else 'not promoted'} ({t['gate']})")
         lines.append(f"  {t['model_dir']}: model.keras, metrics.json, history.json, history.png")
     for r in reports:
+        t = r["report"]
+        if r["step"] != "tag_model":
+            continue
+        if t["status"] != "succeeded":
+            lines.append(f"\ntag model {r['date']}: {t['status']} ({t.get('reason')})")
+            continue
+        val = t.get("validation_loss")
+        lines.append(f"\ntag model {t['model_version']} ({t['loss']} loss, {t['epochs']} epochs on "
+                     f"{t['train_rows']:,} impressions from {', '.join(t['train_days'])}; validation loss "
+                     f"{'n/a' if val is None else f'{val:.4f}'}): {t['tags']:,} tags, top "
+                     f"{t['rows_written']['user_tag_scores'] // max(t['users'], 1)} scored for {t['users']:,} users")
+    for r in reports:
         if r["step"] == "export":
             e = r["report"]
             lines.append(f"\nexport {r['date']}: top tags for {e['users']:,} users ({e['rows_written']['user_top_tags']:,} "
