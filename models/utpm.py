@@ -7,7 +7,12 @@ the whole vocabulary.
                   tag lists (tags, weights) ─> tag embedding ─> intra-field │ attention (per head)
                                                                            ├─> inter-field attention ─┐
                                                                            └─> FM crossing ─> norm ────┴─> MLP ─> u
-    label side:   score(u, t) = u . e_t + b_t   for every tag t of the vocabulary
+    label side:   score(u, t) = u . e_t + b_t + sum_f beta_f share_f(t)   for every tag t
+
+- The echo term sum_f beta_f share_f(t) (``FieldEcho``) carries the user's own tags to the
+  label side: share_f(t) is the tag's share of the user's field f, beta_f learned per
+  field. Through u alone the model must re-learn the identity "a user's tags are their
+  interests" tag by tag, which sparse data does not teach.
 
 - Intra-field attention pools each multi-valued field (the user's tags by long and short
   profile weight, by decayed impressions, by decayed clicks): alpha_i = softmax_i(q_h^T
@@ -115,10 +120,51 @@ class TagScores(keras.layers.Layer):
         return {**super().get_config(), "tags": self.tags, "dim": self.dim}
 
 
+@keras.saving.register_keras_serializable(package="tagrecall")
+class FieldEcho(keras.layers.Layer):
+    """The user's own tags on the label side: echo(u, t) = sum_f beta_f x share_f(t), the
+    tag's share of the user's field f (0 when absent), one learned beta per field (starting
+    at 1: at initialisation the ranking is the profile's, pulled by the tag bias).
+
+    call(ids (B, F, L) label ids, -1 or less where padded or unknown; shares (B, F, L))
+    -> (B, T); ``gather(ids, shares, query (B, Q))`` -> the echo of each queried id."""
+
+    def __init__(self, tags: int, fields: int, **kwargs):
+        super().__init__(**kwargs)
+        self.tags, self.fields = tags, fields
+
+    def build(self, ids_shape, shares_shape=None):
+        self.beta = self.add_weight(name="beta", shape=(self.fields,), initializer="ones")
+
+    def _flat(self, ids, shares):
+        b = ops.shape(ids)[0]
+        values = ops.where(ids >= 0, shares * self.beta[None, :, None], 0.0)
+        return ops.reshape(ids, (b, -1)), ops.reshape(values, (b, -1))
+
+    def call(self, ids, shares):
+        ids, values = self._flat(ids, shares)
+        b = ops.shape(ids)[0]
+        valid = ids >= 0
+        rows = ops.arange(b)[:, None] * self.tags
+        segments = ops.reshape(ops.where(valid, rows + ids, b * self.tags), (-1,))
+        summed = ops.segment_sum(ops.reshape(values, (-1,)), segments, num_segments=b * self.tags + 1)
+        return ops.reshape(summed[:-1], (b, self.tags))
+
+    def gather(self, ids, shares, query):
+        ids, values = self._flat(ids, shares)
+        same = ops.cast(ops.equal(query[:, :, None], ids[:, None, :]), values.dtype)
+        return ops.sum(same * values[:, None, :], axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "tags": self.tags, "fields": self.fields}
+
+
 def build_network(user_features: list[str], fields: list[str], vocabularies: dict[str, list[str]],
                   tags: list[str], field_length: int, embedding_dim: int = 16, heads: int = 2,
                   units: list[int] | tuple[int, ...] = (64,), user_dim: int = 32) -> tuple[keras.Model, keras.Model]:
-    """(user_model: inputs -> u, network: inputs -> {"scores": (B, T)}), sharing layers.
+    """(user_model: inputs -> {"user": u, "field_ids", "field_shares"}, network: inputs ->
+    {"scores": (B, T)}), sharing layers. With multi-valued fields the scores include
+    ``FieldEcho``: score(u, t) = u . e_t + b_t + sum_f beta_f x share_f(t).
 
     Inputs: ``u_<k>`` (string, (1,)) per user feature, ``<f>_tags`` (string, (L,), "" pads)
     and ``<f>_weights`` (float, (L,)) per multi-valued field."""
@@ -133,13 +179,18 @@ def build_network(user_features: list[str], fields: list[str], vocabularies: dic
         ids = keras.layers.StringLookup(vocabulary=vocab, num_oov_indices=1, name=f"lookup_u_{k}")(inputs[f"u_{k}"])
         e = keras.layers.Embedding(len(vocab) + 1, embedding_dim, name=f"embed_u_{k}")(ids)   # (B, 1, d)
         field_vectors.append(ops.repeat(e, heads, axis=1))                                  # (B, H, d)
+    label_ids, shares = [], []
     if fields:
         lookup = keras.layers.StringLookup(vocabulary=tags, mask_token="", num_oov_indices=1, name="lookup_tags")
         embed = keras.layers.Embedding(len(tags) + 2, embedding_dim, name="embed_tags")
         intra = FieldAttention(heads, embedding_dim, name="intra_field_attention")
         for f in fields:
             ids = lookup(inputs[f"{f}_tags"])
-            field_vectors.append(intra(embed(ids), inputs[f"{f}_weights"], ops.not_equal(ids, 0)))
+            present = ops.not_equal(ids, 0)
+            field_vectors.append(intra(embed(ids), inputs[f"{f}_weights"], present))
+            w = ops.where(present, ops.maximum(inputs[f"{f}_weights"], 0.0), 0.0)
+            shares.append(w / ops.maximum(ops.sum(w, axis=-1, keepdims=True), 1e-12))
+            label_ids.append(ops.cast(ids, "int32") - 2)          # 0 padding, 1 unknown -> below 0
     stacked = ops.stack(field_vectors, axis=1)                                              # (B, k, H, d)
     batch_ones = ops.ones_like(stacked[:, :, 0, 0])                                         # (B, k)
     inter = FieldAttention(heads, embedding_dim, name="inter_field_attention")
@@ -155,7 +206,12 @@ def build_network(user_features: list[str], fields: list[str], vocabularies: dic
         x = keras.layers.Dense(n, activation="relu", name=f"user_{i}")(x)
     u = keras.layers.Dense(user_dim, name="user_vector")(x)
     scores = TagScores(len(tags), user_dim, name="tag_scores")(u)
-    user_model = keras.Model(inputs, u, name="utpm_user")
+    outputs = {"user": u}
+    if fields:
+        outputs |= {"field_ids": ops.stack(label_ids, axis=1), "field_shares": ops.stack(shares, axis=1)}
+        echo = FieldEcho(len(tags), len(fields), name="field_echo")
+        scores = keras.layers.Add(name="scores_with_echo")([scores, echo(outputs["field_ids"], outputs["field_shares"])])
+    user_model = keras.Model(inputs, outputs, name="utpm_user")
     network = keras.Model(inputs, {"scores": keras.layers.Identity(name="scores")(scores)}, name="utpm")
     return user_model, network
 
@@ -212,6 +268,8 @@ class UTPMTrainer(keras.Model):
             raise ValueError(f"unknown UTPM loss {loss_name!r}; known: {', '.join(LOSSES)}")
         self.user_model, self.network, self.loss_name = user_model, network, loss_name
         self.tag_scores = network.get_layer("tag_scores")
+        names = {layer.name for layer in network.layers}
+        self.echo = network.get_layer("field_echo") if "field_echo" in names else None
         self.sampled_negatives = sampled_negatives
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -219,11 +277,24 @@ class UTPMTrainer(keras.Model):
     def call(self, inputs, training=False):
         return self.user_model(inputs, training=training)
 
+    def scores_at(self, y_pred, ids):
+        """score(u, t) for the tag ids ``ids`` (B, Q) of each row."""
+        out = self.tag_scores.gather(y_pred["user"], ids)
+        if self.echo is not None:
+            out = out + self.echo.gather(y_pred["field_ids"], y_pred["field_shares"], ids)
+        return out
+
+    def all_scores(self, y_pred):
+        out = self.tag_scores(y_pred["user"])
+        if self.echo is not None:
+            out = out + self.echo(y_pred["field_ids"], y_pred["field_shares"])
+        return out
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        u, ids, w, click = y_pred, y["article_ids"], y["article_weights"], y["click"]
+        u, ids, w, click = y_pred["user"], y["article_ids"], y["article_weights"], y["click"]
         mask = ops.greater(w, 0.0)
         ids = ops.where(mask, ids, 0)
-        pos = self.tag_scores.gather(u, ids)
+        pos = self.scores_at(y_pred, ids)
         if self.loss_name == "joint":
             loss = joint_loss(pos, w, mask, click)
         elif self.loss_name == "split":
@@ -231,12 +302,11 @@ class UTPMTrainer(keras.Model):
         elif self.sampled_negatives:
             vocab = self.tag_scores.tags
             neg = keras.random.randint((self.sampled_negatives,), 0, vocab, seed=self.seed_generator)
-            negative = ops.matmul(u, ops.transpose(ops.take(self.tag_scores.embeddings, neg, axis=0)))
-            negative = negative + ops.take(self.tag_scores.bias, neg, axis=0)
+            negative = self.scores_at(y_pred, ops.broadcast_to(neg[None, :], (ops.shape(u)[0], self.sampled_negatives)))
             loss = softmax_loss(pos, w, mask, click, negative_scores=negative,
                                 log_q=math.log(self.sampled_negatives / vocab))
         else:
-            loss = softmax_loss(pos, w, mask, click, all_scores=self.tag_scores(u))
+            loss = softmax_loss(pos, w, mask, click, all_scores=self.all_scores(y_pred))
         self.loss_tracker.update_state(loss)
         return loss
 

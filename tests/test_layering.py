@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("schemas", "jobs", "models")
-STEPS = {"ingest", "profiles", "index", "triples", "train", "export", "publish", "evaluate"}
+STEPS = {"ingest", "profiles", "index", "triples", "train", "tag_model", "export", "publish", "evaluate"}
 
 
 def _modules() -> dict[str, Path]:

@@ -96,13 +96,17 @@ def _inputs():
             "shown_weights": np.ones((2, 3), np.float32)}
 
 
-def test_scores_are_the_user_vector_times_the_tag_table_plus_bias():
+def test_scores_are_the_user_vector_times_the_tag_table_plus_bias_plus_the_echo():
     (user_model, network), tags = _network()
+    network.get_layer("field_echo").beta.assign(np.array([0.5, 2.0], np.float32))
     x = _inputs()
-    u = keras.ops.convert_to_numpy(user_model(x))
+    u = keras.ops.convert_to_numpy(user_model(x)["user"])
     layer = network.get_layer("tag_scores")
     e, b = (keras.ops.convert_to_numpy(w) for w in (layer.embeddings, layer.bias))
-    np.testing.assert_allclose(network.predict_on_batch(x)["scores"], u @ e.T + b, rtol=1e-5, atol=1e-6)
+    # By hand (tags a b c d): row 1: long a 1/3, b 2/3 (x 0.5); shown c, d, zz 1/3 each (x 2,
+    # zz unknown: no column); row 2: long empty, shown a 1 (x 2).
+    echo = np.array([[0.5 / 3, 1.0 / 3, 2.0 / 3, 2.0 / 3], [2.0, 0.0, 0.0, 0.0]], np.float32)
+    np.testing.assert_allclose(network.predict_on_batch(x)["scores"], u @ e.T + b + echo, rtol=1e-5, atol=1e-6)
 
 
 def test_a_saved_model_loads_with_safe_mode_and_scores_the_same(tmp_path):
