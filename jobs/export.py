@@ -17,7 +17,9 @@ Ranking (export.ranking):
 - ``tag_model`` (default), when the tag_model step wrote D's ``user_tag_scores``: the
   model's tags join the candidates and each candidate scores 1 / (export.fusion_k +
   its rank by the user-tag model) (reciprocal-rank fusion; candidates the model did not
-  rank come after its tags, in prior order). With export.multitask_weight > 0 and a
+  rank come after its tags, in prior order), + export.mix_weight / (fusion_k + its rank
+  by the mix heuristic of evaluate, whose tags join the candidates). With
+  export.multitask_weight > 0 and a
   promoted multi-task model, + multitask_weight / (fusion_k + its rank by p_click x
   E[dwell | click]). model_version names the models used.
 - ``multitask``, or ``tag_model`` without D's scores: p_click x E[dwell | click] by the
@@ -40,7 +42,14 @@ from jobs.common.entry import Step
 from jobs.common.inputs import feature_tables
 from jobs.common.storage import Warehouse
 from jobs.transforms.features import with_features
-from jobs.transforms.tag_lists import filled, global_list, global_tags, ranked_tags, top_k_per_key
+from jobs.transforms.tag_lists import (
+    filled,
+    global_list,
+    global_tags,
+    mix,
+    ranked_tags,
+    top_k_per_key,
+)
 from schemas.config import Config
 from schemas.features import FeatureSpec, feature_spec
 from schemas.tables import USER_TOP_TAGS
@@ -107,19 +116,32 @@ def learned_ranks(cands: DataFrame, learned: DataFrame, top_m: int) -> DataFrame
                        .alias("tm_rank"))
 
 
+def with_mix_rank(ranked: DataFrame, mixed: DataFrame | None, count: int) -> DataFrame:
+    """``ranked`` + mix_rank: the candidate's rank by the mix heuristic (``mixed``: user_id,
+    tag, rank), count + 1 where mix did not rank it; mix's tags join the candidates."""
+    if mixed is None:
+        return ranked.withColumn("mix_rank", F.lit(count + 1))
+    m = mixed.select("user_id", "tag", F.col("rank").alias("mix_rank"))
+    extra = m.join(ranked.select("user_id", "tag"), ["user_id", "tag"], "left_anti").select(
+        "user_id", "tag", F.lit(None).cast("double").alias("prior"), F.lit(count + 1).alias("tm_rank"))
+    return (ranked.unionByName(extra).join(m, ["user_id", "tag"], "left")
+            .withColumn("mix_rank", F.coalesce("mix_rank", F.lit(count + 1))))
+
+
 def fused(ranked: DataFrame, multitask: DataFrame | None, cfg) -> DataFrame:
-    """SCORED rows: score = 1 / (fusion_k + tm_rank) [+ multitask_weight / (fusion_k + the
-    rank by p_click x E[dwell | click])]: reciprocal-rank fusion, which needs no common scale."""
+    """SCORED rows: score = 1 / (fusion_k + tm_rank) + mix_weight / (fusion_k + mix_rank)
+    [+ multitask_weight / (fusion_k + the rank by p_click x E[dwell | click])]:
+    reciprocal-rank fusion, which needs no common scale."""
+    base = (F.lit(1.0) / (F.lit(cfg.fusion_k) + F.col("tm_rank"))
+            + F.lit(cfg.mix_weight) / (F.lit(cfg.fusion_k) + F.col("mix_rank")))
     if multitask is None:
         return ranked.select("user_id", "tag", "prior", F.lit(None).cast("double").alias("p_click"),
-                             F.lit(None).cast("double").alias("dwell_sec"),
-                             (F.lit(1.0) / (F.lit(cfg.fusion_k) + F.col("tm_rank"))).alias("score"))
+                             F.lit(None).cast("double").alias("dwell_sec"), base.alias("score"))
     order = Window.partitionBy("user_id").orderBy(F.desc("score"), "tag")
     mt = multitask.select("user_id", "tag", "p_click", "dwell_sec", F.row_number().over(order).alias("_mt"))
     both = ranked.join(mt, ["user_id", "tag"])
     return both.select("user_id", "tag", "prior", "p_click", "dwell_sec",
-                       (F.lit(1.0) / (F.lit(cfg.fusion_k) + F.col("tm_rank"))
-                        + F.lit(cfg.multitask_weight) / (F.lit(cfg.fusion_k) + F.col("_mt"))).alias("score"))
+                       (base + F.lit(cfg.multitask_weight) / (F.lit(cfg.fusion_k) + F.col("_mt"))).alias("score"))
 
 
 def multitask_scores(cands: DataFrame, wh: Warehouse, config: Config, date: dt.date, version: str) -> DataFrame:
@@ -147,7 +169,10 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
                if cfg.ranking == "tag_model" and wh.has_partition("user_tag_scores", day) else None)
     cands = candidates(profile, users, stats, cfg.candidate_tags)
     if learned is not None:
-        cands = learned_ranks(cands, learned, config.tag_model.top_m)
+        mixed = (mix(profile, stats, users.select("user_id").unionByName(profile.select("user_id")).distinct(),
+                     cfg.candidate_tags, config.evaluate.mix_click_weight, config.evaluate.mix_global_tags)
+                 if cfg.mix_weight > 0 else None)
+        cands = with_mix_rank(learned_ranks(cands, learned, config.tag_model.top_m), mixed, cfg.candidate_tags)
     cands = cands.persist(StorageLevel.MEMORY_AND_DISK)
     version = registry.current_version(config.storage.warehouse) if cfg.ranking != "profile" else None
     learned_version = (learned.select("model_version").limit(1).collect() or [[None]])[0][0] if learned else None
@@ -155,8 +180,9 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
         with_mt = version is not None and cfg.multitask_weight > 0
         scored = fused(cands, multitask_scores(cands, wh, config, date, version) if with_mt else None, cfg)
         used = f"{learned_version} + {version}" if with_mt else learned_version
-        ranked_by = (f"user-tag model rank fused with p_click x E[dwell | click] (weight {cfg.multitask_weight:g})"
-                     if with_mt else "user-tag model score")
+        parts = ["user-tag model"] + ([f"mix (weight {cfg.mix_weight:g})"] if cfg.mix_weight > 0 else []) + (
+            [f"p_click x E[dwell | click] (weight {cfg.multitask_weight:g})"] if with_mt else [])
+        ranked_by = "user-tag model score" if len(parts) == 1 else "reciprocal-rank fusion of " + ", ".join(parts)
     elif version is not None:
         scored, used, ranked_by = multitask_scores(cands, wh, config, date, version), version, "p_click x E[dwell | click]"
     else:

@@ -162,6 +162,9 @@ class ExportConfig:
     # Reciprocal-rank fusion: 1 / (fusion_k + tag-model rank) + multitask_weight / (fusion_k
     # + multi-task rank); 0 ranks by the tag model alone and skips the multi-task scoring.
     multitask_weight: float = 0.0
+    # ... + mix_weight / (fusion_k + the rank by the mix heuristic of evaluate: the user's
+    # share of decayed impressions + evaluate.mix_click_weight x the tag's click share).
+    mix_weight: float = 1.0
     fusion_k: float = 60.0
 
     def validate(self, where: str) -> None:
@@ -169,6 +172,7 @@ class ExportConfig:
         _require(self.ranking in EXPORT_RANKINGS, f"{where}.ranking",
                  f"{self.ranking!r} is not one of {', '.join(EXPORT_RANKINGS)}")
         _require(self.multitask_weight >= 0, f"{where}.multitask_weight", "must be >= 0")
+        _require(self.mix_weight >= 0, f"{where}.mix_weight", "must be >= 0")
         _require(self.fusion_k >= 0, f"{where}.fusion_k", "must be >= 0")
         _require(self.candidate_tags >= self.top_n, f"{where}.candidate_tags", "must be >= export.top_n")
 

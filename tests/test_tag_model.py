@@ -133,10 +133,20 @@ def test_examples_are_one_row_per_impression_with_the_triples_clicks(synthetic_f
 
 
 def test_export_ranks_by_the_learned_scores(spark, tagged):
+    import dataclasses
+
     from jobs import export
 
     config, base, dates, _ = tagged
     day = dates[-1].isoformat()
+    # The default fuses the learned ranks with mix's: every user still gets top_n distinct tags.
+    report = export.run(spark, config, dates[-1])
+    assert report["ranked_by"].startswith("reciprocal-rank fusion of user-tag model, mix")
+    top = _pd(base, "user_top_tags", day)
+    assert (top.groupby("user_id").tag.nunique() == config.export.top_n).all()
+    assert set(top.user_id) == set(_pd(base, "user_tag_scores", day).user_id)
+    # Without mix, the order is the learned one.
+    config = config.replace(export=dataclasses.replace(config.export, mix_weight=0.0))
     report = export.run(spark, config, dates[-1])
     assert report["ranked_by"] == "user-tag model score"
     top = _pd(base, "user_top_tags", day)
