@@ -25,8 +25,9 @@ from schemas.tables import tag_examples_schema
 def popular(tag_stats: DataFrame, length: int) -> DataFrame:
     """One row (popular_tags, popular_weights): the ``length`` most clicked tags and their
     share of the clicks."""
-    total = F.sum("clicks").over(Window.partitionBy())
-    top = (tag_stats.where(F.col("clicks") > 0).select("tag", (F.col("clicks") / total).alias("_w"))
+    clicked = tag_stats.where(F.col("clicks") > 0)
+    total = clicked.agg(F.sum("clicks").alias("_total"))      # one row: no window over the whole table
+    top = (clicked.crossJoin(total).select("tag", (F.col("clicks") / F.col("_total")).alias("_w"))
            .orderBy(F.desc("_w"), "tag").limit(length))
     items = F.sort_array(F.collect_list(F.struct((-F.col("_w")).alias("_n"), "tag", "_w")))
     return top.agg(items.alias("_p")).select(F.transform("_p", lambda s: s["tag"]).alias("popular_tags"),
