@@ -63,18 +63,23 @@ def _local(uri: str) -> Path:
     return Path(uri.removeprefix("file://").removeprefix("file:"))
 
 
-def triple_partitions(config: Config, dates: list[dt.date]) -> dict[str, Path]:
+def partitions(config: Config, name: str, dates: list[dt.date]) -> dict[str, Path]:
+    """The partitions of table ``name`` that exist among ``dates``, by day, in date order."""
     out = {}
     for d in dates:
-        p = _local(table("training_triples").partition_location(config.storage.warehouse, d.isoformat()))
+        p = _local(table(name).partition_location(config.storage.warehouse, d.isoformat()))
         if p.exists():
             out[d.isoformat()] = p
     return out
 
 
+def triple_partitions(config: Config, dates: list[dt.date]) -> dict[str, Path]:
+    return partitions(config, "training_triples", dates)
+
+
 @dataclass(frozen=True)
 class Window:
-    """The training window of day D: the partitions of triples found, D validating."""
+    """The training window of day D: the partitions of training data found, D validating."""
 
     day: str
     parts: dict[str, Path]

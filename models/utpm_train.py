@@ -23,7 +23,6 @@ import json
 import logging
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ import pyarrow as pa
 import pyarrow.dataset as pds
 
 from models import registry
-from schemas.catalog import absolute_uri, table
+from models.train import Window, partitions, write_version
 from schemas.config import Config
 
 log = logging.getLogger(__name__)
@@ -40,28 +39,9 @@ TABLE = "tag_examples"
 SCORED_COLUMNS = ("user_id", "rank", "tag", "score")
 
 
-def _local(uri: str) -> Path:
-    return Path(absolute_uri(uri).removeprefix("file://").removeprefix("file:"))
-
-
-@dataclass(frozen=True)
-class Window:
-    day: str
-    parts: dict[str, Path]
-
-    @property
-    def train_days(self) -> list[str]:
-        return [d for d in self.parts if d != self.day]
-
-
 def window(config: Config, date: dt.date) -> Window:
     days = [date - dt.timedelta(days=k) for k in range(config.tag_model.window_days - 1, -1, -1)]
-    parts = {}
-    for d in days:
-        p = _local(table(TABLE).partition_location(config.storage.warehouse, d.isoformat()))
-        if p.exists() and any(p.glob("*.parquet")):
-            parts[d.isoformat()] = p
-    return Window(date.isoformat(), parts)
+    return Window(date.isoformat(), partitions(config, TABLE, days))
 
 
 def skip_reason(config: Config, date: dt.date) -> str | None:
@@ -204,8 +184,6 @@ def fit(config: Config, train: pa.Table, val: pa.Table, label: str):
 def train_day(config: Config, date: dt.date, version: str | None = None) -> dict:
     """Fit and save the tag model of ``date``; returns the result (what the run report holds).
     Raises ValueError when the day cannot be trained: check ``skip_reason`` first."""
-    from models.train import write_version
-
     started = time.monotonic()
     reason = skip_reason(config, date)
     if reason:
