@@ -32,15 +32,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import math
 import time
+from functools import reduce
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.common.entry import Step
 from jobs.common.storage import Warehouse
-from jobs.online.recall import ROUND
+from jobs.online.bulk import Index, top_k_hits
 from jobs.transforms.tag_lists import (
     PROFILE_RANKINGS,
     filled,
@@ -48,7 +48,6 @@ from jobs.transforms.tag_lists import (
     global_tags,
     mix,
     ranked_tags,
-    top_k_per_key,
 )
 from schemas.config import Config
 from schemas.tables import RECALL_EVAL
@@ -60,18 +59,59 @@ TABLE = "recall_eval"
 METHODS = ("export", "tag_model", "long", "short", "blend", "mix", "global")
 
 
-def rank_weight(rank: F.Column) -> F.Column:
-    """jobs.online.recall.rank_weight as a column: 1 / log2(1 + rank)."""
-    return F.lit(1.0) / (F.log(1.0 + rank.cast("double")) / F.lit(math.log(2.0)))
+RECALLED = "method string, hits long"
 
 
-def recalled(lists: DataFrame, tag_index: DataFrame, k: int) -> DataFrame:
-    """(user_id, article_id, score, position): jobs.online.recall.merge for every user of
-    ``lists`` (user_id, tag, rank) over ``tag_index``."""
-    merged = (lists.join(tag_index.select("tag", "article_id", "score"), "tag")
-              .groupBy("user_id", "article_id")
-              .agg(F.round(F.sum(rank_weight(F.col("rank")) * F.col("score")), ROUND).alias("score")))
-    return top_k_per_key(merged, "user_id", [F.desc("score"), "article_id"], k, rank_col="position")
+def recall_query(lists: DataFrame, clicks: DataFrame, tag_index: DataFrame, k: int) -> DataFrame:
+    """(method, hits): how many of D+1's distinct (user, article) ``clicks`` the recall of
+    jobs.online.recall.merge returns in its top ``k`` over ``tag_index``, for the lists
+    (method, user_id, tag, rank). The users' lists and clicks travel together, one row per
+    clicking user; the index (at most index.max_articles_per_tag articles a tag, what Redis
+    holds) goes to every Python worker, where jobs/online/bulk.py merges the lists in numpy."""
+    rows = tag_index.select("tag", "article_id", "score").collect()
+    index = Index.build([r["tag"] for r in rows], [r["article_id"] for r in rows], [r["score"] for r in rows])
+    methods = sorted(r["method"] for r in lists.select("method").distinct().collect())
+    per_user = (lists.groupBy("user_id").agg(F.collect_list(F.struct("method", "tag", "rank")).alias("tags"))
+                .join(clicks.groupBy("user_id").agg(F.collect_list("article_id").alias("clicked")), "user_id"))
+    return (per_user.mapInArrow(_hits_of_batches(index, methods, k), RECALLED)
+            .groupBy("method").agg(F.sum("hits").alias("hits")))
+
+
+def recall_hits(lists: DataFrame, clicks: DataFrame, tag_index: DataFrame, k: int) -> dict[str, int]:
+    """recall_query's hits per method, 0 for a method no clicking user has."""
+    methods = [r["method"] for r in lists.select("method").distinct().collect()]
+    got = recall_query(lists, clicks, tag_index, k).collect()
+    return {m: 0 for m in methods} | {r["method"]: int(r["hits"]) for r in got}
+
+
+def _hits_of_batches(index: Index, methods: list[str], k: int):
+    """A mapInArrow function: rows (user_id, tags: [(method, tag, rank)], clicked: [article_id])
+    -> (method, hits) for each method, summed over the batch."""
+    code = {m: i for i, m in enumerate(methods)}
+
+    def hits(batches):
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        for batch in batches:
+            tags, clicked = batch.column("tags"), batch.column("clicked")
+            entries = tags.flatten()
+            user = pc.list_parent_indices(tags).to_numpy()
+            method = np.fromiter((code[m] for m in entries.field("method").to_pylist()), dtype=np.int64,
+                                 count=len(entries))
+            click_user = pc.list_parent_indices(clicked).to_numpy()
+            click_columns = index.columns_of(clicked.flatten().to_pylist())
+            n = len(methods)
+            per_list = top_k_hits(  # list i is user i // n under method i % n
+                index, batch.num_rows * n, user * n + method, index.rows_of(entries.field("tag").to_pylist()),
+                entries.field("rank").to_numpy(zero_copy_only=False).astype(np.int64),
+                np.repeat(click_user * n, n) + np.tile(np.arange(n), len(click_user)),
+                np.repeat(click_columns, n), k)
+            yield pa.record_batch([pa.array(methods), pa.array(per_list.reshape(-1, n).sum(axis=0))],
+                                  names=["method", "hits"])
+
+    return hits
 
 
 def method_lists(served: DataFrame, profile: DataFrame, tag_stats: DataFrame, users: DataFrame,
@@ -116,23 +156,24 @@ def evaluate(spark: SparkSession, config: Config, date: dt.date) -> list[dict]:
     users = events.select("user_id").distinct()
     served_n, tag_n, k = config.export.top_n, config.evaluate.top_n, config.evaluate.recall_k
     learned = wh.read_partition("user_tag_scores", day) if wh.has_partition("user_tag_scores", day) else None
-    lists = {m: df.persist() for m, df in method_lists(
-        wh.read_partition("user_top_tags", day), wh.read_partition("user_tag_profile", day),
-        wh.read_partition("tag_stats", day), users, max(served_n, tag_n), config, learned).items()}
-    tag_index = wh.read_partition("tag_index", day)
+    lists = method_lists(wh.read_partition("user_top_tags", day), wh.read_partition("user_tag_profile", day),
+                         wh.read_partition("tag_stats", day), users, max(served_n, tag_n), config, learned)
+    every = reduce(DataFrame.unionByName, (df.select(F.lit(m).alias("method"), "user_id", "tag", "rank")
+                                           for m, df in lists.items())).persist()
+    # The tag metrics: D+1's events whose article carries one of the user's top tag_n tags.
+    tagged = (event_tags.join(every.where(F.col("rank") <= tag_n), ["user_id", "tag"])
+              .select("method", "_eid", "event_type").distinct()
+              .groupBy("method", "event_type").count().collect())
+    hits = {(r["method"], r["event_type"]): r["count"] for r in tagged}
+    got = recall_hits(every.where(F.col("rank") <= served_n), clicks, wh.read_partition("tag_index", day), k)
     rows = [_row("all", "ctr", 0, None, n_click, n_imp)]
     for method in (m for m in METHODS if m in lists):
-        tagged = (event_tags.join(lists[method].where(F.col("rank") <= tag_n).select("user_id", "tag"),
-                                  ["user_id", "tag"]).select("_eid", "event_type").distinct())
-        hits = {r["event_type"]: r["count"] for r in tagged.groupBy("event_type").count().collect()}
-        hit_imp, hit_click = hits.get("impression", 0), hits.get("click", 0)
-        got = (recalled(lists[method].where(F.col("rank") <= served_n), tag_index, k)
-               .join(clicks, ["user_id", "article_id"]).count())
-        rows += [_row(method, "recall_at_k", served_n, k, got, n_pairs),
+        hit_imp, hit_click = hits.get((method, "impression"), 0), hits.get((method, "click"), 0)
+        rows += [_row(method, "recall_at_k", served_n, k, got[method], n_pairs),
                  _row(method, "click_coverage", tag_n, None, hit_click, n_click),
                  _row(method, "tagged_impressions", tag_n, None, hit_imp, n_imp),
                  _row(method, "tag_ctr", tag_n, None, hit_click, hit_imp)]
-    for df in (events, event_tags, clicks, *lists.values()):
+    for df in (events, event_tags, clicks, every):
         df.unpersist()
     return rows
 
