@@ -19,7 +19,8 @@ Metrics (numerator and denominator are kept beside each value):
 
 - ``recall_at_k`` (k = evaluate.recall_k, the method's export.top_n tags): the share of the
   distinct (user, article) clicks of D+1 that the recall would have returned: the user's
-  tags x D's tag_index, merged exactly as jobs/online/recall.py merges them, top k;
+  tags x D's tag_index, merged exactly as jobs/online/recall.py merges them, top k
+  (in numpy, jobs/online/bulk.py, one row of lists and clicks per clicking user);
 - ``click_coverage`` (top evaluate.top_n tags): the share of D+1's clicks whose article (D+1's
   snapshot) carries one of the user's tags;
 - ``tagged_impressions`` and ``tag_ctr``, the two profile metrics of WeChat's user-tag
