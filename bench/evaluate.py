@@ -20,12 +20,11 @@ import datetime as dt
 import math
 import statistics
 import time
-from functools import reduce
 
 
-def reference_hits(lists, clicks, tag_index, k: int) -> dict[str, int]:
-    """recall_at_k numerators with a join per method: (user, tag) x (tag, article) rows,
-    summed per (user, article), top k by a window."""
+def reference_hits(lists, clicks, tag_index, k: int, methods: list[str]) -> tuple[dict[str, int], list]:
+    """(recall_at_k numerators, the queries) with a join per method: (user, tag) x (tag,
+    article) rows, summed per (user, article), top k by a window."""
     from pyspark.sql import functions as F
 
     from jobs.online.recall import ROUND
@@ -33,7 +32,7 @@ def reference_hits(lists, clicks, tag_index, k: int) -> dict[str, int]:
 
     weight = F.lit(1.0) / (F.log(1.0 + F.col("rank").cast("double")) / F.lit(math.log(2.0)))
     out, plans = {}, []
-    for method in [r["method"] for r in lists.select("method").distinct().collect()]:
+    for method in methods:
         merged = (lists.where(F.col("method") == method).join(tag_index.select("tag", "article_id", "score"), "tag")
                   .groupBy("user_id", "article_id")
                   .agg(F.round(F.sum(weight * F.col("score")), ROUND).alias("score")))
@@ -90,20 +89,18 @@ def main() -> None:
     lists = evaluate.method_lists(wh.read_partition("user_top_tags", day), wh.read_partition("user_tag_profile", day),
                                   wh.read_partition("tag_stats", day), users,
                                   max(served_n, config.evaluate.top_n), config, learned)
-    every = reduce(lambda a, b: a.unionByName(b), (df.select(F.lit(m).alias("method"), "user_id", "tag", "rank")
-                                                   for m, df in lists.items()))
-    every = every.where(F.col("rank") <= served_n).localCheckpoint()
+    every = evaluate.stacked(lists).where(F.col("rank") <= served_n).localCheckpoint()
     tag_index = wh.read_partition("tag_index", day)
     started = time.monotonic()
-    expected, plans = reference_hits(every, clicks, tag_index, k)
+    expected, plans = reference_hits(every, clicks, tag_index, k, list(lists))
     reference = time.monotonic() - started
     started = time.monotonic()
-    got = evaluate.recall_hits(every, clicks, tag_index, k)
+    got = evaluate.recall_hits(every, clicks, tag_index, k, list(lists))
     merge = time.monotonic() - started
     found = {r["method"]: r["numerator"] for r in rows if r["metric"] == "recall_at_k"}
     print(f"recall@{k} merge, {len(expected)} methods, lists computed beforehand: "
           f"join per method {reference:.1f} s ({sum(shuffles(p) for p in plans)} shuffles), "
-          f"numpy merge {merge:.1f} s ({shuffles(evaluate.recall_query(every, clicks, tag_index, k))} shuffles): "
+          f"numpy merge {merge:.1f} s ({shuffles(evaluate.recall_query(every, clicks, tag_index, k, list(lists)))} shuffles): "
           f"{reference / merge:.1f}x")
     for method in sorted(expected):
         print(f"  {method:<10} hits: join {expected[method]}, numpy {got[method]}, step {found[method]:.0f}")

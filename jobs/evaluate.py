@@ -63,33 +63,37 @@ METHODS = ("export", "tag_model", "long", "short", "blend", "mix", "global")
 RECALLED = "method string, hits long"
 
 
-def recall_query(lists: DataFrame, clicks: DataFrame, tag_index: DataFrame, k: int) -> DataFrame:
+def stacked(lists: dict[str, DataFrame]) -> DataFrame:
+    """(method, user_id, tag, rank): every method's lists in one DataFrame."""
+    return reduce(DataFrame.unionByName, (df.select(F.lit(m).alias("method"), "user_id", "tag", "rank")
+                                          for m, df in lists.items()))
+
+
+def recall_query(lists: DataFrame, clicks: DataFrame, tag_index: DataFrame, k: int, methods: list[str]) -> DataFrame:
     """(method, hits): how many of D+1's distinct (user, article) ``clicks`` the recall of
     jobs.online.recall.merge returns in its top ``k`` over ``tag_index``, for the lists
-    (method, user_id, tag, rank). The users' lists and clicks travel together, one row per
-    clicking user; the index (at most index.max_articles_per_tag articles a tag, what Redis
-    holds) goes to every Python worker, where jobs/online/bulk.py merges the lists in numpy."""
+    (method, user_id, tag, rank) of ``methods``. The users' lists and clicks travel together,
+    one row per clicking user; the index (at most index.max_articles_per_tag articles a tag,
+    what Redis holds) goes to every Python worker, where jobs/online/bulk.py merges the
+    lists in numpy."""
     rows = tag_index.select("tag", "article_id", "score").collect()
     index = Index.build([r["tag"] for r in rows], [r["article_id"] for r in rows], [r["score"] for r in rows])
-    methods = sorted(r["method"] for r in lists.select("method").distinct().collect())
     per_user = (lists.groupBy("user_id").agg(F.collect_list(F.struct("method", "tag", "rank")).alias("tags"))
                 .join(clicks.groupBy("user_id").agg(F.collect_list("article_id").alias("clicked")), "user_id"))
-    return (per_user.mapInArrow(_hits_of_batches(index, methods, k), RECALLED)
+    return (per_user.mapInArrow(_hits_of_batches(index, sorted(methods), k), RECALLED)
             .groupBy("method").agg(F.sum("hits").alias("hits")))
 
 
-def recall_hits(lists: DataFrame, clicks: DataFrame, tag_index: DataFrame, k: int) -> dict[str, int]:
+def recall_hits(lists: DataFrame, clicks: DataFrame, tag_index: DataFrame, k: int, methods: list[str]
+                ) -> dict[str, int]:
     """recall_query's hits per method, 0 for a method no clicking user has."""
-    methods = [r["method"] for r in lists.select("method").distinct().collect()]
-    got = recall_query(lists, clicks, tag_index, k).collect()
+    got = recall_query(lists, clicks, tag_index, k, methods).collect()
     return {m: 0 for m in methods} | {r["method"]: int(r["hits"]) for r in got}
 
 
 def _hits_of_batches(index: Index, methods: list[str], k: int):
     """A mapInArrow function: rows (user_id, tags: [(method, tag, rank)], clicked: [article_id])
     -> (method, hits) for each method, summed over the batch."""
-    code = {m: i for i, m in enumerate(methods)}
-
     def hits(batches):
         import numpy as np
         import pyarrow as pa
@@ -99,8 +103,7 @@ def _hits_of_batches(index: Index, methods: list[str], k: int):
             tags, clicked = batch.column("tags"), batch.column("clicked")
             entries = tags.flatten()
             user = pc.list_parent_indices(tags).to_numpy()
-            method = np.fromiter((code[m] for m in entries.field("method").to_pylist()), dtype=np.int64,
-                                 count=len(entries))
+            method = pc.index_in(entries.field("method"), value_set=pa.array(methods)).to_numpy().astype(np.int64)
             click_user = pc.list_parent_indices(clicked).to_numpy()
             click_columns = index.columns_of(clicked.flatten().to_pylist())
             n = len(methods)
@@ -159,14 +162,14 @@ def evaluate(spark: SparkSession, config: Config, date: dt.date) -> list[dict]:
     learned = wh.read_partition("user_tag_scores", day) if wh.has_partition("user_tag_scores", day) else None
     lists = method_lists(wh.read_partition("user_top_tags", day), wh.read_partition("user_tag_profile", day),
                          wh.read_partition("tag_stats", day), users, max(served_n, tag_n), config, learned)
-    every = reduce(DataFrame.unionByName, (df.select(F.lit(m).alias("method"), "user_id", "tag", "rank")
-                                           for m, df in lists.items())).persist()
+    every = stacked(lists).persist()
     # The tag metrics: D+1's events whose article carries one of the user's top tag_n tags.
     tagged = (event_tags.join(every.where(F.col("rank") <= tag_n), ["user_id", "tag"])
               .select("method", "_eid", "event_type").distinct()
               .groupBy("method", "event_type").count().collect())
     hits = {(r["method"], r["event_type"]): r["count"] for r in tagged}
-    got = recall_hits(every.where(F.col("rank") <= served_n), clicks, wh.read_partition("tag_index", day), k)
+    got = recall_hits(every.where(F.col("rank") <= served_n), clicks, wh.read_partition("tag_index", day), k,
+                      list(lists))
     rows = [_row("all", "ctr", 0, None, n_click, n_imp)]
     for method in (m for m in METHODS if m in lists):
         hit_imp, hit_click = hits.get((method, "impression"), 0), hits.get((method, "click"), 0)

@@ -107,7 +107,7 @@ def test_spark_evaluation_recalls_what_the_online_recall_returns(spark, exported
     lists = (wh.read_partition("user_top_tags", day).where(F.col("user_id").isin(users))
              .select(F.col("user_id").alias("method"), "user_id", "tag", "rank"))
     clicks = spark.createDataFrame([(u, a) for u in users for a in sorted(clicked[u])], "user_id string, article_id string")
-    assert evaluate.recall_hits(lists, clicks, wh.read_partition("tag_index", day), 50) == expected
+    assert evaluate.recall_hits(lists, clicks, wh.read_partition("tag_index", day), 50, users) == expected
 
 
 def test_readers_see_one_whole_version_during_the_switch_and_rollback_restores(spark, exported_feed, redis_server):
