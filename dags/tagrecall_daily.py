@@ -4,7 +4,9 @@ One run per day, on a data-interval timetable (midnight to midnight, UTC by defa
 run for D starts once D is over. Tasks, each rewriting only its own partition of D, so
 retries and `airflow dags backfill` are safe:
 
-    ingest -> profiles -> index -> triples -> train -> tag_model -> export -> publish -> evaluate (D-1)
+    ingest -> profiles -> index -> triples -> evaluate (D-1) -> train -> tag_model -> export -> publish
+
+(evaluate for D-1 needs D's events; it runs before export, whose guard reads it).
 
 - The Spark steps go through SparkSubmitOperator against the Spark connection
   `tagrecall_spark` (a local master by default; a cluster is another connection), with the
@@ -96,10 +98,11 @@ READS = {
     "triples": ["events", "articles", "user_tag_profile", "tag_index", "tag_stats", "users"],
     "train": ["training_triples"],
     "tag_model": ["tag_examples", "user_tag_profile", "users"],
-    "export": ["user_tag_profile", "users", "tag_stats", "tag_index", "articles", "user_tag_scores", MODEL],
+    "export": ["user_tag_profile", "users", "tag_stats", "tag_index", "articles", "user_tag_scores", "recall_eval",
+               MODEL],
     "publish": ["user_top_tags", "tag_index", "tag_stats"],
-    "evaluate": ["user_top_tags", "user_tag_scores", "user_tag_profile", "tag_stats", "tag_index", "events",
-                 "articles"],
+    "evaluate": ["user_top_tags", "model_top_tags", "user_tag_scores", "user_tag_profile", "tag_stats",
+                 "tag_index", "events", "articles"],
 }
 
 
@@ -167,7 +170,7 @@ def tagrecall_daily():
     publish = spark_step("publish", extra=("--if-ready",))
     evaluate = spark_step("evaluate", date=DAY_BEFORE, extra=("--if-ready",))
 
-    ingest >> profiles >> index >> triples >> trained >> tag_model >> export >> publish >> evaluate
+    ingest >> profiles >> index >> triples >> evaluate >> trained >> tag_model >> export >> publish
 
 
 tagrecall_daily()

@@ -1,8 +1,9 @@
 """The daily chain: every step in order for each date, one skip policy, one line per step.
 
-    ingest -> profiles -> index -> triples -> train -> tag_model -> export -> publish -> evaluate (D-1)
+    ingest -> profiles -> index -> triples -> evaluate (D-1) -> train -> tag_model -> export -> publish
 
-In the chain for D, evaluate runs for D-1: it scores D-1's recall against D's events.
+In the chain for D, evaluate runs for D-1: it scores D-1's recall against D's events, as
+soon as they are ingested and before export, whose guard reads that evaluation.
 A step whose inputs are not there yet (``Step.skip_reason``: the first days of data, no
 Redis configured for publish) is skipped with a 'skipped' run report naming the reason,
 exactly as ``tagrecall <step> --if-ready`` and the Airflow tasks skip it; any other
@@ -21,8 +22,8 @@ from schemas.config import Config, ConfigError
 
 log = logging.getLogger("tagrecall")
 
-STEPS: tuple[Step, ...] = (ingest.STEP, profiles.STEP, index.STEP, triples.STEP, train.STEP, tag_model.STEP,
-                           export.STEP, publish.STEP, evaluate.STEP)
+STEPS: tuple[Step, ...] = (ingest.STEP, profiles.STEP, index.STEP, triples.STEP, evaluate.STEP, train.STEP,
+                           tag_model.STEP, export.STEP, publish.STEP)
 BY_NAME: dict[str, Step] = {s.name: s for s in STEPS}
 DATA_STEPS = ("ingest", "profiles", "index", "triples")
 

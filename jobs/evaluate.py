@@ -3,7 +3,10 @@
 For the users active on D+1 (any event), every method names each user's tags; a user a
 method has no tags for gets the global list, as the online recall does (jobs/online/recall.py):
 
-- ``export``: D's ``user_top_tags`` (the model's ranking, or the profile blend without one);
+- ``export``: D's ``user_top_tags``, what was served (the model's ranking, a baseline when
+  export's guard fell back to one, or the profile blend without a model);
+- ``model``: D's ``model_top_tags``, export's ranking before the guard (the same as export
+  unless the guard fell back), when written: the guard's evidence (jobs/transforms/guard.py);
 - ``long``, ``short``, ``blend``: the top profile tags by that horizon's weight or the blend
   (jobs/transforms/tag_lists.py), filled up with the global list;
 - ``mix``: the user's tags by their share of the user's decayed impressions +
@@ -42,14 +45,7 @@ from pyspark.sql import functions as F
 from jobs.common.entry import Step
 from jobs.common.storage import Warehouse
 from jobs.online.bulk import Index, top_k_hits
-from jobs.transforms.tag_lists import (
-    PROFILE_RANKINGS,
-    filled,
-    global_list,
-    global_tags,
-    mix,
-    ranked_tags,
-)
+from jobs.transforms.tag_lists import BASELINES, baseline, filled, global_list, global_tags
 from schemas.config import Config
 from schemas.tables import RECALL_EVAL
 
@@ -57,7 +53,7 @@ log = logging.getLogger(__name__)
 
 NAME = "evaluate"
 TABLE = "recall_eval"
-METHODS = ("export", "tag_model", "long", "short", "blend", "mix", "global")
+METHODS = ("export", "model", "tag_model", *BASELINES)
 
 
 RECALLED = "method string, hits long"
@@ -119,10 +115,11 @@ def _hits_of_batches(index: Index, methods: list[str], k: int):
 
 
 def method_lists(served: DataFrame, profile: DataFrame, tag_stats: DataFrame, users: DataFrame,
-                 top_n: int, config: Config, learned: DataFrame | None = None) -> dict[str, DataFrame]:
+                 top_n: int, config: Config, learned: DataFrame | None = None,
+                 model: DataFrame | None = None) -> dict[str, DataFrame]:
     """(user_id, tag, rank) with ``top_n`` tags for every user of ``users``, per method:
-    ``served`` is D's user_top_tags, ``learned`` D's user_tag_scores (None when absent),
-    ``profile`` and ``tag_stats`` D's tables."""
+    ``served`` is D's user_top_tags, ``model`` D's model_top_tags and ``learned`` D's
+    user_tag_scores (None when absent), ``profile`` and ``tag_stats`` D's tables."""
     everyone = global_list(users, global_tags(tag_stats, top_n))
 
     def ranked(df: DataFrame) -> DataFrame:
@@ -130,13 +127,13 @@ def method_lists(served: DataFrame, profile: DataFrame, tag_stats: DataFrame, us
                       everyone, top_n)
 
     lists = {"export": ranked(served)}
+    if model is not None:
+        lists["model"] = ranked(model)
     if learned is not None:
         lists["tag_model"] = ranked(learned)
-    for method in PROFILE_RANKINGS:
-        lists[method] = filled(ranked_tags(profile, method, top_n).join(users, "user_id"), everyone, top_n)
-    lists["mix"] = filled(mix(profile, tag_stats, users, top_n, config.evaluate.mix_click_weight,
-                              config.evaluate.mix_global_tags), everyone, top_n)
-    lists["global"] = everyone
+    for method in BASELINES:
+        lists[method] = baseline(method, profile, tag_stats, users, everyone, top_n,
+                                 config.evaluate.mix_click_weight, config.evaluate.mix_global_tags)
     return lists
 
 
@@ -159,9 +156,10 @@ def evaluate(spark: SparkSession, config: Config, date: dt.date) -> list[dict]:
     n_imp, n_click, n_pairs = totals.get("impression", 0), totals.get("click", 0), clicks.count()
     users = events.select("user_id").distinct()
     served_n, tag_n, k = config.export.top_n, config.evaluate.top_n, config.evaluate.recall_k
-    learned = wh.read_partition("user_tag_scores", day) if wh.has_partition("user_tag_scores", day) else None
+    learned, model = (wh.read_partition(t, day) if wh.has_partition(t, day) else None
+                      for t in ("user_tag_scores", "model_top_tags"))
     lists = method_lists(wh.read_partition("user_top_tags", day), wh.read_partition("user_tag_profile", day),
-                         wh.read_partition("tag_stats", day), users, max(served_n, tag_n), config, learned)
+                         wh.read_partition("tag_stats", day), users, max(served_n, tag_n), config, learned, model)
     every = stacked(lists).persist()
     # The tag metrics: D+1's events whose article carries one of the user's top tag_n tags.
     tagged = (event_tags.join(every.where(F.col("rank") <= tag_n), ["user_id", "tag"])

@@ -1,4 +1,5 @@
-"""Export step: D's candidate tags per user, ranked by the models -> ``user_top_tags`` (for D+1).
+"""Export step: D's candidate tags per user, ranked by the models -> ``model_top_tags``, and
+what is served on D+1 -> ``user_top_tags``: that ranking, or a baseline when the guard says so.
 
 Candidates per user of D's users snapshot: the user's top export.candidate_tags profile tags
 by the blend (jobs/transforms/tag_lists.py: 0.5 x share of the long total + 0.5 x share of
@@ -26,6 +27,14 @@ Ranking (export.ranking):
   current multi-task model.
 - ``profile``, or no model at all: the blend itself; p_click and dwell_sec are null and
   model_version says ``none (profile blend)``; the run report says so too.
+
+The guard (guard.*, jobs/transforms/guard.py): the ranking above is written to
+``model_top_tags``; ``user_top_tags`` is the same rows unless, on the last guard.window_days
+evaluated days, the model's ranking did worse on guard.metric than the best of
+guard.baselines; then that baseline's lists, built as evaluate builds them, are served
+(score 1 / rank, model_version ``guard: <baseline> served, not <model>``), and the run
+report's ``guard`` says why. Evaluate keeps measuring ``model_top_tags`` (method ``model``),
+so the model is served again once it wins.
 """
 
 from __future__ import annotations
@@ -42,7 +51,9 @@ from jobs.common.entry import Step
 from jobs.common.inputs import feature_tables
 from jobs.common.storage import Warehouse
 from jobs.transforms.features import with_features
+from jobs.transforms.guard import MODEL, Decision, decide, window
 from jobs.transforms.tag_lists import (
+    baseline,
     filled,
     global_list,
     global_tags,
@@ -58,6 +69,7 @@ log = logging.getLogger(__name__)
 
 NAME = "export"
 TABLE = "user_top_tags"
+MODEL_TABLE = "model_top_tags"
 NO_MODEL = "none (profile blend)"
 SCORED = "user_id string, tag string, prior double, p_click double, dwell_sec double, score double"
 
@@ -153,6 +165,30 @@ def multitask_scores(cands: DataFrame, wh: Warehouse, config: Config, date: dt.d
         score_batches(config.storage.warehouse, version, spec), SCORED)
 
 
+def guard_decision(wh: Warehouse, config: Config, date: dt.date) -> Decision:
+    """The guard's choice for D from the recall_eval partitions of the days before D."""
+    g = config.guard
+    if not g.enabled:
+        return Decision(MODEL, "the guard is off (guard.enabled = false)", g.metric)
+    evaluated = wh.read_partitions("recall_eval", window(wh.partitions("recall_eval"), date, g.max_age_days))
+    rows = [] if evaluated is None else [r.asDict() for r in evaluated.where(F.col("metric") == g.metric).collect()]
+    return decide(rows, g.metric, g.window_days, g.baselines)
+
+
+def fallback(wh: Warehouse, config: Config, day: str, method: str, label: str) -> DataFrame:
+    """USER_TOP_TAGS rows of the baseline ``method`` for the users of D's model_top_tags,
+    ranked exactly as evaluate ranks that method (jobs/transforms/tag_lists.baseline); score
+    1 / rank, p_click and dwell_sec null, model_version ``label``."""
+    n, stats = config.export.top_n, wh.read_partition("tag_stats", day)
+    users = wh.read_partition(MODEL_TABLE, day).select("user_id").distinct()
+    ranked = baseline(method, wh.read_partition("user_tag_profile", day), stats, users,
+                      global_list(users, global_tags(stats, n)), n, config.evaluate.mix_click_weight,
+                      config.evaluate.mix_global_tags)
+    return ranked.select("user_id", F.col("rank").cast("int").alias("rank"), "tag",
+                         F.lit(None).cast("double").alias("p_click"), F.lit(None).cast("double").alias("dwell_sec"),
+                         (F.lit(1.0) / F.col("rank")).alias("score"), F.lit(label).alias("model_version"))
+
+
 def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
     from models import registry
 
@@ -189,14 +225,27 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
         scored, used, ranked_by = unscored(cands), NO_MODEL, "profile blend (no model)"
         log.warning("export %s: no user_tag_scores and no promoted model; tags ranked by the profile blend", day)
     try:
-        wh.write_partition(top_n(scored, cfg.top_n, used), TABLE, day)
+        wh.write_partition(top_n(scored, cfg.top_n, used), MODEL_TABLE, day)
     finally:
         cands.unpersist()
-    written = wh.read_partition(TABLE, day).agg(F.count(F.lit(1)).alias("rows"),
-                                                 F.countDistinct("user_id").alias("users")).first()
+    decision = guard_decision(wh, config, date)
+    if decision.fell_back:
+        log.warning("export %s: the guard serves %s instead of the model's ranking: %s", day, decision.serve,
+                    decision.reason)
+        ranked_by = f"{decision.serve} (the guard's fallback; the model ranked by {ranked_by})"
+        used = f"guard: {decision.serve} served, not {used}"
+        served = fallback(wh, config, day, decision.serve, used)
+    else:
+        served = wh.read_partition(MODEL_TABLE, day)
+    wh.write_partition(served, TABLE, day)
+    counts = {t: wh.read_partition(t, day).agg(F.count(F.lit(1)).alias("rows"),
+                                               F.countDistinct("user_id").alias("users")).first()
+              for t in (MODEL_TABLE, TABLE)}
+    written = counts[TABLE]
     report = {"step": NAME, "date": day, "status": "succeeded", "model_version": used, "ranked_by": ranked_by,
-              "rows_written": {TABLE: written["rows"]}, "users": written["users"],
-              "seconds": round(time.monotonic() - started, 3), "config": config.to_dict()}
+              "guard": decision.to_dict(), "rows_written": {t: c["rows"] for t, c in counts.items()},
+              "users": written["users"], "seconds": round(time.monotonic() - started, 3),
+              "config": config.to_dict()}
     wh.write_run_report(NAME, day, report)
     log.debug("export %s: %d users, %d rows, model %s, %.1fs", day, written["users"], written["rows"], used,
              report["seconds"])

@@ -52,6 +52,7 @@ TABLES: dict[str, Table] = {
         Table("training_triples", "impression x tag", ("event_id", "tag"), "triples"),
         Table("tag_examples", "impression", ("event_id",), "triples"),
         Table("user_tag_scores", "user x rank", ("user_id", "rank"), "tag_model"),
+        Table("model_top_tags", "user x rank", ("user_id", "rank"), "export"),
         Table("user_top_tags", "user x rank", ("user_id", "rank"), "export"),
         Table("recall_eval", "metric x method", ("method", "metric"), "evaluate"),
     )

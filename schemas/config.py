@@ -219,6 +219,39 @@ class EvaluateConfig:
         _require(self.mix_global_tags > 0, f"{where}.mix_global_tags", "must be > 0")
 
 
+GUARD_METRICS = ("recall_at_k", "click_coverage", "tagged_impressions", "tag_ctr")
+GUARD_BASELINES = ("long", "short", "blend", "mix", "global")
+
+
+def _default_guard_baselines() -> list[str]:
+    return ["mix", "blend", "global"]
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """Export serves the best of ``baselines`` instead of the model's ranking while the model
+    has done worse than that baseline on ``metric``, pooled over the last ``window_days``
+    evaluated days (jobs/transforms/guard.py)."""
+
+    enabled: bool = True
+    metric: str = "recall_at_k"
+    window_days: int = 3
+    # Evaluations of days older than this (before D) are not used.
+    max_age_days: int = 7
+    baselines: list[str] = field(default_factory=_default_guard_baselines)
+
+    def validate(self, where: str) -> None:
+        _require(self.metric in GUARD_METRICS, f"{where}.metric",
+                 f"{self.metric!r} is not one of {', '.join(GUARD_METRICS)}")
+        _require(self.window_days > 0, f"{where}.window_days", "must be > 0")
+        _require(self.max_age_days >= self.window_days, f"{where}.max_age_days", "must be >= guard.window_days")
+        unknown = [b for b in self.baselines if b not in GUARD_BASELINES]
+        _require(bool(self.baselines) and not unknown, f"{where}.baselines",
+                 f"must be a non-empty list of {', '.join(GUARD_BASELINES)}"
+                 + (f"; unknown: {unknown}" if unknown else ""))
+        _require(len(set(self.baselines)) == len(self.baselines), f"{where}.baselines", "must not repeat a method")
+
+
 def redact_url(url: str) -> str:
     """``redis://user:secret@host`` -> ``redis://user:***@host``: for logs and reports."""
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
@@ -378,6 +411,7 @@ class Config:
     tag_model: TagModelConfig = field(default_factory=TagModelConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
 
     def validate(self) -> Config:

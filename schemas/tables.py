@@ -173,6 +173,9 @@ SCHEMAS: dict[str, StructType] = {
     "tag_stats": TAG_STATS,
     "training_triples": TRAINING_TRIPLES,
     "user_top_tags": USER_TOP_TAGS,
+    # The export's ranking before its guard (jobs/transforms/guard.py); user_top_tags is
+    # this, or the baseline served instead.
+    "model_top_tags": USER_TOP_TAGS,
     "user_tag_scores": USER_TAG_SCORES,
     "recall_eval": RECALL_EVAL,
 }

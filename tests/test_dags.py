@@ -97,7 +97,7 @@ def test_dag_parses_fast_without_heavy_imports_and_has_the_chain():
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert bag.import_errors == {}
     dag = bag.dags["tagrecall_daily"]
-    chain = ["ingest", "profiles", "index", "triples", "train", "tag_model", "export", "publish", "evaluate"]
+    chain = ["ingest", "profiles", "index", "triples", "evaluate", "train", "tag_model", "export", "publish"]
     assert {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks} == {
         a: ([b] if b else []) for a, b in zip(chain, [*chain[1:], None], strict=True)}
     assert all(t.retries >= 1 and t.retry_delay.total_seconds() > 0 for t in dag.tasks)

@@ -30,18 +30,15 @@ def _pd(base, name, day):
     return pd.read_parquet(base / "warehouse" / name / f"dt={day}")
 
 
-def _by_hand(base, config, day, nxt, method):
-    """The four metrics of ``method`` (export, long, mix or global) from the tables, in pandas."""
-    events = _pd(base, "events", nxt)
-    events = events[events.event_type.isin(["impression", "click"])]
-    art = _pd(base, "articles", nxt)
-    tags_of = {a: {t["tag"] for t in ts} for a, ts in zip(art.article_id, art.tags, strict=True)}
+def _lists_by_hand(base, config, day, method, users):
+    """tags(user, n): the user's first n tags under ``method`` (export, model, long, mix or
+    global), filled up with the global list, from D's tables in pandas."""
     stats = _pd(base, "tag_stats", day).sort_values(["clicks", "tag"], ascending=[False, True])
     n_max = max(config.export.top_n, config.evaluate.top_n)
     global_tags = list(stats.tag[:n_max])
-    if method == "export":
-        top = _pd(base, "user_top_tags", day).sort_values(["user_id", "rank"])
-        own = {u: list(g.tag) for u, g in top.groupby("user_id")}
+    if method in ("export", "model"):
+        top = _pd(base, {"export": "user_top_tags", "model": "model_top_tags"}[method], day)
+        own = {u: list(g.tag) for u, g in top.sort_values(["user_id", "rank"]).groupby("user_id")}
     elif method == "long":
         prof = _pd(base, "user_tag_profile", day)
         prof = prof[prof.long_weight > 0].sort_values(["user_id", "long_weight", "tag"], ascending=[True, False, True])
@@ -53,7 +50,6 @@ def _by_hand(base, config, day, nxt, method):
         shown = {u: dict(zip(g.tag, share[g.index], strict=True)) for u, g in prof.groupby("user_id")}
         click_share = dict(zip(stats.tag, stats.clicks / stats.clicks.sum(), strict=True))
         popular = list(stats.tag[:config.evaluate.mix_global_tags])
-        users = events.user_id.unique()
         own = {}
         for u in users:
             cands = set(shown.get(u, {})) | set(popular)
@@ -66,6 +62,17 @@ def _by_hand(base, config, day, nxt, method):
     def tags(user, n):
         mine = own.get(user, [])[:n]
         return (mine + [t for t in global_tags if t not in mine])[:n]
+
+    return tags
+
+
+def _by_hand(base, config, day, nxt, method):
+    """The four metrics of ``method`` from the tables, in pandas."""
+    events = _pd(base, "events", nxt)
+    events = events[events.event_type.isin(["impression", "click"])]
+    art = _pd(base, "articles", nxt)
+    tags_of = {a: {t["tag"] for t in ts} for a, ts in zip(art.article_id, art.tags, strict=True)}
+    tags = _lists_by_hand(base, config, day, method, events.user_id.unique())
 
     index = _pd(base, "tag_index", day)
     lists = {t: list(zip(g.article_id, g.score, strict=True)) for t, g in index.groupby("tag")}
@@ -88,7 +95,7 @@ def _by_hand(base, config, day, nxt, method):
             "tagged_impressions": imps.tagged.mean(), "tag_ctr": clicks.tagged.sum() / imps.tagged.sum()}
 
 
-@pytest.mark.parametrize("method", ["export", "long", "mix", "global"])
+@pytest.mark.parametrize("method", ["export", "model", "long", "mix", "global"])
 def test_metrics_equal_a_pandas_computation_from_the_tables(evaluated, method):
     config, base, dates, report = evaluated
     day, nxt = dates[-2].isoformat(), dates[-1].isoformat()
@@ -102,7 +109,7 @@ def test_metrics_equal_a_pandas_computation_from_the_tables(evaluated, method):
 def test_every_method_and_the_reference_ctr_are_written_once(evaluated):
     config, base, dates, report = evaluated
     table = _pd(base, "recall_eval", dates[-2].isoformat())
-    assert sorted(table.method.unique()) == ["all", "blend", "export", "global", "long", "mix", "short"]
+    assert sorted(table.method.unique()) == ["all", "blend", "export", "global", "long", "mix", "model", "short"]
     assert not table.duplicated(["method", "metric"]).any()
     assert ((table.numerator <= table.denominator) | (table.metric == "ctr")).all()
     assert report["against"] == dates[-1].isoformat()
@@ -161,3 +168,40 @@ def test_if_ready_without_the_next_day_is_skipped_from_the_command_line(spark, e
     assert f"evaluate {last}: skipped (no events of {dates[-1] + dt.timedelta(days=1)})" in capsys.readouterr().out
     report = json.loads((Path(config.storage.warehouse) / "_runs" / "evaluate" / f"{last}.json").read_text())
     assert report["status"] == "skipped" and "events of" in report["reason"]
+
+
+def test_export_serves_the_best_baseline_while_the_model_recalled_less_and_the_model_once_it_wins(
+        spark, exported_feed, tmp_path):
+    from jobs import export
+    from tests.conftest import put_partition
+
+    _, src, dates = exported_feed
+    shutil.copytree(src / "warehouse", tmp_path / "warehouse")
+    config = load_config(overrides={"storage": {"warehouse": str(tmp_path / "warehouse"), "raw": str(src / "raw")}})
+    day, before = dates[-1].isoformat(), dates[-2].isoformat()
+    served_first = _pd(tmp_path, "user_top_tags", day).sort_values(["user_id", "rank"]).reset_index(drop=True)
+
+    def evaluated(model_hits: int) -> None:  # recall@k of the day before: blend 40/400, mix 50/400, global 30/400
+        hits = {"model": model_hits, "export": model_hits, "blend": 40, "mix": 50, "global": 30}
+        put_partition(spark, config, "recall_eval", before, [
+            {"method": m, "metric": "recall_at_k", "top_n": 20, "k": 100, "value": h / 400, "numerator": float(h),
+             "denominator": 400.0} for m, h in hits.items()])
+
+    evaluated(model_hits=20)
+    report = export.run(spark, config, dates[-1])
+    assert report["guard"]["serve"] == "mix" and report["guard"]["days"] == [before]
+    assert report["model_version"].startswith("guard: mix served") and report["ranked_by"].startswith("mix")
+    model = _pd(tmp_path, "model_top_tags", day).sort_values(["user_id", "rank"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(model, served_first)  # the model's ranking is still written, unchanged
+    served = _pd(tmp_path, "user_top_tags", day)
+    assert set(served.user_id) == set(model.user_id)
+    assert set(served.model_version) == {report["model_version"]}
+    mix_of = _lists_by_hand(tmp_path, config, day, "mix", served.user_id.unique())
+    got = {u: list(g.sort_values("rank").tag) for u, g in served.groupby("user_id")}
+    assert got == {u: mix_of(u, config.export.top_n) for u in got}
+
+    evaluated(model_hits=50)  # a tie with mix goes to the model
+    report = export.run(spark, config, dates[-1])
+    assert report["guard"]["serve"] == "model" and report["model_version"] == served_first.model_version[0]
+    again = _pd(tmp_path, "user_top_tags", day).sort_values(["user_id", "rank"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(again, served_first)

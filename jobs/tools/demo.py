@@ -109,6 +109,9 @@ def summarise_training(reports: list[dict]) -> str:
             e = r["report"]
             lines.append(f"\nexport {r['date']}: top tags for {e['users']:,} users ({e['rows_written']['user_top_tags']:,} "
                          f"rows), ranked by {e['ranked_by']}, model {e['model_version']}")
+            if "guard" in e:
+                lines.append(f"  guard: {'fell back to ' + e['guard']['serve'] if e['guard']['fell_back'] else 'the model'}"
+                             f" ({e['guard']['reason']})")
     return "\n".join(lines)
 
 

@@ -208,7 +208,9 @@ def _eval_section(reader: _Reader, day: str) -> str:
     ctr = by.get(("all", "ctr"), {}).get("value")
     return (f"<section><h2>Recall evaluation: {e['date']}'s outputs against {e['against']}'s behaviour</h2>"
             f"<p>Model {html.escape(str(e.get('model_version')))}. <code>export</code> is the day's "
-            "<code>user_top_tags</code>; the others are baselines computed in the same run. "
+            "<code>user_top_tags</code> (what was served), <code>model</code> the export's ranking before its guard "
+            "(<code>model_top_tags</code>), <code>tag_model</code> the user-tag model alone; the others are "
+            "baselines computed in the same run. "
             + (f"Click-through rate of all impressions: {ctr:.4f}." if ctr is not None else "")
             + "</p>" + table + _png(fig) + "</section>")
 
@@ -261,6 +263,11 @@ def _export_section(reader: _Reader, day: str) -> str:
         return ""
     out = (f"<section><h2>Export and publish</h2><p>{e['users']:,} users get {e['rows_written']['user_top_tags']:,} "
            f"tags, ranked by {html.escape(e['ranked_by'])} (model {html.escape(str(e['model_version']))}).</p>")
+    if "guard" in e:
+        g = e["guard"]
+        served = f"served {html.escape(g['serve'])} instead of the model's ranking" if g["fell_back"] else \
+            "served the model's ranking"
+        out += f"<p{' class=note' if g['fell_back'] else ''}>The guard {served}: {html.escape(g['reason'])}.</p>"
     if pub and pub.get("status") == "succeeded":
         out += (f"<p>Published to {html.escape(pub['redis'])} as version <code>{html.escape(pub['version'])}</code> "
                 f"({pub['written']['users']:,} users, {pub['written']['tags']:,} tags); previous "

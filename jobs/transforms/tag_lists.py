@@ -8,6 +8,8 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 PROFILE_RANKINGS = ("long", "short", "blend")
+# The non-model methods: evaluate compares them, export's guard may serve one.
+BASELINES = (*PROFILE_RANKINGS, "mix", "global")
 
 
 def top_k_per_key(df: DataFrame, key: str | list[str], order: list[Column | str], k: int,
@@ -61,6 +63,20 @@ def mix(profile: DataFrame, tag_stats: DataFrame, users: DataFrame, top_n: int, 
              .join(F.broadcast(share), "tag", "left")
              .select("user_id", "tag", (F.col("_s") + F.lit(click_weight) * F.coalesce("_g", F.lit(0.0))).alias("_m")))
     return top_k_per_key(cands, "user_id", [F.desc("_m"), "tag"], top_n).select("user_id", "tag", "rank")
+
+
+def baseline(method: str, profile: DataFrame, tag_stats: DataFrame, users: DataFrame, everyone: DataFrame,
+             top_n: int, mix_click_weight: float, mix_global_tags: int) -> DataFrame:
+    """(user_id, tag, rank): ``top_n`` tags for every user of ``users`` (user_id) by a method
+    of BASELINES, filled up with ``everyone`` (global_list of the top_n most clicked tags,
+    which is itself the ``global`` method)."""
+    if method in PROFILE_RANKINGS:
+        return filled(ranked_tags(profile, method, top_n).join(users, "user_id"), everyone, top_n)
+    if method == "mix":
+        return filled(mix(profile, tag_stats, users, top_n, mix_click_weight, mix_global_tags), everyone, top_n)
+    if method == "global":
+        return everyone
+    raise ValueError(f"unknown baseline {method!r}; known: {', '.join(BASELINES)}")
 
 
 def filled(personal: DataFrame, fallback: DataFrame, top_n: int, carry: tuple[str, ...] = ()) -> DataFrame:
