@@ -43,12 +43,13 @@ java:
 		exit 1; \
 	fi
 
-# The publish tests start their own redis-server on a loopback port.
+# The publish tests start their own redis-server on a loopback port (openssl makes the
+# certificate of the TLS test).
 redis:
-	@if command -v redis-server >/dev/null; then exit 0; fi; \
+	@if command -v redis-server >/dev/null && command -v openssl >/dev/null; then exit 0; fi; \
 	if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
-		echo "redis-server not found; installing Debian's redis-server with apt (the publish tests start one)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
+		echo "redis-server or openssl not found; installing them with apt (the publish tests start a redis-server)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server openssl; \
 		systemctl disable --now redis-server >/dev/null 2>&1 || true; \
 	else \
 		echo "redis-server not found: the publish tests will be skipped."; \

@@ -8,6 +8,7 @@ It holds no logic of its own: the same ``run()`` functions serve spark-submit an
     tagrecall ingest|profiles|index|triples|train|export|publish|evaluate --date D [--if-ready]
               (profiles: [--full]; publish: [--rollback])
     tagrecall recall --user U [--k 100]     a user's recall from Redis
+    tagrecall redis-acl [--apply]          the Redis users of publish and recall
     tagrecall report --date D [--out FILE]  one HTML page about day D's run
     tagrecall profile-eval --date D [--until D2] [--top-n 1,3,5]
     tagrecall config                    print the built-in defaults as TOML
@@ -19,6 +20,7 @@ Common options: --config FILE --warehouse URI --raw URI --format parquet|delta -
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -90,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=100, help="articles to return (default 100)")
     p.add_argument("--rows", type=int, default=20, help="articles to print (default 20)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_common_options(p)
+
+    p = sub.add_parser("redis-acl", help="the least-privilege Redis users of publish (writer) and recall (reader)")
+    p.add_argument("--writer", default="tagrecall-writer", help="the writer's ACL user name")
+    p.add_argument("--reader", default="tagrecall-reader", help="the reader's ACL user name")
+    p.add_argument("--apply", action="store_true",
+                   help="run ACL SETUSER on the configured Redis, as $TAGRECALL_REDIS_ADMIN_USER with "
+                        "$TAGRECALL_REDIS_ADMIN_PASSWORD (or the URL's user); default: print ACL-file lines")
     add_common_options(p)
 
     p = sub.add_parser("report", help="one self-contained HTML page about day D's run")
@@ -203,8 +213,42 @@ def cmd_recall(args) -> int:
     if args.k < 1:
         raise ConfigError(f"--k {args.k}: must be >= 1")
     config = config_from_args(args)
-    result = recall(connect(config), args.user, args.k, config.publish.key_prefix)
+    result = recall(connect(config, "reader"), args.user, args.k, config.publish.key_prefix)
     print(json.dumps(result.__dict__, indent=2) if args.json else format_recall(result, args.rows))
+    return 0
+
+
+def cmd_redis_acl(args) -> int:
+    """Both users' rules; passwords from the variables publish.password_env and
+    publish.reader_password_env name (printed only as SHA-256 hashes)."""
+    import os
+
+    import redis
+
+    from jobs.online.keys import RedisUnavailable, acl_file_line, apply_acl, connection
+
+    config = config_from_args(args)
+    pub = config.publish
+    names = {"writer": (args.writer, pub.password_env), "reader": (args.reader, pub.reader_password_env)}
+    missing = [env for _, env in names.values() if not os.environ.get(env)]
+    if missing:
+        raise ConfigError(f"redis-acl: set the passwords in ${' and $'.join(missing)} first")
+    users = {role: (user, os.environ[env]) for role, (user, env) in names.items()}
+    if not args.apply:
+        for role, (user, password) in users.items():
+            print(acl_file_line(pub.key_prefix, role, user, password))
+        return 0
+    admin = dataclasses.replace(connection(config), username=os.environ.get("TAGRECALL_REDIS_ADMIN_USER") or None,
+                                password=os.environ.get("TAGRECALL_REDIS_ADMIN_PASSWORD") or None)
+    client = admin.client()
+    try:
+        apply_acl(client, pub.key_prefix, users)
+    except redis.RedisError as exc:
+        raise RedisUnavailable(f"redis-acl: ACL SETUSER on {admin!r} failed: {exc}") from None
+    finally:
+        client.close()
+    print(f"Redis users {args.writer} (writer) and {args.reader} (reader) set on {admin!r} under "
+          f"{pub.key_prefix}:*; set ${pub.username_env} and ${pub.reader_username_env} to use them")
     return 0
 
 
@@ -216,7 +260,8 @@ def cmd_report(args) -> int:
 
 
 COMMANDS = {"demo": cmd_demo, "generate": cmd_generate, "import-kuairand": cmd_import_kuairand, "run": cmd_run,
-            "profile-eval": cmd_profile_eval, "recall": cmd_recall, "report": cmd_report,
+            "profile-eval": cmd_profile_eval, "recall": cmd_recall, "redis-acl": cmd_redis_acl,
+            "report": cmd_report,
             "config": lambda _args: print(defaults_as_toml()) or 0}
 
 

@@ -215,6 +215,10 @@ def run(spark: SparkSession | None, config: Config, date: dt.date, rollback: boo
     wh, client = Warehouse(spark, config), connect(config)
     try:
         published = publish_version(spark, config, client, day, wh)
+    except redis.exceptions.NoPermissionError as exc:
+        raise RedisUnavailable(f"publish {day}: Redis at {where} refused the writer a command ({exc}); give "
+                               f"${config.publish.username_env} the writer's rules (`tagrecall redis-acl`). "
+                               f"{Keys(config.publish.key_prefix).current} was not changed") from None
     except redis.RedisError as exc:
         raise RedisUnavailable(f"publish {day}: Redis at {where} failed: {exc}. "
                                f"{Keys(config.publish.key_prefix).current} still names the last complete "

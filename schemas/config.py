@@ -184,7 +184,15 @@ class PublishConfig:
     # environment variable named by password_env is the better place; reports redact both.
     redis_url: str = ""
     password_env: str = "TAGRECALL_REDIS_PASSWORD"
+    # The writer's ACL user (publish), from this variable; unset: the URL's user or default.
+    username_env: str = "TAGRECALL_REDIS_USER"
+    # The reader's ACL user and password (the online recall); unset: the writer's.
+    reader_username_env: str = "TAGRECALL_REDIS_READER_USER"
+    reader_password_env: str = "TAGRECALL_REDIS_READER_PASSWORD"
     tls: bool = False
+    # With TLS: the CA certificate file that signed the server's certificate (empty: the
+    # system's trust store).
+    tls_ca_file: str = ""
     # Every key starts with this, so one Redis can serve several feeds.
     key_prefix: str = "tagrecall"
     # Commands sent per pipeline round trip.

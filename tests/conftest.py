@@ -126,8 +126,9 @@ def _free_port() -> int:
 
 @pytest.fixture
 def redis_server(tmp_path):
-    """Start a real redis-server on a loopback port: yields a function (password=None) -> URL.
-    Every server started is shut down afterwards."""
+    """Start a real redis-server on a loopback port: yields a function (password=None,
+    tls=None) -> URL; with ``tls`` = (certificate, key) files it listens with TLS only and
+    the URL is rediss://. Every server started is shut down afterwards."""
     import shutil
     import subprocess
     import time
@@ -137,25 +138,28 @@ def redis_server(tmp_path):
         pytest.skip("redis-server is not installed (Debian: apt-get install redis-server; .ci/run installs it)")
     procs = []
 
-    def start(password: str | None = None) -> str:
+    def start(password: str | None = None, tls: tuple[str, str] | None = None) -> str:
         import redis
 
         port = _free_port()
-        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(tmp_path)]
+        args = [binary, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
+        args += (["--port", "0", "--tls-port", str(port), "--tls-cert-file", tls[0], "--tls-key-file", tls[1],
+                  "--tls-auth-clients", "no"] if tls else ["--port", str(port)])
         if password:
             args += ["--requirepass", password]
-        procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        client = redis.Redis(port=port, password=password)
+        procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        client = redis.Redis(host="127.0.0.1", port=port, password=password, **({"ssl": True, "ssl_ca_certs": tls[0]} if tls else {}))
         for _ in range(100):
             try:
                 client.ping()
                 break
             except redis.ConnectionError:
+                if procs[-1].poll() is not None:
+                    raise RuntimeError(f"redis-server exited: {procs[-1].stderr.read()[-2000:]}") from None
                 time.sleep(0.05)
         else:
             raise RuntimeError(f"redis-server did not answer on port {port}")
-        return f"redis://127.0.0.1:{port}/0"
+        return f"{'rediss' if tls else 'redis'}://127.0.0.1:{port}/0"
 
     yield start
     for p in procs:

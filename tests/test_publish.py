@@ -205,7 +205,7 @@ def test_password_from_the_environment_never_reaches_reports_or_logs(spark, expo
     secret = "pw-Zq81-never-print"
     url = redis_server(password=secret)
     monkeypatch.setenv("TAGRECALL_REDIS_PASSWORD", "bad-Pw-77")
-    with pytest.raises(redis_keys.RedisUnavailable, match="refused the credentials") as err:
+    with pytest.raises(redis_keys.RedisUnavailable, match="refused the writer's credentials") as err:
         publish.run(spark, _config(base, url), dates[-1])
     assert "bad-Pw-77" not in str(err.value)
     monkeypatch.setenv("TAGRECALL_REDIS_PASSWORD", secret)
