@@ -5,7 +5,9 @@ Every landed record ends in exactly one place: a validated row of its table, or 
 the same id are counted, not rejected). The step checks that invariant against what it
 wrote and reports it in ``_runs/ingest/<D>.json``. Above ``ingest.max_reject_ratio`` the
 step fails after writing ``rejected`` (so the bad records can be inspected) and before
-writing ``events`` (so later steps do not run on a broken day).
+writing ``events`` (so later steps do not run on a broken day); so it does when the day's
+events, users, clicks or CTR are far from their median over the last ingested days
+(quality.*, jobs/transforms/quality.py; a warning instead with quality.action = "warn").
 
 Validation is by rules applied in a fixed order; a record is refused for the first rule
 it breaks (see REASONS).
@@ -31,7 +33,8 @@ from pyspark.sql.types import (
 from jobs.common.dates import day_bounds
 from jobs.common.entry import Step
 from jobs.common.landing import raw_dates, read_raw_records
-from jobs.common.storage import Warehouse
+from jobs.common.storage import MissingPartitionError, Warehouse
+from jobs.transforms.quality import figures, violations
 from schemas.catalog import EVENT_TYPES
 from schemas.config import Config, IngestConfig
 from schemas.tables import ARTICLES, EVENTS, REJECTED, USERS
@@ -304,6 +307,36 @@ class RejectRatioExceeded(RuntimeError):
     pass
 
 
+class VolumeOutOfBounds(RuntimeError):
+    """D's volume is far from the trailing median (quality.action = "fail")."""
+
+
+def volume_history(wh: Warehouse, date: dt.date, days: int) -> list[dict]:
+    """The volume figures of the succeeded ingest runs among the ``days`` days before ``date``."""
+    out = []
+    for k in range(1, days + 1):
+        try:
+            report = wh.read_run_report(NAME, (date - dt.timedelta(days=k)).isoformat())
+        except MissingPartitionError:
+            continue
+        if report.get("status") == "succeeded" and report.get("quality", {}).get("figures"):
+            out.append(report["quality"]["figures"])
+    return out
+
+
+def check_volume(wh: Warehouse, config: Config, date: dt.date, accepted: DataFrame, quality: dict) -> list[str]:
+    """Fill ``quality`` (the run report's) with D's figures and their violations."""
+    q = config.quality
+    row = accepted.agg(F.count(F.lit(1)).alias("events"), F.countDistinct("user_id").alias("users"),
+                       F.sum((F.col("event_type") == "impression").cast("long")).alias("impressions"),
+                       F.sum((F.col("event_type") == "click").cast("long")).alias("clicks")).first()
+    today = figures(row["events"], row["users"], row["impressions"] or 0, row["clicks"] or 0)
+    history = volume_history(wh, date, q.window_days) if q.action != "off" else []
+    problems = violations(today, history, q.min_days, q.max_volume_ratio, q.max_ctr_ratio)
+    quality.update(action=q.action, figures=today, days_compared=len(history), violations=problems)
+    return problems
+
+
 def rejected_rows(df: DataFrame, source: str) -> DataFrame:
     return df.where(F.col("reason").isNotNull()).select(F.lit(source).alias("source"), "raw", "reason", "detail")
 
@@ -407,9 +440,10 @@ def _union(frames: list[DataFrame]) -> DataFrame:
 
 
 def _events(spark: SparkSession, config: Config, wh: Warehouse, date: dt.date, window, day_start, counts: dict,
-            rejected: list[DataFrame], timed, on_failure) -> None:
+            rejected: list[DataFrame], timed, on_failure, quality: dict) -> None:
     """Check D's events against D's snapshots, write ``rejected`` (all sources), then
-    ``events`` unless a reject ratio is too high (``on_failure`` records the report first)."""
+    ``events`` unless a reject ratio is too high or the volume gate fails (``on_failure``
+    records the report first; ``quality`` receives the gate's figures)."""
     day, ing = date.isoformat(), config.ingest
     checked = checked_events(read_raw_records(spark, config, "events", day), ing, window, day_start,
                              wh.read_partition("users", day), wh.read_partition("articles", day))
@@ -427,6 +461,16 @@ def _events(spark: SparkSession, config: Config, wh: Warehouse, date: dt.date, w
         timed("write_rejected", lambda: wh.write_partition(
             _union(rejected).select(*REJECTED.fieldNames()), "rejected", day))
         _, over = reject_ratios(counts, ing)
+        problems = [] if over else timed("check_volume", lambda: check_volume(
+            wh, config, date, final.where(F.col("reason").isNull()), quality))
+        if problems and config.quality.action == "fail":
+            on_failure()
+            raise VolumeOutOfBounds(
+                f"ingest {day}: {'; '.join(problems)}. The landing of {day} may be incomplete: check it, then "
+                f"re-run this date (or, for a day that really is unusual, re-run with --set quality.action=warn). "
+                f"events of {day} were not written.")
+        for problem in problems:
+            log.warning("ingest %s: %s (quality.action = %s)", day, problem, config.quality.action)
         if over:
             on_failure()
             worst = ", ".join(f"{s} {r:.1%}" for s, r in over.items())
@@ -475,15 +519,17 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
 
     def finish(status: str, **extra) -> None:
         report.update(status=status, sources=counts, reject_ratio=reject_ratios(counts, config.ingest)[0],
+                      quality=quality,
                       timings_sec=timings, seconds=round(time.monotonic() - started, 3), **extra)
         wh.write_run_report(NAME, day, report)
 
     cached: list[DataFrame] = []
+    quality: dict = {}
     try:
         # Articles and users first: events are checked against the snapshots of D.
         counts, rejected = _snapshot_sources(spark, config, wh, date, timed, cached)
         _events(spark, config, wh, date, (late_start, skew_end), start, counts, rejected, timed,
-                on_failure=lambda: finish("failed"))
+                on_failure=lambda: finish("failed"), quality=quality)
     finally:
         for df in cached:
             df.unpersist()

@@ -14,9 +14,10 @@ of the current model on the same day), ``history.json`` and ``history.png`` (per
 losses and task weights).
 
 The gate promotes the new version to ``current`` only if every loss is finite, the model
-has a click head (export ranks by p_click x E[dwell | click]), and its validation CTR AUC
-is not below the current model's on the same validation day by more than
-model.auc_tolerance. Otherwise ``current`` stays and the report says why.
+has a click head (export ranks by p_click x E[dwell | click]), its validation calibration
+(mean p_click over the click rate) lies within model.min_calibration..model.max_calibration,
+and its validation CTR AUC is not below the current model's on the same validation day by
+more than model.auc_tolerance. Otherwise ``current`` stays and the report says why.
 
 E[dwell | click] in seconds: the dwell head predicts m = E[log1p(dwell) | click]; with
 residuals e on the training clicks, E[dwell] = exp(m) * mean(exp(e)) - 1 (Duan's smearing
@@ -205,7 +206,8 @@ def _finite(values) -> bool:
     return all(v is None or (isinstance(v, float | int) and math.isfinite(v)) for v in values)
 
 
-def gate(new: dict, current: dict | None, tolerance: float, tasks: list[str], history: dict) -> tuple[bool, str]:
+def gate(new: dict, current: dict | None, tolerance: float, tasks: list[str], history: dict,
+         calibration_bounds: tuple[float, float] = (0.0, math.inf)) -> tuple[bool, str]:
     losses = [v for k, vs in history.items() if k.endswith("loss") for v in vs]
     if not _finite(losses) or not _finite([new.get("auc"), new.get("log_loss")]):
         return False, "a loss or metric is not finite"
@@ -213,6 +215,10 @@ def gate(new: dict, current: dict | None, tolerance: float, tasks: list[str], hi
         return False, "the model has no click head; export ranks by p_click x E[dwell | click]"
     if new.get("auc") is None:
         return False, "validation AUC undefined (the validation day has one class only)"
+    low, high = calibration_bounds
+    if new.get("calibration") is not None and not low <= new["calibration"] <= high:
+        return False, (f"validation calibration {new['calibration']:.3f} (mean p_click over the click rate) is "
+                       f"outside model.min_calibration..model.max_calibration = {low:g}..{high:g}")
     if current is None:
         return True, "no current model"
     if current.get("auc") is None:
@@ -302,7 +308,8 @@ def train_day(config: Config, date: dt.date, version: str | None = None, promote
     smearing = smearing_factor(network, train_ds, spec, cfg.batch_size)
     validation = evaluate(network, val_ds, spec, cfg.batch_size, smearing)
     current = _current_on(config, val_ds, spec, cfg.batch_size) if promote else None
-    ok, why = gate(validation, current, cfg.auc_tolerance, cfg.tasks, history)
+    ok, why = gate(validation, current, cfg.auc_tolerance, cfg.tasks, history,
+                   (cfg.min_calibration, cfg.max_calibration))
     promoted = bool(ok and promote)
 
     version = version or model_version(config, spec, w)

@@ -85,6 +85,34 @@ class IngestConfig:
                  f"{self.max_reject_ratio} is not between 0 and 1")
 
 
+QUALITY_ACTIONS = ("fail", "warn", "off")
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Ingest's volume gate (jobs/transforms/quality.py): D's events, users, clicks and CTR
+    against their median over the last window_days ingested days."""
+
+    # fail: the step fails before writing events (a half-landed day must not train a
+    # model); warn: a warning in the log and the run report; off: not checked.
+    action: str = "fail"
+    window_days: int = 7
+    # Checked only once this many earlier days have been ingested.
+    min_days: int = 3
+    # events, users and clicks may be from 1/x to x times their median.
+    max_volume_ratio: float = 3.0
+    # The click-through rate may be from 1/x to x times its median.
+    max_ctr_ratio: float = 1.5
+
+    def validate(self, where: str) -> None:
+        _require(self.action in QUALITY_ACTIONS, f"{where}.action",
+                 f"{self.action!r} is not one of {', '.join(QUALITY_ACTIONS)}")
+        _require(self.window_days > 0, f"{where}.window_days", "must be > 0")
+        _require(0 < self.min_days <= self.window_days, f"{where}.min_days", "must be 1..quality.window_days")
+        _require(self.max_volume_ratio >= 1, f"{where}.max_volume_ratio", "must be >= 1")
+        _require(self.max_ctr_ratio >= 1, f"{where}.max_ctr_ratio", "must be >= 1")
+
+
 def _default_half_lives() -> dict[str, float]:
     return {"long": 30.0, "short": 3.0}
 
@@ -316,8 +344,14 @@ class ModelConfig:
     # The new model is promoted unless its validation CTR AUC is below the current model's
     # (on the same validation day) by more than this.
     auc_tolerance: float = 0.005
+    # ...and its validation calibration (mean p_click / click rate) lies within these.
+    min_calibration: float = 0.5
+    max_calibration: float = 2.0
 
     def validate(self, where: str) -> None:
+        _require(0 <= self.min_calibration <= 1 <= self.max_calibration, f"{where}.min_calibration/max_calibration",
+                 f"need 0 <= min_calibration <= 1 <= max_calibration, got {self.min_calibration}, "
+                 f"{self.max_calibration}")
         _require(self.window_days >= 2, f"{where}.window_days", "must be >= 2 (one day validates)")
         _require(self.loss_weighting in LOSS_WEIGHTINGS, f"{where}.loss_weighting",
                  f"{self.loss_weighting!r} is not one of {', '.join(LOSS_WEIGHTINGS)}")
@@ -411,6 +445,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     time: TimeConfig = field(default_factory=TimeConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     export: ExportConfig = field(default_factory=ExportConfig)

@@ -168,3 +168,8 @@ def test_gate_refuses_a_worse_model_and_non_finite_losses():
     assert not ok and "not finite" in why
     ok, why = gate({"auc": 0.8, "log_loss": 0.3}, None, 0.005, ["dwell"], hist)
     assert not ok and "no click head" in why
+    # Calibration: mean p_click / click rate within the bounds, both ends included.
+    for cal, promoted in ((0.49, False), (0.5, True), (1.3, True), (2.0, True), (2.01, False)):
+        ok, why = gate({"auc": 0.8, "log_loss": 0.3, "calibration": cal}, None, 0.005, ["click"], hist, (0.5, 2.0))
+        assert ok == promoted, (cal, why)
+    assert "calibration 2.010" in why and "0.5..2" in why
