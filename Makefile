@@ -10,7 +10,7 @@ EXTRAS ?= test,delta,bench,model,airflow
 # refreshes it from setup.cfg's ranges. `make setup LOCK=` installs from the ranges instead.
 LOCK   ?= requirements.lock
 
-.PHONY: setup java redis demo test lint lock bench dist env-archive airflow clean
+.PHONY: setup java redis demo test faults lint lock bench dist env-archive airflow clean
 
 setup: java $(VENV)/.installed
 
@@ -61,6 +61,11 @@ demo: setup
 
 test: setup redis
 	$(BIN)/python -m pytest
+
+# The fault campaign (bench/faults.py): SIGKILL at random moments in every data step and
+# publish, re-run, compare; ends with one summary line. FAULTS_ARGS=--quick for one a step.
+faults: setup redis
+	$(BIN)/python bench/faults.py $(FAULTS_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

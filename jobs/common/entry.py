@@ -122,12 +122,17 @@ class Step:
         return self.needs_spark and not any(options.get(o) for o in self.spark_unless)
 
     def invoke(self, spark, config: Config, date: dt.date, if_ready: bool = False, **options) -> dict:
-        """Run the step, or with ``if_ready`` skip it with a report when it cannot run yet."""
-        if if_ready and self.skip_reason is not None:
-            reason = self.skip_reason(spark, config, date)
-            if reason:
-                return skipped(config, self.name, date, reason, spark)
-        return self.run(spark, config, date, **options)
+        """Run the step, or with ``if_ready`` skip it with a report when it cannot run yet;
+        under the step's lock for ``date`` (jobs/common/locks.py): a second run of the same
+        step and day at the same time stops with StepLocked."""
+        from jobs.common.locks import step_lock
+
+        with step_lock(config.storage.warehouse, self.name, date.isoformat(), spark):
+            if if_ready and self.skip_reason is not None:
+                reason = self.skip_reason(spark, config, date)
+                if reason:
+                    return skipped(config, self.name, date, reason, spark)
+            return self.run(spark, config, date, **options)
 
     def main(self, argv: list[str] | None = None) -> int:
         """spark-submit entry point: the submitter sets the master; the step never does."""

@@ -74,6 +74,9 @@ class FileSystem:
         """Write a small file atomically: to a hidden temporary name, then rename."""
         fs, path = self._path(uri)
         fs.mkdirs(path.getParent())
+        for status in fs.listStatus(path.getParent()):  # temporary files of writers that were killed
+            if status.getPath().getName().startswith(f".{path.getName()}."):
+                fs.delete(status.getPath(), False)
         tmp = self.spark._jvm.org.apache.hadoop.fs.Path(path.getParent(), f".{path.getName()}.{uuid.uuid4().hex}")
         stream = fs.create(tmp, True)
         try:
@@ -132,8 +135,19 @@ class Warehouse:
                 self.fs.rename(f"{self._staging(name)}/{entry}", target)
                 return
 
+    def _clear_staging(self, name: str, date: str) -> None:
+        """Delete what killed writes of this partition left in staging (after _recover has
+        put back a partition left aside). Only the step's run for ``date``, which holds its
+        lock, writes the partition, so nothing here is in use."""
+        prefix = f"{PARTITION_COLUMN}={date}."
+        for entry in self.fs.list_names(self._staging(name)):
+            if entry.startswith(prefix):
+                log.warning("deleting %s/%s, left by an earlier write that did not finish", self._staging(name), entry)
+                self.fs.delete(f"{self._staging(name)}/{entry}")
+
     def _write_parquet(self, df: DataFrame, name: str, date: str) -> None:
         self._recover(name, date)
+        self._clear_staging(name, date)
         token = uuid.uuid4().hex
         staged = f"{self._staging(name)}/{PARTITION_COLUMN}={date}.{token}"
         target = self.partition_location(name, date)
@@ -211,6 +225,9 @@ class Warehouse:
         fails. Yields ``stage(df, name)``, which writes ``df`` there as Parquet and reads it
         back: a step that reads an expensive intermediate several times pays for it once
         (cheaper than Spark's in-memory cache for wide string columns)."""
+        for entry in self.fs.list_names(f"{self.root}/_scratch"):
+            if entry.startswith(f"{label}-"):  # left by a killed run of the same step and day
+                self.fs.delete(f"{self.root}/_scratch/{entry}")
         folder = f"{self.root}/_scratch/{label}-{uuid.uuid4().hex}"
 
         def stage(df: DataFrame, name: str) -> DataFrame:

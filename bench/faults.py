@@ -1,0 +1,427 @@
+"""Fault campaign: kill each step's driver at random moments, re-run it, and count what
+survived.
+
+    python bench/faults.py [--faults-per-step 10] [--seed 0] [--steps ingest,...] [--work DIR] [--quick]
+
+On a small synthetic feed (3 days), the undisturbed chain gives the reference tables. Then,
+for each step of the last day (ingest, profiles, index, triples, evaluate, export, and
+publish when redis-server is installed), from the warehouse as it stood before that step:
+
+1. two runs of the step for the same day start at once (``tagrecall <step>``, separate
+   processes): one must stop with "already running" (the step's lock) and the other finish;
+   its tables must equal the reference;
+2. ``--faults-per-step`` times: the step starts in its own process and gets SIGKILL (with
+   its JVM and Python workers) at a moment drawn uniformly (seeded) over its undisturbed
+   run, counted from when it takes its lock (its JVM is up), while a reader polls the
+   step's output partitions with pyarrow: every read must be the partition before the step
+   or the reference after it, never a mix (a moment with no partition, between the two
+   renames of the swap, is counted apart: the warehouse's readers repair it). The step is
+   then re-run (in this process's Spark session) and its tables compared with the reference
+   (rows and values); no staged partition, scratch folder, lock or temporary run report may
+   be left behind.
+
+For publish, the reader is the online recall, looping over users: every answer must be the
+tags of the day its version's meta names; after the re-run only the current and previous
+versions may have keys.
+
+The moments and outcomes go to <work>/faults.json. The last line is the summary, e.g.
+``faults: 70 injected, 70 survived, 0 rows lost, 0 mixed reads``; the exit status is 1 if
+a row was lost, a read was mixed or a fault was not survived. ``--quick`` (what the test
+suite runs): one kill per step, its moment drawn over 1.5 x the step's warm in-process
+time instead of a timed undisturbed run, and the concurrent pair for ingest only.
+
+Not covered yet: the training steps (train, tag_model), killing an executor on a
+standalone cluster, killing redis-server itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from jobs import evaluate, export, index, ingest, profiles, publish, triples  # noqa: E402
+from jobs.common.session import build_session  # noqa: E402
+from schemas.catalog import TABLES  # noqa: E402
+from schemas.config import load_config  # noqa: E402
+
+START = dt.date(2026, 9, 1)
+DAYS = 3
+STEPS = {s.STEP.name: s.STEP for s in (ingest, profiles, index, triples, evaluate, export, publish)}
+TEMP_REPORT = re.compile(r"^\.+[\d-]+\.json\.[0-9a-f]{32}")
+CONFIG = """
+[export]
+ranking = "profile"
+[spark]
+shuffle_partitions = 2
+"""
+
+
+def tables_of(step: str) -> list[str]:
+    return [t.name for t in TABLES.values() if t.written_by == step]
+
+
+def step_date(step: str, day: dt.date) -> dt.date:
+    return day - dt.timedelta(days=1) if step == "evaluate" else day
+
+
+def fingerprint(path: Path) -> str | None:
+    """The rows of a partition folder as one value (order-free); None when it is absent."""
+    if not path.exists():
+        return None
+    df = pq.read_table(path).to_pandas().astype(str)
+    return str(pd.util.hash_pandas_object(df.sort_values(list(df.columns)).reset_index(drop=True)).sum())
+
+
+def frame(wh: Path, table: str, day: str) -> pd.DataFrame:
+    df = pq.read_table(wh / table / f"dt={day}").to_pandas()
+    return df.astype(str).sort_values(list(df.columns)).reset_index(drop=True)
+
+
+def same_values(got: pd.DataFrame, ref: pd.DataFrame) -> tuple[bool, int]:
+    """(equal, rows of ``ref`` missing from ``got``); floats compared to 1e-9 relative."""
+    lost = len(ref.merge(got.drop_duplicates(), how="left", indicator=True).query("_merge == 'left_only'"))
+    if len(got) != len(ref):
+        return False, max(lost, len(ref) - len(got))
+    try:
+        pd.testing.assert_frame_equal(got, ref)
+        return True, 0
+    except AssertionError:
+        pass
+    num = {}
+    for c in ref.columns:
+        a, b = pd.to_numeric(got[c], errors="coerce"), pd.to_numeric(ref[c], errors="coerce")
+        num[c] = a.notna().all() and b.notna().all() and ((a - b).abs() <= 1e-9 * b.abs().clip(lower=1)).all()
+        if not num[c] and not (got[c] == ref[c]).all():
+            return False, lost
+    return True, 0
+
+
+def leftovers(wh: Path, step: str, day: str) -> list[str]:
+    found = []
+    for t in tables_of(step):
+        staging = wh / t / "_staging"
+        found += [str(p) for p in staging.iterdir()] if staging.exists() else []
+    scratch = wh / "_scratch"
+    found += [str(p) for p in scratch.iterdir()] if scratch.exists() else []
+    lock = wh / "_locks" / step / f"{day}.lock"
+    found += [str(lock)] if lock.exists() else []
+    runs = wh / "_runs" / step
+    # Run reports are written to hidden temporary names, then renamed (checksums are Hadoop's).
+    found += [str(p) for p in runs.glob(".*") if TEMP_REPORT.match(p.name)] if runs.exists() else []
+    return found
+
+
+class Poller(threading.Thread):
+    """Reads the step's partitions until stopped; counts reads equal to before, after, absent, mixed."""
+
+    def __init__(self, wh: Path, tables: list[str], day: str, allowed: dict[str, set]):
+        super().__init__(daemon=True)
+        self.wh, self.tables, self.day, self.allowed = wh, tables, day, allowed
+        self.counts = {"reads": 0, "absent": 0, "mixed": 0}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for t in self.tables:
+                try:
+                    got = fingerprint(self.wh / t / f"dt={self.day}")
+                except Exception:  # a file renamed or deleted under the read: read again
+                    continue
+                self.counts["reads"] += 1
+                if got is None:
+                    self.counts["absent"] += 1
+                elif got not in self.allowed[t]:
+                    self.counts["mixed"] += 1
+            time.sleep(0.05)
+
+
+class Campaign:
+    def __init__(self, work: Path, seed: int, per_step: int, steps: list[str], pairs: list[str], quick: bool):
+        self.work, self.rng, self.per_step, self.steps, self.pairs = work, random.Random(seed), per_step, steps, pairs
+        self.quick = quick
+        self.raw, self.conf = work / "raw", work / "faults.toml"
+        self.records: list[dict] = []
+        self.redis_proc = None
+        self.redis_url = ""
+
+    # -- set-up ----------------------------------------------------------------------------
+    def config(self, wh: Path):
+        return load_config(str(self.conf), overrides={"storage": {"warehouse": str(wh), "raw": str(self.raw)},
+                                                      "publish": {"redis_url": self.redis_url}})
+
+    def prepare(self) -> None:
+        from jobs.tools.synthetic import FeedParams, generate
+
+        self.conf.write_text(CONFIG)
+        generate(self.raw, START, DAYS, FeedParams(users=300, articles=500, tags=60, seed=3))
+        if "publish" in self.steps:
+            self._start_redis()
+        self.spark = build_session(self.config(self.work / "ref"), "tagrecall-faults", set_master=True)
+        ref = self.work / "ref"
+        last = START + dt.timedelta(days=DAYS - 1)
+        self.before: dict[str, Path] = {}
+        self.in_process: dict[str, float] = {}
+        for k in range(DAYS):
+            day = START + dt.timedelta(days=k)
+            for name, step in STEPS.items():
+                if name == "publish" and not self.redis_url:
+                    continue
+                if day == last:  # the state each step of the last day starts from
+                    self.before[name] = self.work / f"before-{name}"
+                    shutil.copytree(ref, self.before[name])
+                t0 = time.monotonic()
+                step.invoke(self.spark, self.config(ref), step_date(name, day), if_ready=True)
+                self.in_process[name] = time.monotonic() - t0
+        self.day = last
+        self.ref = ref
+
+    def _start_redis(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            print("redis-server not found: publish is left out of the campaign", flush=True)
+            self.steps = [s for s in self.steps if s != "publish"]
+            return
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.redis_proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                            "--appendonly", "no", "--dir", tempfile.mkdtemp()],
+                                           stdout=subprocess.DEVNULL)
+        time.sleep(0.5)
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+
+    # -- one step --------------------------------------------------------------------------
+    def command(self, step: str, wh: Path) -> list[str]:
+        day = step_date(step, self.day).isoformat()
+        return [str(Path(sys.executable).with_name("tagrecall")), step, "--date", day, "--config", str(self.conf),
+                "--warehouse", str(wh), "--raw", str(self.raw), "--set", f"publish.redis_url={self.redis_url}"]
+
+    def fresh(self, step: str, name: str) -> Path:
+        wh = self.work / name
+        if wh.exists():
+            shutil.rmtree(wh)
+        shutil.copytree(self.before[step], wh)
+        return wh
+
+    def check(self, step: str, wh: Path) -> dict:
+        day = step_date(step, self.day).isoformat()
+        if step == "publish":
+            return self.check_redis()
+        equal, lost = True, 0
+        for t in tables_of(step):
+            ok, missing = same_values(frame(wh, t, day), frame(self.ref, t, day))
+            equal, lost = equal and ok, lost + missing
+        left = leftovers(wh, step, day)
+        return {"equal": equal, "rows_lost": lost, "leftovers": left}
+
+    def check_redis(self) -> dict:
+        from jobs.online.keys import Keys, connect
+
+        config = self.config(self.ref)
+        client, keys = connect(config), Keys(config.publish.key_prefix)
+        kept = {client.get(keys.current), client.get(keys.previous)} - {None}
+        stray = {k.split(":")[2] for k in client.scan_iter(match=f"{keys.prefix}:v:*")} - kept
+        versions = set(client.smembers(keys.versions)) - kept
+        return {"equal": bool(kept) and not stray and not versions, "rows_lost": 0,
+                "leftovers": sorted(stray | versions)}
+
+    def expected_tags(self) -> dict[str, dict[str, list[str]]]:
+        out = {}
+        for day in (self.day - dt.timedelta(days=1), self.day):
+            top = pq.read_table(self.ref / "user_top_tags" / f"dt={day}").to_pandas().sort_values(["user_id", "rank"])
+            out[day.isoformat()] = {u: list(g.tag) for u, g in top.groupby("user_id")}
+        return out
+
+    def pair(self, step: str) -> dict:
+        """Two runs at once: one must refuse (the lock), the other finish with the reference."""
+        wh = self.fresh(step, "pair")
+        procs = [subprocess.Popen(self.command(step, wh), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True) for _ in range(2)]
+        outs = [p.communicate()[0] for p in procs]
+        codes = [p.returncode for p in procs]
+        refused = sum(c != 0 and "already running" in o for c, o in zip(codes, outs, strict=True))
+        result = self.check(step, wh) if 0 in codes else {"equal": False, "rows_lost": 0, "leftovers": []}
+        survived = refused <= 1 and codes.count(0) + refused == 2 and result["equal"] and not result["leftovers"]
+        return {"step": step, "fault": "concurrent run", "exit_codes": codes, "refused": refused,
+                "mixed_reads": 0, **result, "survived": survived}
+
+    def started(self, proc: subprocess.Popen, step: str, wh: Path) -> bool:
+        """Wait until the step holds its lock (its work begins; the JVM has started); False
+        when the process ended first."""
+        lock = wh / "_locks" / step / f"{step_date(step, self.day).isoformat()}.lock"
+        while not lock.exists():
+            if proc.poll() is not None:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def duration(self, step: str) -> float:
+        """Seconds the step runs undisturbed, from taking its lock to the process's end."""
+        wh = self.fresh(step, "timing")
+        proc = subprocess.Popen(self.command(step, wh), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not self.started(proc, step, wh):
+            raise RuntimeError(f"{step} ended before taking its lock: run {' '.join(self.command(step, wh))}")
+        t0 = time.monotonic()
+        if proc.wait() != 0:
+            raise RuntimeError(f"{step} failed undisturbed: run {' '.join(self.command(step, wh))}")
+        return time.monotonic() - t0
+
+    def kill(self, step: str, at: float, n: int) -> dict:
+        """SIGKILL ``at`` seconds after the step took its lock, then re-run and check."""
+        wh = self.fresh(step, "killed")
+        day = step_date(step, self.day).isoformat()
+        reader = self.reader(step, wh, day)
+        reader.start()
+        proc = subprocess.Popen(self.command(step, wh), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        if self.started(proc, step, wh):
+            time.sleep(at)
+        killed = proc.poll() is None
+        if killed:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and its JVM, as a lost machine would
+        proc.wait()
+        started = time.monotonic()
+        STEPS[step].invoke(self.spark, self.config(wh), step_date(step, self.day))
+        recovered = time.monotonic() - started
+        time.sleep(0.2)
+        reader.stop.set()
+        reader.join()
+        result = self.check(step, wh)
+        mixed = reader.counts["mixed"]
+        return {"step": step, "fault": f"SIGKILL #{n}", "at_s": round(at, 2), "killed_while_running": killed,
+                "reads": reader.counts, "mixed_reads": mixed, "recover_s": round(recovered, 2), **result,
+                "survived": result["equal"] and not result["leftovers"] and mixed == 0}
+
+    def reader(self, step: str, wh: Path, day: str):
+        if step == "publish":
+            return RecallReader(self.config(wh), self.expected_tags())
+        allowed = {t: {fingerprint(self.before[step] / t / f"dt={day}"), fingerprint(self.ref / t / f"dt={day}")}
+                   for t in tables_of(step)}
+        return Poller(wh, tables_of(step), day, allowed)
+
+    def run(self) -> int:
+        for step in self.steps:
+            if step in self.pairs:
+                self.record(self.pair(step))
+            # Quick: the warm in-process run's time, x 1.5 for a cold process, instead of timing one.
+            total = 1.5 * self.in_process[step] if self.quick else self.duration(step)
+            for n in range(1, self.per_step + 1):
+                self.record(self.kill(step, self.rng.uniform(0.0, 0.95) * total, n))
+        return self.summary()
+
+    def record(self, r: dict) -> None:
+        self.records.append(r)
+        status = "survived" if r["survived"] else "NOT SURVIVED"
+        extra = f"at {r['at_s']} s" if "at_s" in r else f"exit codes {r['exit_codes']}"
+        print(f"{r['step']:<9} {r['fault']:<15} {extra:<22} {status}"
+              + (f"; mixed reads {r['mixed_reads']}" if r["mixed_reads"] else "")
+              + (f"; leftovers {r['leftovers'][:3]}" if r["leftovers"] else ""), flush=True)
+
+    def summary(self) -> int:
+        (self.work / "faults.json").write_text(json.dumps(self.records, indent=2))
+        # A run that ended before its kill moment was not a fault; its checks still count.
+        faults = [r for r in self.records if r.get("killed_while_running", True)]
+        injected, survived = len(faults), sum(r["survived"] for r in faults)
+        lost = sum(r["rows_lost"] for r in self.records)
+        mixed = sum(r["mixed_reads"] for r in self.records)
+        failed = [r for r in self.records if not r["survived"]]
+        missed = len(self.records) - injected
+        if missed:
+            print(f"{missed} run(s) ended before their kill moment (not counted as faults)")
+        by_step = {}
+        for r in faults:
+            s = by_step.setdefault(r["step"], [0, 0, []])
+            s[0] += 1
+            s[1] += r["survived"]
+            s[2] += [r["recover_s"]] if "recover_s" in r else []
+        print(f"\n{'step':<10}{'injected':>9}{'survived':>9}{'median recovery s':>19}")
+        for step, (n, ok, rec) in by_step.items():
+            print(f"{step:<10}{n:>9}{ok:>9}{(sorted(rec)[len(rec) // 2] if rec else float('nan')):>19.1f}")
+        print(f"faults: {injected} injected, {survived} survived, {lost} rows lost, {mixed} mixed reads")
+        return 0 if not failed and lost == 0 and mixed == 0 else 1
+
+    def close(self) -> None:
+        if self.redis_proc is not None:
+            self.redis_proc.terminate()
+
+
+class RecallReader(threading.Thread):
+    """The online recall in a loop: every answer must hold the tags of the day its version names."""
+
+    def __init__(self, config, expected: dict[str, dict[str, list[str]]]):
+        super().__init__(daemon=True)
+        self.config, self.expected = config, expected
+        self.counts = {"reads": 0, "absent": 0, "mixed": 0}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        from jobs.online.keys import connect
+        from jobs.online.recall import recall
+
+        client = connect(self.config, "reader")
+        users = sorted({u for day in self.expected.values() for u in day})
+        i = 0
+        while not self.stop.is_set():
+            user = users[i % len(users)]
+            i += 1
+            try:
+                got = recall(client, user, prefix=self.config.publish.key_prefix)
+            except (LookupError, RuntimeError):
+                self.counts["absent"] += 1
+                continue
+            self.counts["reads"] += 1
+            want = self.expected.get(got.date, {}).get(user)
+            if got.source == "user" and [t for t, _ in got.tags] != want:
+                self.counts["mixed"] += 1
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--faults-per-step", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", default=",".join(STEPS))
+    ap.add_argument("--work", help="working folder (default: a new temporary one, deleted at the end)")
+    ap.add_argument("--quick", action="store_true", help="one kill per step, the concurrent pair for ingest only")
+    args = ap.parse_args()
+    steps = [s for s in args.steps.split(",") if s]
+    unknown = sorted(set(steps) - set(STEPS))
+    if unknown:
+        ap.error(f"unknown steps {unknown}; known: {', '.join(STEPS)}")
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="tagrecall-faults-"))
+    work.mkdir(parents=True, exist_ok=True)
+    per_step, pairs = (1, ["ingest"]) if args.quick else (args.faults_per_step, steps)
+    campaign = Campaign(work, args.seed, per_step, steps, pairs, args.quick)
+    started = time.monotonic()
+    try:
+        campaign.prepare()
+        code = campaign.run()
+    finally:
+        campaign.close()
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"({time.monotonic() - started:.0f} s)")
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
