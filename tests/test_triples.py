@@ -179,9 +179,11 @@ def test_training_promotes_then_gates_and_shuffled_labels_fall_to_chance(spark, 
     assert np.allclose(top.score, top.p_click * top.dwell_sec)
     ordered = top.sort_values(["user_id", "rank"])
     assert ordered.groupby("user_id").score.apply(lambda s: bool((s.diff().dropna() <= 1e-12).all())).all()
-    # A much worse model (barely trained) is refused; current stays.
+    # A much worse model (barely trained) is refused; current stays. (Its calibration is off
+    # too, which the gate checks first: the bounds are opened here to reach the AUC rule.)
     worse = load_config(overrides={"storage": {"warehouse": good.storage.warehouse, "raw": str(base / "raw")},
-                                   "model": {**model, "epochs": 1, "learning_rate": 1e-7}})
+                                   "model": {**model, "epochs": 1, "learning_rate": 1e-7, "min_calibration": 0.0,
+                                             "max_calibration": 1e6}})
     second = train.run(None, worse, dates[-1])
     assert not second["promoted"] and "below the current model's" in second["gate"]
     assert registry.current_version(good.storage.warehouse) == first["version"]
