@@ -238,10 +238,12 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
     else:
         served = wh.read_partition(MODEL_TABLE, day)
     wh.write_partition(served, TABLE, day)
-    counts = {t: wh.read_partition(t, day).agg(F.count(F.lit(1)).alias("rows"),
-                                               F.countDistinct("user_id").alias("users")).first()
-              for t in (MODEL_TABLE, TABLE)}
-    written = counts[TABLE]
+    def count(t: str):
+        return wh.read_partition(t, day).agg(F.count(F.lit(1)).alias("rows"),
+                                             F.countDistinct("user_id").alias("users")).first()
+
+    written = count(TABLE)  # model_top_tags holds the same rows unless the guard fell back
+    counts = {MODEL_TABLE: count(MODEL_TABLE) if decision.fell_back else written, TABLE: written}
     report = {"step": NAME, "date": day, "status": "succeeded", "model_version": used, "ranked_by": ranked_by,
               "guard": decision.to_dict(), "rows_written": {t: c["rows"] for t, c in counts.items()},
               "users": written["users"], "seconds": round(time.monotonic() - started, 3),

@@ -51,3 +51,15 @@ def test_the_lock_of_a_killed_run_is_taken_over_on_the_same_host(tmp_path):
     with pytest.raises(StepLocked, match="on elsewhere.*delete the lock file"), \
             step_lock(str(tmp_path), "ingest", "2026-09-01"):
         pass
+
+
+def test_the_hadoop_store_of_remote_warehouses_creates_only_once(spark, tmp_path):
+    # Remote warehouses take their lock through Hadoop's file system; here its local one.
+    from jobs.common.locks import _HadoopStore
+
+    store, uri = _HadoopStore(spark), f"file://{tmp_path}/_locks/ingest/2026-09-01.lock"
+    assert store.read(uri) is None
+    assert store.create(uri, '{"pid": 1}') and not store.create(uri, '{"pid": 2}')
+    assert store.read(uri) == '{"pid": 1}'
+    store.delete(uri)
+    assert store.read(uri) is None and store.create(uri, "again")

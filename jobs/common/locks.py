@@ -72,36 +72,21 @@ class _LocalStore:
 
 
 class _HadoopStore:
+    """The warehouse's Hadoop file system (jobs/common/storage.py), for remote warehouses."""
+
     def __init__(self, spark):
-        self.spark = spark
-
-    def _fs(self, uri: str):
-        path = self.spark._jvm.org.apache.hadoop.fs.Path(uri)
-        return path.getFileSystem(self.spark._jsc.hadoopConfiguration()), path
-
-    def create(self, uri: str, text: str) -> bool:
-        fs, path = self._fs(uri)
-        try:
-            stream = fs.create(path, False)
-        except Exception as exc:  # py4j: FileAlreadyExistsException from the JVM
-            if "FileAlreadyExists" in str(exc) or fs.exists(path):
-                return False
-            raise
-        try:
-            stream.write(bytearray(text.encode("utf-8")))
-        finally:
-            stream.close()
-        return True
-
-    def read(self, uri: str) -> str | None:
         from jobs.common.storage import FileSystem
 
-        fs, path = self._fs(uri)
-        return FileSystem(self.spark).read_text(uri) if fs.exists(path) else None
+        self.fs = FileSystem(spark)
+
+    def create(self, uri: str, text: str) -> bool:
+        return self.fs.create_new(uri, text)
+
+    def read(self, uri: str) -> str | None:
+        return self.fs.read_text(uri) if self.fs.exists(uri) else None
 
     def delete(self, uri: str) -> None:
-        fs, path = self._fs(uri)
-        fs.delete(path, False)
+        self.fs.delete(uri)
 
 
 def _store(uri: str, spark):

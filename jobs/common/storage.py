@@ -64,6 +64,22 @@ class FileSystem:
         if fs.exists(path):
             fs.delete(path, True)
 
+    def create_new(self, uri: str, text: str) -> bool:
+        """Write a small file only if none is there: False when it exists (Hadoop's create
+        without overwrite, atomic on HDFS)."""
+        fs, path = self._path(uri)
+        try:
+            stream = fs.create(path, False)
+        except Exception as exc:  # py4j: FileAlreadyExistsException from the JVM
+            if "FileAlreadyExists" in str(exc) or fs.exists(path):
+                return False
+            raise
+        try:
+            stream.write(bytearray(text.encode("utf-8")))
+        finally:
+            stream.close()
+        return True
+
     def list_names(self, uri: str) -> list[str]:
         fs, path = self._path(uri)
         if not fs.exists(path):
