@@ -22,21 +22,42 @@ publish when redis-server is installed), from the warehouse as it stood before t
 
 For publish, the reader is the online recall, looping over users: every answer must be the
 tags of the day its version's meta names; after the re-run only the current and previous
-versions may have keys.
+versions may have keys. The user-tag model step (tag_model) is in the campaign too: its
+re-run must give the same scores (training is seeded).
+
+Then:
+
+3. ``--redis-kills`` times, redis-server itself gets SIGKILL, alternately during a publish
+   and while only the recall loop reads, and is restarted from its append-only file (fsync
+   always, as a production server with AOF would). The pointer must still name the
+   version before (or the new one, complete, if publish had finished first), a failed
+   publish must say to re-run it, the recall loop must get an error or that day's tags,
+   never a mix, and must read again after the restart; the next publish must leave only
+   the current and previous versions.
+4. ``--executor-kills`` times, on a standalone cluster started here (a master and one
+   2-core worker), a Spark step (in turn) runs with ``spark.master`` pointing at it and its
+   executor gets SIGKILL at a random moment: the step must finish with the reference
+   tables (Spark re-runs the lost tasks on the executor the master starts in its place),
+   or fail and leave its tables as they were, after which a plain re-run gives the
+   reference.
 
 The moments and outcomes go to <work>/faults.json. The last line is the summary, e.g.
 ``faults: 70 injected, 70 survived, 0 rows lost, 0 mixed reads``; the exit status is 1 if
-a row was lost, a read was mixed or a fault was not survived. ``--quick`` (what the test
-suite runs): one kill per step, its moment drawn over 1.5 x the step's warm in-process
-time instead of a timed undisturbed run, and the concurrent pair for ingest only.
+a row was lost, a read was mixed or a fault was not survived. A run that ended before its
+kill moment is reported and not counted as a fault. ``--quick`` (what the test suite
+runs): one kill per step, its moment drawn over 1.5 x the step's warm in-process time
+instead of a timed undisturbed run, the concurrent pair for ingest only, one Redis kill
+during publish, no cluster.
 
-Not covered yet: the training steps (train, tag_model), killing an executor on a
-standalone cluster, killing redis-server itself.
+Not covered: the multi-task model's training (train reads with pyarrow, not Spark; its
+version folder and the ``current`` pointer are each replaced by one rename,
+models/train.py and models/registry.py; tests/test_training_data.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -57,14 +78,15 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from jobs import evaluate, export, index, ingest, profiles, publish, triples  # noqa: E402
+from jobs import evaluate, export, index, ingest, profiles, publish, tag_model, triples  # noqa: E402
 from jobs.common.session import build_session  # noqa: E402
 from schemas.catalog import TABLES  # noqa: E402
 from schemas.config import load_config  # noqa: E402
 
 START = dt.date(2026, 9, 1)
 DAYS = 3
-STEPS = {s.STEP.name: s.STEP for s in (ingest, profiles, index, triples, evaluate, export, publish)}
+STEPS = {s.STEP.name: s.STEP for s in (ingest, profiles, index, triples, evaluate, tag_model, export,
+                                       publish)}
 TEMP_REPORT = re.compile(r"^\.+[\d-]+\.json\.[0-9a-f]{32}")
 CONFIG = """
 [export]
@@ -153,14 +175,24 @@ class Poller(threading.Thread):
             time.sleep(0.05)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Campaign:
-    def __init__(self, work: Path, seed: int, per_step: int, steps: list[str], pairs: list[str], quick: bool):
+    def __init__(self, work: Path, seed: int, per_step: int, steps: list[str], pairs: list[str], quick: bool,
+                 redis_kills: int = 0, executor_kills: int = 0):
         self.work, self.rng, self.per_step, self.steps, self.pairs = work, random.Random(seed), per_step, steps, pairs
-        self.quick = quick
+        self.quick, self.redis_kills, self.executor_kills = quick, redis_kills, executor_kills
         self.raw, self.conf = work / "raw", work / "faults.toml"
         self.records: list[dict] = []
         self.redis_proc = None
         self.redis_url = ""
+        self.daemons: list[subprocess.Popen] = []
 
     # -- set-up ----------------------------------------------------------------------------
     def config(self, wh: Path):
@@ -194,21 +226,33 @@ class Campaign:
         self.ref = ref
 
     def _start_redis(self) -> None:
+        """redis-server on a free loopback port, with an append-only file (fsync always) so
+        that a killed server restarts with what it had acknowledged."""
         binary = shutil.which("redis-server")
         if binary is None:
-            print("redis-server not found: publish is left out of the campaign", flush=True)
+            print("redis-server not found: publish and the Redis faults are left out of the campaign", flush=True)
             self.steps = [s for s in self.steps if s != "publish"]
+            self.redis_kills = 0
             return
-        import socket
+        self.redis_port = free_port()
+        self.redis_cmd = [binary, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
+                          "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.work)]
+        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self._restart_redis()
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.redis_proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                            "--appendonly", "no", "--dir", tempfile.mkdtemp()],
-                                           stdout=subprocess.DEVNULL)
-        time.sleep(0.5)
-        self.redis_url = f"redis://127.0.0.1:{port}/0"
+    def _restart_redis(self) -> None:
+        import redis
+
+        self.redis_proc = subprocess.Popen(self.redis_cmd, stdout=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.redis_url)
+        for _ in range(200):
+            try:
+                if client.ping() and client.info("persistence")["loading"] == 0:
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start: {' '.join(self.redis_cmd)}")
 
     # -- one step --------------------------------------------------------------------------
     def command(self, step: str, wh: Path) -> list[str]:
@@ -308,9 +352,156 @@ class Campaign:
         reader.join()
         result = self.check(step, wh)
         mixed = reader.counts["mixed"]
-        return {"step": step, "fault": f"SIGKILL #{n}", "at_s": round(at, 2), "killed_while_running": killed,
+        return {"step": step, "fault": "driver SIGKILL", "n": n, "at_s": round(at, 2), "killed_while_running": killed,
                 "reads": reader.counts, "mixed_reads": mixed, "recover_s": round(recovered, 2), **result,
                 "survived": result["equal"] and not result["leftovers"] and mixed == 0}
+
+    # -- Redis -----------------------------------------------------------------------------
+    def redis_state(self) -> tuple[str | None, dict]:
+        """(current version, its meta hash)."""
+        from jobs.online.keys import Keys, connect
+
+        config = self.config(self.ref)
+        client, keys = connect(config), Keys(config.publish.key_prefix)
+        try:
+            current = client.get(keys.current)
+            return current, (client.hgetall(keys.meta(current)) if current else {})
+        finally:
+            client.close()
+
+    def redis_kill(self, during: str, at: float, n: int) -> dict:
+        """SIGKILL redis-server ``at`` seconds into a publish (or while only the online
+        recall reads), restart it from its append-only file, re-run publish. The pointer
+        must still name the version before (or the new one, complete, if publish had
+        finished), the recall loop must get that day's tags or an error, never a mix, and
+        the next publish must leave only the current and previous versions."""
+        before, _ = self.redis_state()
+        wh = self.fresh("publish", "killed")
+        reader = RecallReader(self.config(wh), self.expected_tags())
+        reader.start()
+        proc = None
+        if during == "publish":
+            proc = subprocess.Popen(self.command("publish", wh), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, start_new_session=True)
+            if self.started(proc, "publish", wh):
+                time.sleep(at)
+        else:
+            time.sleep(at)
+        killed = proc is None or proc.poll() is None
+        self.redis_proc.kill()  # SIGKILL
+        self.redis_proc.wait()
+        time.sleep(0.3)  # the recall loop meets the server down
+        output = proc.communicate(timeout=600)[0] if proc else ""
+        code = proc.returncode if proc else None
+        self._restart_redis()
+        after, meta = self.redis_state()
+        day = self.day.isoformat()
+        pointer_ok = after == before or (code == 0 and meta.get("date") == day)
+        # A publish that failed says why and what to do (jobs/publish.py's message).
+        clear = code in (0, None) or "re-run the step when Redis is back" in output
+        started = time.monotonic()
+        STEPS["publish"].invoke(self.spark, self.config(wh), self.day)
+        recovered = time.monotonic() - started
+        time.sleep(0.2)
+        reader.stop.set()
+        reader.join()
+        result = self.check_redis()
+        mixed = reader.counts["mixed"]
+        return {"step": "publish" if during == "publish" else "recall", "fault": "redis SIGKILL", "n": n,
+                "at_s": round(at, 2), "killed_while_running": killed, "exit_code": code,
+                "pointer_kept": pointer_ok, "clear_error": clear,
+                "message": output.strip().splitlines()[-1][:300] if output.strip() else "",
+                "reads": reader.counts, "mixed_reads": mixed, "recover_s": round(recovered, 2), **result,
+                "survived": pointer_ok and clear and result["equal"] and not result["leftovers"] and mixed == 0
+                and reader.counts["reads_after_restart"] > 0}
+
+    # -- a standalone cluster ----------------------------------------------------------------
+    def start_cluster(self) -> None:
+        """A Spark standalone master and one worker (2 cores, 3 GB), as tests/test_dags.py starts them."""
+        import urllib.request
+
+        import pyspark
+
+        spark_home = Path(pyspark.__file__).parent
+        port, ui, self.worker_port = free_port(), free_port(), free_port()
+        env = {**os.environ, "SPARK_HOME": str(spark_home), "SPARK_LOCAL_IP": "127.0.0.1",
+               "SPARK_LOG_DIR": str(self.work / "spark-logs"), "SPARK_WORKER_DIR": str(self.work / "spark-work")}
+        self.master_url = f"spark://127.0.0.1:{port}"
+        for args in (["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
+                      "--webui-port", str(ui)],
+                     ["org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--port", str(self.worker_port),
+                      "--cores", "2", "--memory", "3g", "--webui-port", str(free_port()), self.master_url]):
+            self.daemons.append(subprocess.Popen([str(spark_home / "bin" / "spark-class"), *args], env=env,
+                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                                 start_new_session=True))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{ui}/json/", timeout=2) as r:
+                    if json.load(r).get("aliveworkers", 0) >= 1:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"the standalone cluster did not start (logs in {self.work / 'spark-logs'})")
+
+    def executors(self) -> list[int]:
+        """Pids of the executors our worker launched."""
+        mark = f"Worker@127.0.0.1:{self.worker_port}"
+        pids = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if "CoarseGrainedExecutorBackend" in cmd and mark in cmd:
+                pids.append(int(proc.name))
+        return pids
+
+    def executor_kill(self, step: str, at: float, n: int) -> dict:
+        """The step on the standalone cluster; its executor gets SIGKILL ``at`` seconds after
+        it started. The step must finish with the reference tables (Spark re-runs the lost
+        tasks on a new executor), or fail leaving the tables as they were; then a plain
+        re-run gives the reference."""
+        wh = self.fresh(step, "cluster")
+        day = step_date(step, self.day).isoformat()
+        reader = self.reader(step, wh, day)
+        reader.start()
+        proc = subprocess.Popen(self.command(step, wh) + ["--set", f"spark.master={self.master_url}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"})
+        victims: list[int] = []
+        while proc.poll() is None and not victims:
+            victims = self.executors()
+            time.sleep(0.05)
+        if victims:
+            time.sleep(at)
+        killed = bool(victims) and proc.poll() is None and all(Path(f"/proc/{v}").exists() for v in victims)
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        output = proc.communicate(timeout=900)[0]
+        code = proc.returncode
+        kept = True
+        if code != 0 and step != "publish":  # a failed run leaves the tables as they were
+            kept = all(fingerprint(wh / t / f"dt={day}") == fingerprint(self.before[step] / t / f"dt={day}")
+                       for t in tables_of(step))
+        started = time.monotonic()
+        if code != 0:
+            STEPS[step].invoke(self.spark, self.config(wh), step_date(step, self.day))
+        recovered = time.monotonic() - started
+        time.sleep(0.2)
+        reader.stop.set()
+        reader.join()
+        result = self.check(step, wh)
+        mixed = reader.counts["mixed"]
+        return {"step": step, "fault": "executor SIGKILL", "n": n, "at_s": round(at, 2),
+                "killed_while_running": killed, "exit_code": code, "previous_kept": kept,
+                "message": "" if code == 0 else output.strip().splitlines()[-1][:300],
+                "reads": reader.counts, "mixed_reads": mixed, "recover_s": round(recovered, 2), **result,
+                "survived": kept and result["equal"] and not result["leftovers"] and mixed == 0}
 
     def reader(self, step: str, wh: Path, day: str):
         if step == "publish":
@@ -327,13 +518,26 @@ class Campaign:
             total = 1.5 * self.in_process[step] if self.quick else self.duration(step)
             for n in range(1, self.per_step + 1):
                 self.record(self.kill(step, self.rng.uniform(0.0, 0.95) * total, n))
+        for n in range(1, self.redis_kills + 1):
+            during = "publish" if n % 2 else "recall"
+            total = 1.5 * self.in_process["publish"] if during == "publish" else 2.0
+            self.record(self.redis_kill(during, self.rng.uniform(0.0, 0.95) * total, n))
+        if self.executor_kills:
+            self.start_cluster()
+            spark_steps = [s for s in self.steps if STEPS[s].needs_spark]
+            for n in range(1, self.executor_kills + 1):
+                step = spark_steps[(n - 1) % len(spark_steps)]
+                # From the executor's start; a cluster run is slower than the warm in-process one.
+                self.record(self.executor_kill(step, self.rng.uniform(0.0, 0.95) * 1.5 * self.in_process[step], n))
         return self.summary()
 
     def record(self, r: dict) -> None:
         self.records.append(r)
         status = "survived" if r["survived"] else "NOT SURVIVED"
         extra = f"at {r['at_s']} s" if "at_s" in r else f"exit codes {r['exit_codes']}"
-        print(f"{r['step']:<9} {r['fault']:<15} {extra:<22} {status}"
+        if not r.get("killed_while_running", True):
+            status = "ended before the kill (not counted); " + status
+        print(f"{r['step']:<9} {r['fault']:<16} {extra:<22} {status}"
               + (f"; mixed reads {r['mixed_reads']}" if r["mixed_reads"] else "")
               + (f"; leftovers {r['leftovers'][:3]}" if r["leftovers"] else ""), flush=True)
 
@@ -350,19 +554,24 @@ class Campaign:
             print(f"{missed} run(s) ended before their kill moment (not counted as faults)")
         by_step = {}
         for r in faults:
-            s = by_step.setdefault(r["step"], [0, 0, []])
+            s = by_step.setdefault((r["step"], r["fault"]), [0, 0, []])
             s[0] += 1
             s[1] += r["survived"]
             s[2] += [r["recover_s"]] if "recover_s" in r else []
-        print(f"\n{'step':<10}{'injected':>9}{'survived':>9}{'median recovery s':>19}")
-        for step, (n, ok, rec) in by_step.items():
-            print(f"{step:<10}{n:>9}{ok:>9}{(sorted(rec)[len(rec) // 2] if rec else float('nan')):>19.1f}")
+        print(f"\n{'step':<10}{'fault':<18}{'injected':>9}{'survived':>9}{'median recovery s':>19}")
+        for (step, fault), (n, ok, rec) in by_step.items():
+            median = sorted(rec)[len(rec) // 2] if rec else float("nan")
+            print(f"{step:<10}{fault:<18}{n:>9}{ok:>9}{median:>19.1f}")
         print(f"faults: {injected} injected, {survived} survived, {lost} rows lost, {mixed} mixed reads")
         return 0 if not failed and lost == 0 and mixed == 0 else 1
 
     def close(self) -> None:
         if self.redis_proc is not None:
             self.redis_proc.terminate()
+        for proc in self.daemons:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
 
 
 class RecallReader(threading.Thread):
@@ -371,10 +580,12 @@ class RecallReader(threading.Thread):
     def __init__(self, config, expected: dict[str, dict[str, list[str]]]):
         super().__init__(daemon=True)
         self.config, self.expected = config, expected
-        self.counts = {"reads": 0, "absent": 0, "mixed": 0}
+        self.counts = {"reads": 0, "absent": 0, "mixed": 0, "errors": 0, "reads_after_restart": 0}
         self.stop = threading.Event()
 
     def run(self) -> None:
+        import redis
+
         from jobs.online.keys import connect
         from jobs.online.recall import recall
 
@@ -389,7 +600,13 @@ class RecallReader(threading.Thread):
             except (LookupError, RuntimeError):
                 self.counts["absent"] += 1
                 continue
+            except redis.RedisError:  # the server is down: the caller gets a clear error
+                self.counts["errors"] += 1
+                time.sleep(0.02)
+                continue
             self.counts["reads"] += 1
+            if self.counts["errors"]:
+                self.counts["reads_after_restart"] += 1
             want = self.expected.get(got.date, {}).get(user)
             if got.source == "user" and [t for t, _ in got.tags] != want:
                 self.counts["mixed"] += 1
@@ -401,7 +618,13 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", default=",".join(STEPS))
     ap.add_argument("--work", help="working folder (default: a new temporary one, deleted at the end)")
-    ap.add_argument("--quick", action="store_true", help="one kill per step, the concurrent pair for ingest only")
+    ap.add_argument("--redis-kills", type=int, default=10,
+                    help="SIGKILLs of redis-server, alternately during publish and during the recall loop")
+    ap.add_argument("--executor-kills", type=int, default=10,
+                    help="SIGKILLs of an executor of a standalone cluster, the Spark steps in turn")
+    ap.add_argument("--quick", action="store_true",
+                    help="one kill per step, the concurrent pair for ingest only, one Redis kill during "
+                         "publish, no cluster")
     args = ap.parse_args()
     steps = [s for s in args.steps.split(",") if s]
     unknown = sorted(set(steps) - set(STEPS))
@@ -409,8 +632,13 @@ def main() -> int:
         ap.error(f"unknown steps {unknown}; known: {', '.join(STEPS)}")
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="tagrecall-faults-"))
     work.mkdir(parents=True, exist_ok=True)
-    per_step, pairs = (1, ["ingest"]) if args.quick else (args.faults_per_step, steps)
-    campaign = Campaign(work, args.seed, per_step, steps, pairs, args.quick)
+    if args.quick:
+        per_step, pairs, redis_kills, executor_kills = 1, ["ingest"], 1, 0
+    else:
+        per_step, pairs, redis_kills, executor_kills = args.faults_per_step, steps, args.redis_kills, args.executor_kills
+    if "publish" not in steps:
+        redis_kills = 0
+    campaign = Campaign(work, args.seed, per_step, steps, pairs, args.quick, redis_kills, executor_kills)
     started = time.monotonic()
     try:
         campaign.prepare()

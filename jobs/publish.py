@@ -78,8 +78,22 @@ def _writer(conn: Connection, keys: Keys, version: str, kind: str, batch: int, w
 def _write_sets(spark: SparkSession, df: DataFrame, conn: Connection, keys: Keys, version: str, kind: str,
                 batch: int) -> tuple[int, int]:
     written, members = spark.sparkContext.accumulator(0), spark.sparkContext.accumulator(0)
-    df.foreachPartition(_writer(conn, keys, version, kind, batch, written, members))
+    try:
+        df.foreachPartition(_writer(conn, keys, version, kind, batch, written, members))
+    except Exception as exc:  # a task's Redis error arrives wrapped in Spark's (PythonException, Py4J)
+        cause = redis_cause(exc)
+        if cause is None:
+            raise
+        raise redis.ConnectionError(f"a Spark task writing {kind} keys failed: {cause}") from None
     return written.value, members.value
+
+
+def redis_cause(exc: BaseException) -> str | None:
+    """The ``redis.exceptions.X: message`` line of a Spark task failure, or None."""
+    for line in reversed(str(exc).splitlines()):
+        if line.strip().startswith("redis.exceptions."):
+            return line.strip().removeprefix("redis.exceptions.")
+    return None
 
 
 def delete_version(client, keys: Keys, version: str, batch: int = 1000) -> int:
@@ -220,7 +234,7 @@ def run(spark: SparkSession | None, config: Config, date: dt.date, rollback: boo
                                f"${config.publish.username_env} the writer's rules (`tagrecall redis-acl`). "
                                f"{Keys(config.publish.key_prefix).current} was not changed") from None
     except redis.RedisError as exc:
-        raise RedisUnavailable(f"publish {day}: Redis at {where} failed: {exc}. "
+        raise RedisUnavailable(f"publish {day}: Redis at {where} failed: {str(exc).rstrip('.')}. "
                                f"{Keys(config.publish.key_prefix).current} still names the last complete "
                                "version; re-run the step when Redis is back") from None
     finally:
