@@ -46,6 +46,7 @@ NAME = "ingest"
 # Reasons a record is refused, in the order the rules are applied.
 REASONS = (
     "malformed_record",     # not a JSON object
+    "bad_encoding",         # bytes that are not UTF-8 (read as U+FFFD)
     "missing_field",        # a required field is null or empty
     "bad_type",             # a field that does not parse as its type
     "unknown_event_type",
@@ -113,11 +114,25 @@ def _malformed(_df: DataFrame) -> Column:
     return F.col(_CORRUPT).isNotNull() | _blank(F.col("raw"))
 
 
+# A landed line whose bytes are not UTF-8 is refused: its ``raw`` in ``rejected`` shows them
+# as U+FFFD (so every reader can decode it) and its detail holds the bytes as they landed.
+_BAD_BYTES = "_bad_bytes"
+
+
+def _bad_encoding() -> tuple[Column, str, Column]:
+    return (F.col(_BAD_BYTES).isNotNull(), "bad_encoding",
+            F.concat(F.lit("not valid UTF-8 (shown as U+FFFD in raw); the landed bytes in base64: "),
+                     F.col(_BAD_BYTES)))
+
+
 def parse_json_records(records: DataFrame, schema: StructType) -> DataFrame:
     """raw -> raw + the schema's fields as strings; a record that is not a JSON object has
-    all fields null and its text in ``_corrupt``."""
-    return records.select("raw", F.from_json("raw", schema, {
-        "mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT}).alias("r")).select("raw", "r.*")
+    all fields null and its text in ``_corrupt``; one whose bytes are not UTF-8 has them in
+    ``_bad_bytes`` (base64) and U+FFFD in their place in ``raw``."""
+    bad_bytes = F.when(~F.is_valid_utf8("raw"), F.base64(F.col("raw").cast("binary")))
+    return records.select(F.make_valid_utf8("raw").alias("raw"), bad_bytes.alias(_BAD_BYTES)).select(
+        "raw", _BAD_BYTES, F.from_json("raw", schema, {
+            "mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT}).alias("r")).select("raw", _BAD_BYTES, "r.*")
 
 
 # -- events --------------------------------------------------------------------------------
@@ -130,7 +145,7 @@ def with_event_checks(events: DataFrame, *, window_start: dt.datetime, window_en
     """Typed columns plus ``reason``/``detail`` of the first broken rule that needs no
     other table (ids are checked against users and articles in ``with_known_ids``)."""
     typed = events.select(
-        "raw", _CORRUPT,
+        "raw", _BAD_BYTES, _CORRUPT,
         F.col("event_id").alias("s_event_id"), F.col("user_id").alias("s_user_id"),
         F.col("article_id").alias("s_article_id"), F.col("event_type").alias("s_event_type"),
         F.col("event_time").alias("s_event_time"), F.col("dwell_ms").alias("s_dwell_ms"),
@@ -153,6 +168,7 @@ def with_event_checks(events: DataFrame, *, window_start: dt.datetime, window_en
     lower, upper = F.lit(window_start), F.lit(window_end)
     checked = typed.transform(with_first_failure, [
         (_malformed(typed), "malformed_record", None),
+        _bad_encoding(),
         (missing_names != "", "missing_field", missing_names),
         (bad_types != "", "bad_type", bad_types),
         (~F.col("event_type").isin(*EVENT_TYPES), "unknown_event_type", F.col("s_event_type")),
@@ -218,7 +234,7 @@ def with_duplicates_marked(events: DataFrame, losers: DataFrame) -> DataFrame:
 def parse_articles(records: DataFrame) -> DataFrame:
     parsed = parse_json_records(records, RAW_ARTICLE_SCHEMA)
     return parsed.select(
-        "raw", _CORRUPT,
+        "raw", _BAD_BYTES, _CORRUPT,
         F.col("article_id").alias("s_article_id"), F.col("publish_time").alias("s_publish_time"),
         F.col("updated_time").alias("s_updated_time"), F.col("tags").alias("s_tags"),
         F.trim("article_id").alias("article_id"),
@@ -244,6 +260,7 @@ def with_article_checks(articles: DataFrame) -> DataFrame:
                             F.when(_bad_parse(F.col("s_tags"), F.col("raw_tags")), F.lit("tags")))
     checked = articles.transform(with_first_failure, [
         (_malformed(articles), "malformed_record", None),
+        _bad_encoding(),
         (missing != "", "missing_field", missing),
         (bad_types != "", "bad_type", bad_types),
         (bad_weight | bad_tag | repeated, "bad_tags", F.col("s_tags")),
@@ -257,7 +274,7 @@ def with_article_checks(articles: DataFrame) -> DataFrame:
 def parse_users(records: DataFrame) -> DataFrame:
     parsed = parse_json_records(records, RAW_USER_SCHEMA)
     return parsed.select(
-        "raw", _CORRUPT, F.col("user_id").alias("s_user_id"), F.col("features").alias("s_features"),
+        "raw", _BAD_BYTES, _CORRUPT, F.col("user_id").alias("s_user_id"), F.col("features").alias("s_features"),
         F.col("updated_time").alias("s_updated_time"),
         F.trim("user_id").alias("user_id"),
         F.from_json("features", RAW_FEATURES).alias("features"),
@@ -272,6 +289,7 @@ def with_user_checks(users: DataFrame, *, landed_at: dt.datetime) -> DataFrame:
                                    F.lit("updated_time")))
     checked = users.transform(with_first_failure, [
         (_malformed(users), "malformed_record", None),
+        _bad_encoding(),
         (missing.isNotNull(), "missing_field", missing),
         (bad_types != "", "bad_type", bad_types),
     ])

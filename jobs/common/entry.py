@@ -124,15 +124,24 @@ class Step:
     def invoke(self, spark, config: Config, date: dt.date, if_ready: bool = False, **options) -> dict:
         """Run the step, or with ``if_ready`` skip it with a report when it cannot run yet;
         under the step's lock for ``date`` (jobs/common/locks.py): a second run of the same
-        step and day at the same time stops with StepLocked."""
+        step and day at the same time stops with StepLocked. A file of a warehouse table
+        that cannot be read stops it with UnreadableFileError, naming the file and the step
+        that rewrites it."""
         from jobs.common.locks import step_lock
+        from jobs.common.storage import unreadable_file, unreadable_file_error
 
         with step_lock(config.storage.warehouse, self.name, date.isoformat(), spark):
-            if if_ready and self.skip_reason is not None:
-                reason = self.skip_reason(spark, config, date)
-                if reason:
-                    return skipped(config, self.name, date, reason, spark)
-            return self.run(spark, config, date, **options)
+            try:
+                if if_ready and self.skip_reason is not None:
+                    reason = self.skip_reason(spark, config, date)
+                    if reason:
+                        return skipped(config, self.name, date, reason, spark)
+                return self.run(spark, config, date, **options)
+            except Exception as exc:
+                found = unreadable_file(exc, config.storage.warehouse, config.storage.raw)
+                if found is None:
+                    raise
+                raise unreadable_file_error(self.name, date.isoformat(), *found) from exc
 
     def main(self, argv: list[str] | None = None) -> int:
         """spark-submit entry point: the submitter sets the master; the step never does."""

@@ -11,11 +11,11 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.common.storage import FileSystem, MissingPartitionError
+from jobs.common.storage import LANDED_SOURCES, FileSystem, MissingPartitionError
 from schemas.catalog import absolute_uri
 from schemas.config import Config
 
-SOURCES = ("events", "articles", "users")
+SOURCES = LANDED_SOURCES
 
 
 def raw_partition_location(raw_root: str, source: str, date: str) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,16 +26,67 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from schemas.catalog import PARTITION_COLUMN, absolute_uri, run_report_location, table
+from schemas.catalog import PARTITION_COLUMN, TABLES, absolute_uri, run_report_location, table
 from schemas.config import Config
 
 log = logging.getLogger(__name__)
 
 STAGING_DIR = "_staging"
+LANDED_SOURCES = ("events", "articles", "users")  # jobs/common/landing.py's layout
 
 
 class MissingPartitionError(FileNotFoundError):
     """An input partition a step needs does not exist."""
+
+
+class UnreadableFileError(RuntimeError):
+    """A file of a warehouse table cannot be read (truncated, overwritten, not Parquet);
+    the message names the file and the step that rewrites it."""
+
+
+# How Spark (FAILED_READ_FILE) and pyarrow's datasets name a file they could not read.
+_FAILED_FILE = (re.compile(r"Encountered error while reading file (\S+?)\.?(?:\s|$)"),
+                re.compile(r"Could not open Parquet input source '([^']+)'"))
+_PARTITION_FILE = re.compile(rf"/([A-Za-z0-9_]+)/{PARTITION_COLUMN}=(\d{{4}}-\d{{2}}-\d{{2}})/[^/]+$")
+
+
+def _local(uri: str) -> str:
+    return re.sub(r"^[a-z0-9]+:/+", "/", uri).rstrip("/")
+
+
+def unreadable_file(exc: BaseException, warehouse: str, raw: str = "") -> tuple[str, str, str, str] | None:
+    """(file, "table" or "landing", table or source, date) when ``exc`` is a failed read of
+    a file of one of ``warehouse``'s tables or of the ``raw`` landing; None for any other
+    error."""
+    text = str(exc)
+    roots = [("table", _local(absolute_uri(warehouse)))] + ([("landing", _local(absolute_uri(raw)))] if raw else [])
+    for pattern in _FAILED_FILE:
+        for found in pattern.finditer(text):
+            path = found.group(1)
+            where = _PARTITION_FILE.search(_local(path))
+            if where is None:
+                continue
+            name, day = where.group(1), where.group(2)
+            for kind, root in roots:
+                if _local(path).startswith(root + "/") and name in (TABLES if kind == "table" else LANDED_SOURCES):
+                    return path, kind, name, day
+    return None
+
+
+def unreadable_file_error(step: str, date: str, path: str, kind: str, name: str, day: str) -> UnreadableFileError:
+    whole = ("Partitions are replaced whole, so every table is as it was before this run or as this run "
+             "wrote it in full.")
+    if kind == "landing":
+        return UnreadableFileError(
+            f"{step} {date}: the landed file {path} cannot be read (not gzip though named so, truncated, or not "
+            f"the landing's format). Its records cannot be told apart, so none of {name} of {day} was taken: "
+            f"replace it with a good copy from the upstream export (or move it out of the landing folder), then "
+            f"run `tagrecall ingest --date {day}` again. {whole}")
+    writer = table(name).written_by
+    return UnreadableFileError(
+        f"{step} {date}: {path} cannot be read (truncated, overwritten or not Parquet). It is a file of "
+        f"{name} for {day}: rewrite that partition with `tagrecall {writer} --date {day}` (or restore it from "
+        f"a backup), then run `tagrecall {step} --date {date}` again. {whole}")
 
 
 @dataclass
