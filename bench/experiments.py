@@ -1,5 +1,5 @@
-"""Loss-weighting experiments: uncertainty against equal and fixed weights and against
-single-task models, several seeds each, on a warehouse whose triples are built.
+"""Loss-weighting experiments: every weighting of models/weighting.py and models/layers.py
+against each other and against single-task models, several seeds each, on a warehouse whose triples are built.
 
     python bench/experiments.py --warehouse kr/warehouse --config jobs/conf/kuairand.toml \\
         --validate 2022-04-30 --test 2022-05-01 [--seeds 0,1,2] [--out bench/out/experiments-kr.json]
@@ -13,7 +13,8 @@ promoted, and is scored on --test:
   click-only, E[dwell] alone for dwell-only) ranks each user's candidate tags of the test
   day: per user, the AUC of the tags' mean score against "the user clicked an article
   carrying the tag", weighted by the user's number of tags, over users with both kinds;
-- the learned task weights (uncertainty).
+- the task weights at the end (learned or set by the weighting), and the median seconds per
+  epoch as a ratio to equal weights in the same run.
 
 Prints mean ± standard deviation over seeds per variant, and writes every run to --out.
 """
@@ -38,8 +39,14 @@ from schemas.features import feature_spec
 
 VARIANTS = {
     "uncertainty": {"loss_weighting": "uncertainty"},
+    "uncertainty lr x10": {"loss_weighting": "uncertainty", "log_var_lr_multiplier": 10.0},
     "equal": {"loss_weighting": "equal"},
     "fixed": {"loss_weighting": "fixed"},
+    "dwa": {"loss_weighting": "dwa"},
+    "dtp": {"loss_weighting": "dtp"},
+    "gradnorm": {"loss_weighting": "gradnorm"},
+    "mgda": {"loss_weighting": "mgda"},
+    "pcgrad": {"loss_weighting": "pcgrad"},
     "click only": {"tasks": ["click"]},
     "dwell only": {"tasks": ["dwell"]},
 }
@@ -93,10 +100,12 @@ def main() -> int:
                 result = train.train_day(config, dt.date.fromisoformat(args.validate), version=version, promote=False)
                 test = score_test(config, version, args.test)
                 run = {"variant": variant, "seed": seed, "epochs": result["epochs"],
+                       "epoch_seconds": statistics.median(result["history"]["epoch_seconds"]),
                        "task_weights": result["task_weights"], "validation": result["validation"], "test": test,
                        "seconds": round(time.monotonic() - t0, 1)}
                 runs.append(run)
-                print(json.dumps({k: run[k] for k in ("variant", "seed", "epochs", "task_weights", "test", "seconds")},
+                print(json.dumps({k: run[k] for k in ("variant", "seed", "epochs", "epoch_seconds", "task_weights", "test",
+                                                      "seconds")},
                                  default=str), flush=True)
                 folder = registry.models_dir(config.storage.warehouse) / version
                 for f in sorted(folder.glob("*")):
@@ -113,14 +122,19 @@ def main() -> int:
         return f"{statistics.mean(vals):.4f} ± {sd:.4f}" if key != "dwell_rmse_sec" else \
             f"{statistics.mean(vals):.1f} ± {sd:.1f}"
 
-    keys = ["auc", "gauc", "log_loss", "dwell_rmse_sec", "tag_gauc"]
+    keys = ["auc", "gauc", "log_loss", "calibration", "dwell_rmse_sec", "tag_gauc"]
+    # Seconds per epoch (median over the run's epochs, then over seeds) against equal weights,
+    # measured in this run.
+    per_epoch = {v: statistics.median(r["epoch_seconds"] for r in runs if r["variant"] == v) for v in variants}
+    reference = per_epoch.get("equal")
     print(f"\ntest day {args.test}, validation {args.validate}, seeds {seeds} (mean ± sd)")
-    print("| variant | " + " | ".join(keys) + " | learned weights (click, dwell) |")
-    print("|---" * (len(keys) + 2) + "|")
+    print("| variant | " + " | ".join(keys) + " | weights at the end (click, dwell) | s/epoch vs equal |")
+    print("|---" * (len(keys) + 3) + "|")
     for v in variants:
         w = [r["task_weights"] for r in runs if r["variant"] == v]
         wtxt = ", ".join(f"{statistics.mean(x[t] for x in w):.2f}" for t in ("click", "dwell") if t in w[0])
-        print(f"| {v} | " + " | ".join(cell(v, k) for k in keys) + f" | {wtxt} |")
+        ratio = f"{per_epoch[v] / reference:.2f}" if reference else f"{per_epoch[v]:.1f} s"
+        print(f"| {v} | " + " | ".join(cell(v, k) for k in keys) + f" | {wtxt} | {ratio} |")
     return 0
 
 

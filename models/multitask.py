@@ -15,7 +15,18 @@ hashed crosses (keras.layers.HashedCrossing) of the tag with each user feature, 
 and the hour. The click head outputs its logit too: the loss is computed from it.
 
 ``MultiTaskTrainer`` wraps the network for training only: it owns the learned log
-variances and the loss of models/layers.py. The saved artefact is the network itself.
+variances, the loss of models/layers.py and the weightings of models/weighting.py. The
+saved artefact is the network itself, whatever the weighting.
+
+Weightings (``model.loss_weighting``):
+- equal, fixed, uncertainty: a formula of the two losses (models/layers.py);
+- dwa: weights from the last two epochs' mean losses, set at each epoch's end;
+- dtp: weights from a running KPI per task (exp(-BCE), exp(-MSE)), updated every batch;
+- gradnorm, mgda, pcgrad: from the task gradients, in a train_step of their own (two
+  backward passes, TensorFlow's GradientTape). gradnorm on the kernel of the last shared
+  layer, mgda with respect to the shared layer's output (MGDA-UB), pcgrad on every shared
+  variable (embeddings, normalisation, bottom MLP); tower variables get their own task's
+  gradient.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ import logging
 import keras
 import numpy as np
 
+from models import weighting as mtl
 from models.data import Statistics
 from models.layers import (
     Log1p,
@@ -81,25 +93,60 @@ def build_network(spec: FeatureSpec, stats: Statistics, cfg: ModelConfig, tasks:
     return keras.Model(inputs=inputs, outputs=outputs, name="tag_model")
 
 
+GRADIENT_WEIGHTINGS = ("gradnorm", "mgda", "pcgrad")
+# Weightings whose two task weights live in ``task_w`` (set by the method, not trained).
+STATE_WEIGHTINGS = ("dwa", "dtp", "gradnorm", "mgda", "pcgrad")
+
+
+def _shared_layer_name(network: keras.Model) -> str:
+    bottoms = sorted((layer.name for layer in network.layers if layer.name.startswith("bottom_")
+                      and layer.name != "bottom_input"), key=lambda n: int(n.rsplit("_", 1)[1]))
+    return bottoms[-1] if bottoms else "bottom_input"
+
+
 class MultiTaskTrainer(keras.Model):
     """Trains ``network`` with the configured task weighting; not saved itself."""
 
-    def __init__(self, network: keras.Model, tasks: list[str], weighting: str, fixed: dict[str, float]):
+    def __init__(self, network: keras.Model, tasks: list[str], weighting: str, fixed: dict[str, float],
+                 cfg: ModelConfig | None = None):
         super().__init__(name="trainer")
         self.network = network
         self.tasks = list(tasks)
         self.weighting = weighting if len(self.tasks) == 2 else "single"
+        self.cfg = cfg or ModelConfig()
         self.fixed = {"click": fixed.get("click", 1.0), "dwell": fixed.get("dwell", 1.0)}
-        self.log_var_click = self.add_weight(name="log_var_click", shape=(), initializer="zeros",
-                                             trainable=self.weighting == "uncertainty")
-        self.log_var_dwell = self.add_weight(name="log_var_dwell", shape=(), initializer="zeros",
-                                             trainable=self.weighting == "uncertainty")
+        # s = log_var_lr_multiplier x a trained raw value: with Adam, the log variances move
+        # that many times faster than the network's weights (a learning rate of their own).
+        self.log_var_scale = float(self.cfg.log_var_lr_multiplier)
+        self.raw_log_var_click = self.add_weight(name="log_var_click", shape=(), initializer="zeros",
+                                                 trainable=self.weighting == "uncertainty")
+        self.raw_log_var_dwell = self.add_weight(name="log_var_dwell", shape=(), initializer="zeros",
+                                                 trainable=self.weighting == "uncertainty")
+        self.task_w = self.add_weight(name="task_weights", shape=(2,), initializer="ones", trainable=False)
+        self.kpi = self.add_weight(name="task_kpis", shape=(2,), initializer=keras.initializers.Constant(0.5),
+                                   trainable=False)
+        self.initial_losses = self.add_weight(name="initial_losses", shape=(2,), initializer="zeros",
+                                              trainable=False)
+        if self.weighting in GRADIENT_WEIGHTINGS:
+            # The network's outputs and its shared representation, through the same layers.
+            self.shared_name = _shared_layer_name(network)
+            self.with_shared = keras.Model(network.input, {"shared": network.get_layer(self.shared_name).output,
+                                                           **network.output})
+            self.weight_optimizer = keras.optimizers.Adam(self.cfg.gradnorm_learning_rate)
         self.total_tracker = keras.metrics.Mean(name="loss")
         self.click_tracker = keras.metrics.Mean(name="click_loss")
         self.dwell_tracker = keras.metrics.Mean(name="dwell_loss")
 
     def call(self, inputs, training=False):
         return self.network(inputs, training=training)
+
+    @property
+    def log_var_click(self):
+        return self.log_var_scale * self.raw_log_var_click
+
+    @property
+    def log_var_dwell(self):
+        return self.log_var_scale * self.raw_log_var_dwell
 
     def task_losses(self, y, y_pred):
         bce = binary_crossentropy(y["click"], y_pred["click_logit"]) if "click" in y_pred else 0.0
@@ -110,14 +157,72 @@ class MultiTaskTrainer(keras.Model):
         bce, mse = self.task_losses(y, y_pred)
         if self.weighting == "single":
             loss = bce if self.tasks == ["click"] else mse
+        elif self.weighting in STATE_WEIGHTINGS:
+            if self.weighting == "dtp" and training:
+                a = self.cfg.dtp_smoothing
+                now = keras.ops.exp(-keras.ops.stop_gradient(keras.ops.stack([bce, mse])))
+                self.kpi.assign(a * self.kpi + (1.0 - a) * now)
+                self.task_w.assign(mtl.dtp_weights(self.kpi, self.cfg.dtp_gamma))
+            loss = self.task_w[0] * bce + self.task_w[1] * mse
         else:
             loss = combined_loss(bce, mse, self.weighting, (self.log_var_click, self.log_var_dwell), self.fixed)
+        self.track(loss, bce, mse)
+        return loss
+
+    def track(self, loss, bce, mse) -> None:
         self.total_tracker.update_state(loss)
         if "click" in self.tasks:
             self.click_tracker.update_state(bce)
         if "dwell" in self.tasks:
             self.dwell_tracker.update_state(mse)
-        return loss
+
+    def train_step(self, data):
+        """The gradient-based weightings (gradnorm, mgda, pcgrad); the others use Keras's step."""
+        if self.weighting not in GRADIENT_WEIGHTINGS:
+            return super().train_step(data)
+        import tensorflow as tf
+
+        x, y = data[0], data[1]
+        variables = self.network.trainable_variables
+        with tf.GradientTape(persistent=True) as tape:
+            out = self.with_shared(x, training=True)
+            bce, mse = self.task_losses(y, out)
+        def dense(grads):  # embeddings' gradients come as IndexedSlices; a tower's is None for the other task
+            return [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+                    for g, v in zip(grads, variables, strict=True)]
+
+        g_click, g_dwell = dense(tape.gradient(bce, variables)), dense(tape.gradient(mse, variables))
+        shared = [not (v.path.startswith("click_") or v.path.startswith("dwell_")) for v in variables]
+        if self.weighting == "mgda":
+            z_click, z_dwell = tape.gradient(bce, out["shared"]), tape.gradient(mse, out["shared"])
+            self.task_w.assign(mtl.min_norm_weights(tf.reshape(z_click, [-1]), tf.reshape(z_dwell, [-1])))
+        if self.weighting == "gradnorm":
+            kernel = self.network.get_layer(self.shared_name).kernel
+            norms = tf.stack([tf.norm(tape.gradient(bce, kernel)), tf.norm(tape.gradient(mse, kernel))])
+            losses = tf.stack([bce, mse])
+            # L(0): the first batch's losses.
+            self.initial_losses.assign(tf.where(self.initial_losses > 0, self.initial_losses, losses))
+        del tape
+        w = self.task_w
+        if self.weighting == "pcgrad":
+            idx = [i for i, s in enumerate(shared) if s]
+            flat = [tf.concat([tf.reshape(g[i], [-1]) for i in idx], 0) for g in (g_click, g_dwell)]
+            combined = mtl.pcgrad(flat)
+            grads = [gc + gd for gc, gd in zip(g_click, g_dwell, strict=True)]
+            offset = 0
+            for i in idx:
+                size = int(np.prod(variables[i].shape))
+                grads[i] = tf.reshape(combined[offset:offset + size], variables[i].shape)
+                offset += size
+        else:
+            grads = [w[0] * gc + w[1] * gd for gc, gd in zip(g_click, g_dwell, strict=True)]
+        self.optimizer.apply(grads, variables)
+        if self.weighting == "gradnorm":
+            self.weight_optimizer.apply([mtl.gradnorm_gradient(w, norms, losses, self.initial_losses,
+                                                               self.cfg.gradnorm_alpha)], [self.task_w])
+            self.task_w.assign(mtl.renormalise(self.task_w))
+        self.track(w[0] * bce + w[1] * mse, bce, mse)
+        return {m.name: m.result() for m in self.metrics}
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         return {m.name: m.result() for m in self.metrics}
@@ -129,7 +234,17 @@ class MultiTaskTrainer(keras.Model):
     def task_weights(self) -> dict[str, float]:
         if self.weighting == "single":
             return {t: 1.0 for t in self.tasks}
+        if self.weighting in STATE_WEIGHTINGS:
+            w = keras.ops.convert_to_numpy(self.task_w)
+            return {"click": float(w[0]), "dwell": float(w[1])}
         return task_weights(self.weighting, (self.log_var_click, self.log_var_dwell), self.fixed)
+
+    def set_epoch_losses(self, history: list[tuple[float, float]]) -> None:
+        """DWA: the weights for the next epoch from the mean task losses of those so far."""
+        if self.weighting != "dwa":
+            return
+        w = mtl.dwa_weights(history[-1], history[-2], self.cfg.dwa_temperature) if len(history) >= 2 else None
+        self.task_w.assign(np.ones(2, "float32") if w is None else keras.ops.convert_to_numpy(w))
 
     def log_variances(self) -> dict[str, float]:
         return {"click": float(keras.ops.convert_to_numpy(self.log_var_click)),
@@ -143,12 +258,22 @@ class TaskWeightLogger(keras.callbacks.Callback):
     def __init__(self, label: str = "train"):
         super().__init__()
         self.label = label
+        self.started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        import time
+
+        self.started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
+        import time
+
+        logs["epoch_seconds"] = time.perf_counter() - self.started
         trainer = self.model
-        for task, w in trainer.task_weights().items():
+        logs_weights = trainer.task_weights()
+        for task, w in logs_weights.items():
             logs[f"weight_{task}"] = w
         for task, s in trainer.log_variances().items():
             logs[f"log_var_{task}"] = s
@@ -156,9 +281,23 @@ class TaskWeightLogger(keras.callbacks.Callback):
             return " ".join(f"{t} {float(logs[f'{prefix}{t}_loss']):.4f}" for t in trainer.tasks
                             if f"{prefix}{t}_loss" in logs)
 
-        weights = " ".join(f"{t} {w:.3f}" for t, w in trainer.task_weights().items())
+        weights = " ".join(f"{t} {w:.3f}" for t, w in logs_weights.items())
         log.info("%s epoch %d: loss %s | validation %s | task weights %s", self.label, epoch + 1, part(""),
                  part("val_") or "n/a", weights)
+
+
+class DwaWeights(keras.callbacks.Callback):
+    """DWA: after each epoch, the next epoch's task weights from the mean task losses of the
+    epochs so far (place it after TaskWeightLogger, which logs the weights the epoch used)."""
+
+    def __init__(self):
+        super().__init__()
+        self.losses: list[tuple[float, float]] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs and "click_loss" in logs and "dwell_loss" in logs:
+            self.losses.append((float(logs["click_loss"]), float(logs["dwell_loss"])))
+            self.model.set_epoch_losses(self.losses)
 
 
 class EpochProgress(keras.callbacks.Callback):

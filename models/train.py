@@ -245,17 +245,25 @@ def fit(config: Config, spec: FeatureSpec, stats: data.Statistics, train_ds, val
     """(network, trainer, history): the network fitted with early stopping on validation."""
     import keras
 
-    from models.multitask import EpochProgress, MultiTaskTrainer, TaskWeightLogger, build_network
+    from models.multitask import (
+        DwaWeights,
+        EpochProgress,
+        MultiTaskTrainer,
+        TaskWeightLogger,
+        build_network,
+    )
 
     cfg = config.model
     keras.utils.set_random_seed(cfg.seed)
     network = build_network(spec, stats, cfg, cfg.tasks)
-    trainer = MultiTaskTrainer(network, cfg.tasks, cfg.loss_weighting, cfg.fixed_weights)
+    trainer = MultiTaskTrainer(network, cfg.tasks, cfg.loss_weighting, cfg.fixed_weights, cfg)
     trainer.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate))
     monitor = "val_click_loss" if "click" in cfg.tasks else "val_dwell_loss"
     callbacks = [TaskWeightLogger(label), EpochProgress(label, data.steps(stats.rows, cfg.batch_size)),
                  keras.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=cfg.patience,
                                                restore_best_weights=True)]
+    if trainer.weighting == "dwa":
+        callbacks.insert(1, DwaWeights())
     # The streamed dataset's length is unknown to Keras, which warns at the end of each epoch.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ran out of data.*")

@@ -316,7 +316,7 @@ class FeaturesConfig:
         _require(0 <= self.reference_hour <= 23, f"{where}.reference_hour", "must be 0..23")
 
 
-LOSS_WEIGHTINGS = ("uncertainty", "equal", "fixed")
+LOSS_WEIGHTINGS = ("uncertainty", "equal", "fixed", "dwa", "dtp", "gradnorm", "mgda", "pcgrad")
 TASKS = ("click", "dwell")
 
 
@@ -330,6 +330,14 @@ class ModelConfig:
     window_days: int = 7
     loss_weighting: str = "uncertainty"
     fixed_weights: dict[str, float] = field(default_factory=_default_fixed_weights)
+    # The history- and gradient-based weightings (models/weighting.py).
+    # Uncertainty: the log variances' learning rate as a multiple of learning_rate.
+    log_var_lr_multiplier: float = 1.0
+    gradnorm_alpha: float = 1.5
+    gradnorm_learning_rate: float = 0.025
+    dwa_temperature: float = 2.0
+    dtp_gamma: float = 2.0
+    dtp_smoothing: float = 0.9
     # Which tasks the model learns: both, or one for the single-task baselines.
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
     embedding_dim: int = 8
@@ -365,6 +373,14 @@ class ModelConfig:
         _require(self.learning_rate > 0, f"{where}.learning_rate", "must be > 0")
         _require(self.patience >= 0, f"{where}.patience", "must be >= 0")
         _require(self.auc_tolerance >= 0, f"{where}.auc_tolerance", "must be >= 0")
+        _require(self.log_var_lr_multiplier > 0, f"{where}.log_var_lr_multiplier", "must be > 0")
+        _require(self.gradnorm_alpha >= 0, f"{where}.gradnorm_alpha", "must be >= 0")
+        for key in ("gradnorm_learning_rate", "dwa_temperature"):
+            _require(getattr(self, key) > 0, f"{where}.{key}", "must be > 0")
+        _require(self.dtp_gamma >= 0, f"{where}.dtp_gamma", "must be >= 0")
+        _require(0 <= self.dtp_smoothing < 1, f"{where}.dtp_smoothing", "must be in [0, 1)")
+        _require(self.loss_weighting != "gradnorm" or bool(self.bottom_units), f"{where}.bottom_units",
+                 "gradnorm needs a shared layer: give bottom_units at least one size")
 
 
 TAG_MODEL_LOSSES = ("joint", "split", "softmax")

@@ -242,6 +242,7 @@ def test_bytes_that_are_not_utf8_are_refused_with_their_reason(spark, make_confi
     lines = [json.dumps(base_event(20)).replace('"L0-e20"', '"L0-e20-caf\xe9"').encode("latin-1"),  # Latin-1
              json.dumps(base_event(21)).encode().replace(b'"r21"', b'"r21-\xff\xfe"')]  # stray bytes
     (folder / "latin1.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    (folder / "empty.jsonl").write_bytes(b"")  # an empty file: no records, nothing to refuse
     report = ingest.STEP.invoke(spark, config, D)
     assert report["balance"]["events"]["balanced"]
     refused = Warehouse(spark, config).read_partition("rejected", DAY).where("source = 'events'").collect()

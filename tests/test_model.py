@@ -11,7 +11,7 @@ keras = pytest.importorskip("keras")
 
 from models import layers, metrics  # noqa: E402
 from models.data import Statistics  # noqa: E402
-from models.multitask import MultiTaskTrainer, TaskWeightLogger, build_network  # noqa: E402
+from models.multitask import DwaWeights, MultiTaskTrainer, TaskWeightLogger, build_network  # noqa: E402
 from models.train import gate  # noqa: E402
 from schemas.config import load_config  # noqa: E402
 from schemas.features import feature_spec  # noqa: E402
@@ -99,16 +99,20 @@ def _toy(n=4000, seed=0):
     return config, spec, stats, x, {"click": click, "dwell": dwell, "dwell_mask": click.copy()}
 
 
-def _fit(weighting, tasks=("click", "dwell"), epochs=3, seed=1):
+def _fit(weighting, tasks=("click", "dwell"), epochs=3, seed=1, **model_settings):
+    import dataclasses
+
     config, spec, stats, x, y = _toy()
+    config = config.replace(model=dataclasses.replace(config.model, **model_settings))
     keras.utils.set_random_seed(seed)
     net = build_network(spec, stats, config.model, list(tasks))
-    trainer = MultiTaskTrainer(net, list(tasks), weighting, {"click": 1.0, "dwell": 0.5})
+    trainer = MultiTaskTrainer(net, list(tasks), weighting, {"click": 1.0, "dwell": 0.5}, config.model)
     trainer.compile(optimizer=keras.optimizers.Adam(0.01))
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(256)
-    hist = trainer.fit(ds, epochs=epochs, verbose=0, callbacks=[TaskWeightLogger()])
+    callbacks = [TaskWeightLogger(), *([DwaWeights()] if weighting == "dwa" else [])]
+    hist = trainer.fit(ds, epochs=epochs, verbose=0, callbacks=callbacks)
     return trainer, net, x, y, hist.history
 
 
@@ -118,6 +122,11 @@ def test_learned_task_weights_move_and_are_logged_each_epoch():
     s = trainer.log_variances()
     assert abs(s["click"]) > 0.05 and abs(s["dwell"]) > 0.05
     assert history["weight_click"][0] != history["weight_click"][-1]
+    # Their own learning rate: x10 moves the slow one (dwell) further in the same epochs, and
+    # s_click sits at its optimum log(2 BCE) (d/ds of exp(-s) BCE + s / 2 = 0).
+    faster, *_, fast_history = _fit("uncertainty", log_var_lr_multiplier=10.0)
+    assert abs(faster.log_variances()["dwell"]) > 2 * abs(s["dwell"])
+    assert abs(faster.log_variances()["click"] - math.log(2 * fast_history["click_loss"][-1])) < 0.1
     # with fixed weights the log variances do not train
     fixed, *_ = _fit("fixed", epochs=1)
     assert fixed.log_variances() == {"click": 0.0, "dwell": 0.0}
@@ -135,6 +144,33 @@ def test_saved_model_loads_with_safe_mode_and_scores_identically(tmp_path):
     x2 = dict(x)
     x2["tag"] = np.full_like(x["tag"], "never-seen")
     assert np.isfinite(np.asarray(loaded.predict_on_batch(x2)["click"])).all()
+
+
+@pytest.mark.parametrize("weighting", ["dwa", "dtp", "gradnorm", "mgda", "pcgrad"])
+def test_every_weighting_trains_logs_its_weights_and_saves(weighting, tmp_path):
+    trainer, net, x, y, history = _fit(weighting, epochs=3)
+    assert all(np.isfinite(history["loss"])) and len(history["weight_click"]) == 3
+    w = np.array([history["weight_click"], history["weight_dwell"]])
+    assert np.isfinite(w).all() and (w >= 0).all()
+    if weighting == "dwa":  # 1 each for two epochs, then 2 softmax(r / 2) of the epoch losses' ratios
+        assert w[:, :2].tolist() == [[1.0, 1.0], [1.0, 1.0]]
+        r = np.array([history["click_loss"][1] / history["click_loss"][0],
+                      history["dwell_loss"][1] / history["dwell_loss"][0]])
+        np.testing.assert_allclose(w[:, 2], 2 * np.exp(r / 2) / np.exp(r / 2).sum(), rtol=1e-5)
+    if weighting == "mgda":  # a convex combination
+        np.testing.assert_allclose(w.sum(axis=0), 1.0, rtol=1e-5)
+    if weighting == "gradnorm":  # renormalised to the number of tasks, and moved
+        np.testing.assert_allclose(w.sum(axis=0), 2.0, rtol=1e-4)
+        assert abs(w[0, -1] - 1.0) > 1e-3
+    if weighting == "pcgrad":
+        assert (w == 1.0).all()
+    if weighting == "dtp":  # -(1 - k)^2 log k of KPIs in (0, 1): positive, below -log(1e-6)
+        assert (w > 0).all() and (w < 14).all()
+    p = np.asarray(net.predict_on_batch(x)["click"]).ravel()
+    assert metrics.auc(y["click"], p) > 0.6
+    net.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_allclose(np.asarray(loaded.predict_on_batch(x)["click"]).ravel(), p, rtol=1e-6)
 
 
 def test_the_model_learns_the_signal_in_the_toy_data():
