@@ -47,6 +47,7 @@ VARIANTS = {
     "gradnorm": {"loss_weighting": "gradnorm"},
     "mgda": {"loss_weighting": "mgda"},
     "pcgrad": {"loss_weighting": "pcgrad"},
+    "entire-space dwell": {"loss_weighting": "uncertainty", "dwell_space": "entire"},
     "click only": {"tasks": ["click"]},
     "dwell only": {"tasks": ["dwell"]},
 }
@@ -83,20 +84,30 @@ def main() -> int:
     ap.add_argument("--test", required=True)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--architectures", default="shared_bottom",
+                    help="comma-separated model.architecture values, each crossed with every variant")
     ap.add_argument("--set", action="append", default=[], help="extra section.key=value overrides")
     ap.add_argument("--out", default="bench/out/experiments.json")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    variants = [v.strip() for v in args.variants.split(",")]
+    names = [v.strip() for v in args.variants.split(",")]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        ap.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    architectures = [a.strip() for a in args.architectures.split(",")]
+    # "<architecture> + <variant>" unless only shared_bottom runs (the names of earlier tables).
+    grid = {(v if architectures == ["shared_bottom"] else f"{a} + {v}"): {**VARIANTS[v], "architecture": a}
+            for a in architectures for v in names}
+    variants = list(grid)
     runs = []
     with tempfile.TemporaryDirectory() as models_home:
         for variant in variants:
             for seed in seeds:
                 base = load_config(args.config, overrides={"storage": {"warehouse": args.warehouse}},
                                    assignments=args.set)
-                config = base.replace(model=dataclasses.replace(base.model, **VARIANTS[variant], seed=seed))
+                config = base.replace(model=dataclasses.replace(base.model, **grid[variant], seed=seed))
                 t0 = time.monotonic()
-                version = f"exp-{variant.replace(' ', '-')}-{seed}-{Path(models_home).name}"
+                version = f"exp-{variant.replace(' ', '-').replace('+', '')}-{seed}-{Path(models_home).name}"
                 result = train.train_day(config, dt.date.fromisoformat(args.validate), version=version, promote=False)
                 test = score_test(config, version, args.test)
                 run = {"variant": variant, "seed": seed, "epochs": result["epochs"],
@@ -126,7 +137,7 @@ def main() -> int:
     # Seconds per epoch (median over the run's epochs, then over seeds) against equal weights,
     # measured in this run.
     per_epoch = {v: statistics.median(r["epoch_seconds"] for r in runs if r["variant"] == v) for v in variants}
-    reference = per_epoch.get("equal")
+    reference = per_epoch.get("equal") or per_epoch.get("shared_bottom + equal")
     print(f"\ntest day {args.test}, validation {args.validate}, seeds {seeds} (mean ± sd)")
     print("| variant | " + " | ".join(keys) + " | weights at the end (click, dwell) | s/epoch vs equal |")
     print("|---" * (len(keys) + 3) + "|")

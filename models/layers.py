@@ -60,3 +60,12 @@ class Log1p(keras.layers.Layer):
 
     def call(self, x):
         return ops.log1p(ops.maximum(x, 0.0))
+
+
+@keras.saving.register_keras_serializable(package="tagrecall")
+class ExpertMixture(keras.layers.Layer):
+    """[gate (batch, n), expert_1 ... expert_n (batch, d)] -> sum_i gate_i expert_i (MMoE, PLE)."""
+
+    def call(self, inputs):
+        gate, experts = inputs[0], ops.stack(inputs[1:], axis=1)
+        return ops.sum(ops.expand_dims(gate, -1) * experts, axis=1)

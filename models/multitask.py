@@ -39,6 +39,7 @@ import numpy as np
 from models import weighting as mtl
 from models.data import Statistics
 from models.layers import (
+    ExpertMixture,
     Log1p,
     binary_crossentropy,
     combined_loss,
@@ -65,15 +66,14 @@ def build_network(spec: FeatureSpec, stats: Statistics, cfg: ModelConfig, tasks:
     numeric = keras.layers.Normalization(mean=np.array(stats.mean), variance=np.array(stats.variance),
                                          name="normalise")(Log1p(name="log1p")(numeric))
     x = keras.layers.Concatenate(name="bottom_input")([*embedded, numeric])
-    for i, units in enumerate(cfg.bottom_units):
-        x = keras.layers.Dense(units, activation="relu", name=f"bottom_{i}")(x)
+    task_input = shared_part(x, cfg, tasks)
 
     crossed = [c for c in spec.categorical if c != "tag"]
     cross_ids = {c: keras.layers.HashedCrossing(cfg.cross_buckets, name=f"cross_tag_{c}")((ids["tag"], ids[c]))
                  for c in crossed}
     outputs = {}
     for task in tasks:
-        deep = x
+        deep = task_input[task]
         for i, units in enumerate(cfg.tower_units):
             deep = keras.layers.Dense(units, activation="relu", name=f"{task}_deep_{i}")(deep)
         deep = keras.layers.Dense(1, name=f"{task}_deep_out")(deep)
@@ -99,9 +99,79 @@ STATE_WEIGHTINGS = ("dwa", "dtp", "gradnorm", "mgda", "pcgrad")
 
 
 def _shared_layer_name(network: keras.Model) -> str:
+    """The representation MGDA-UB takes the task gradients at: the bottom MLP's output, or
+    the embedded features under mmoe and ple (shared by every expert)."""
     bottoms = sorted((layer.name for layer in network.layers if layer.name.startswith("bottom_")
                       and layer.name != "bottom_input"), key=lambda n: int(n.rsplit("_", 1)[1]))
     return bottoms[-1] if bottoms else "bottom_input"
+
+
+def _mlp(x, units: list[int], name: str):
+    for i, n in enumerate(units):
+        x = keras.layers.Dense(n, activation="relu", name=f"{name}_{i}")(x)
+    return x
+
+
+def shared_part(x, cfg: ModelConfig, tasks: list[str]) -> dict:
+    """Each task's input to its tower, from the embedded features ``x``:
+
+    - shared_bottom: one MLP (``bottom_units``) for every task;
+    - mmoe (Ma et al. 2018): ``experts`` MLPs (``expert_units``) shared by the tasks, mixed
+      per task by a softmax gate on x;
+    - ple (Tang et al. 2020): ``ple_levels`` CGC layers, each with ``task_experts`` experts
+      per task and ``experts`` shared ones; a task's gate mixes its own and the shared
+      experts, a shared gate (below the last level) mixes them all for the next level.
+
+    Layers named after a task (``click_*``, ``dwell_*``) belong to it; every other layer is
+    shared (what pcgrad projects)."""
+    if cfg.architecture == "shared_bottom":
+        out = _mlp(x, cfg.bottom_units, "bottom")
+        return {t: out for t in tasks}
+    if cfg.architecture == "mmoe":
+        experts = [_mlp(x, cfg.expert_units, f"expert_{e}") for e in range(cfg.experts)]
+        return {t: ExpertMixture(name=f"{t}_mixture")(
+            [keras.layers.Dense(cfg.experts, activation="softmax", name=f"{t}_gate")(x), *experts]) for t in tasks}
+    if cfg.architecture == "ple":
+        task_in, shared_in = {t: x for t in tasks}, x
+        for level in range(cfg.ple_levels):
+            own = {t: [_mlp(task_in[t], cfg.expert_units, f"{t}_expert_{level}_{e}") for e in range(cfg.task_experts)]
+                   for t in tasks}
+            shared = [_mlp(shared_in, cfg.expert_units, f"shared_expert_{level}_{e}") for e in range(cfg.experts)]
+            new_in = {}
+            for t in tasks:
+                pool = own[t] + shared
+                gate = keras.layers.Dense(len(pool), activation="softmax", name=f"{t}_gate_{level}")(task_in[t])
+                new_in[t] = ExpertMixture(name=f"{t}_mixture_{level}")([gate, *pool])
+            if level < cfg.ple_levels - 1:
+                pool = [e for t in tasks for e in own[t]] + shared
+                gate = keras.layers.Dense(len(pool), activation="softmax", name=f"shared_gate_{level}")(shared_in)
+                shared_in = ExpertMixture(name=f"shared_mixture_{level}")([gate, *pool])
+            task_in = new_in
+        return task_in
+    raise ValueError(f"unknown model.architecture {cfg.architecture!r}")
+
+
+def shared_kernels(network: keras.Model) -> list:
+    """The kernels GradNorm measures the task gradients on: the last layer every task uses
+    (the bottom MLP's last; every expert's last under mmoe; the last level's shared experts'
+    last under ple)."""
+    import re
+
+    dense = [layer.name for layer in network.layers if isinstance(layer, keras.layers.Dense)]
+    found: dict[tuple, tuple] = {}  # (group) -> (position, name) of the deepest layer
+    for name in dense:
+        for pattern, key in ((r"bottom_(\d+)$", lambda m: ((), (int(m[1]),))),
+                             (r"expert_(\d+)_(\d+)$", lambda m: ((int(m[1]),), (int(m[2]),))),
+                             (r"shared_expert_(\d+)_(\d+)_(\d+)$", lambda m: ((int(m[2]),), (int(m[1]), int(m[3]))))):
+            m = re.fullmatch(pattern, name)
+            if m:
+                group, position = key(m)
+                if group not in found or position > found[group][0]:
+                    found[group] = (position, name)
+    if not found:
+        raise ValueError("gradnorm needs a shared layer: give model.bottom_units at least one size")
+    deepest = max(position[:-1] for position, _ in found.values())  # ple: the last level only
+    return [network.get_layer(name).kernel for position, name in found.values() if position[:-1] == deepest]
 
 
 class MultiTaskTrainer(keras.Model):
@@ -150,8 +220,17 @@ class MultiTaskTrainer(keras.Model):
 
     def task_losses(self, y, y_pred):
         bce = binary_crossentropy(y["click"], y_pred["click_logit"]) if "click" in y_pred else 0.0
-        mse = masked_mse(y["dwell"], y_pred["dwell"], y["dwell_mask"]) if "dwell" in y_pred else 0.0
-        return bce, mse
+        if "dwell" not in y_pred:
+            return bce, 0.0
+        if self.cfg.dwell_space == "entire" and "click" in y_pred:
+            # ESMM's entire space: every impression with a known outcome, target click x
+            # log1p dwell, prediction p_click x E[log1p dwell | click]; the dwell head is still
+            # E[log1p dwell | click], learnt without selecting the clicked rows.
+            clicked = y["click"]
+            target = keras.ops.where(clicked > 0, y["dwell"], 0.0)
+            mask = (1.0 - clicked) + y["dwell_mask"]
+            return bce, masked_mse(target, keras.ops.sigmoid(y_pred["click_logit"]) * y_pred["dwell"], mask)
+        return bce, masked_mse(y["dwell"], y_pred["dwell"], y["dwell_mask"])
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         bce, mse = self.task_losses(y, y_pred)
@@ -197,8 +276,8 @@ class MultiTaskTrainer(keras.Model):
             z_click, z_dwell = tape.gradient(bce, out["shared"]), tape.gradient(mse, out["shared"])
             self.task_w.assign(mtl.min_norm_weights(tf.reshape(z_click, [-1]), tf.reshape(z_dwell, [-1])))
         if self.weighting == "gradnorm":
-            kernel = self.network.get_layer(self.shared_name).kernel
-            norms = tf.stack([tf.norm(tape.gradient(bce, kernel)), tf.norm(tape.gradient(mse, kernel))])
+            kernels = shared_kernels(self.network)
+            norms = tf.stack([tf.linalg.global_norm(tape.gradient(loss, kernels)) for loss in (bce, mse)])
             losses = tf.stack([bce, mse])
             # L(0): the first batch's losses.
             self.initial_losses.assign(tf.where(self.initial_losses > 0, self.initial_losses, losses))

@@ -316,6 +316,7 @@ class FeaturesConfig:
         _require(0 <= self.reference_hour <= 23, f"{where}.reference_hour", "must be 0..23")
 
 
+ARCHITECTURES = ("shared_bottom", "mmoe", "ple")
 LOSS_WEIGHTINGS = ("uncertainty", "equal", "fixed", "dwa", "dtp", "gradnorm", "mgda", "pcgrad")
 TASKS = ("click", "dwell")
 
@@ -341,6 +342,15 @@ class ModelConfig:
     # Which tasks the model learns: both, or one for the single-task baselines.
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
     embedding_dim: int = 8
+    # shared_bottom (bottom_units), mmoe or ple (experts of expert_units; models/multitask.py).
+    architecture: str = "shared_bottom"
+    experts: int = 4
+    task_experts: int = 2
+    ple_levels: int = 1
+    expert_units: list[int] = field(default_factory=lambda: [32])
+    # Dwell supervised on clicked rows (E[dwell | click]), or on every impression as
+    # p_click x E[log1p dwell | click] against 0 without a click (ESMM's entire space).
+    dwell_space: str = "clicked"
     bottom_units: list[int] = field(default_factory=lambda: [64, 32])
     tower_units: list[int] = field(default_factory=lambda: [16])
     cross_buckets: int = 4096
@@ -374,12 +384,22 @@ class ModelConfig:
         _require(self.patience >= 0, f"{where}.patience", "must be >= 0")
         _require(self.auc_tolerance >= 0, f"{where}.auc_tolerance", "must be >= 0")
         _require(self.log_var_lr_multiplier > 0, f"{where}.log_var_lr_multiplier", "must be > 0")
+        _require(self.architecture in ARCHITECTURES, f"{where}.architecture",
+                 f"{self.architecture!r} is not one of {', '.join(ARCHITECTURES)}")
+        _require(self.dwell_space in ("clicked", "entire"), f"{where}.dwell_space", "must be clicked or entire")
+        _require(self.dwell_space == "clicked" or set(self.tasks) == set(TASKS), f"{where}.dwell_space",
+                 "entire needs both tasks (the click head's probability multiplies the dwell head)")
+        for key in ("experts", "task_experts", "ple_levels"):
+            _require(getattr(self, key) > 0, f"{where}.{key}", "must be > 0")
+        _require(bool(self.expert_units) and all(u > 0 for u in self.expert_units), f"{where}.expert_units",
+                 "needs at least one layer size, each > 0")
         _require(self.gradnorm_alpha >= 0, f"{where}.gradnorm_alpha", "must be >= 0")
         for key in ("gradnorm_learning_rate", "dwa_temperature"):
             _require(getattr(self, key) > 0, f"{where}.{key}", "must be > 0")
         _require(self.dtp_gamma >= 0, f"{where}.dtp_gamma", "must be >= 0")
         _require(0 <= self.dtp_smoothing < 1, f"{where}.dtp_smoothing", "must be in [0, 1)")
-        _require(self.loss_weighting != "gradnorm" or bool(self.bottom_units), f"{where}.bottom_units",
+        _require(self.loss_weighting != "gradnorm" or self.architecture != "shared_bottom"
+                 or bool(self.bottom_units), f"{where}.bottom_units",
                  "gradnorm needs a shared layer: give bottom_units at least one size")
 
 

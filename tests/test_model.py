@@ -173,6 +173,60 @@ def test_every_weighting_trains_logs_its_weights_and_saves(weighting, tmp_path):
     np.testing.assert_allclose(np.asarray(loaded.predict_on_batch(x)["click"]).ravel(), p, rtol=1e-6)
 
 
+@pytest.mark.parametrize("architecture, weighting", [("mmoe", "uncertainty"), ("ple", "equal"),
+                                                    ("mmoe", "gradnorm"), ("ple", "pcgrad"), ("mmoe", "mgda")])
+def test_every_architecture_trains_saves_loads_and_scores(architecture, weighting, tmp_path):
+    trainer, net, x, y, history = _fit(weighting, epochs=2, architecture=architecture, ple_levels=2)
+    assert all(np.isfinite(history["loss"]))
+    names = {layer.name for layer in net.layers}
+    if architecture == "mmoe":
+        assert {"expert_0_0", "expert_3_0", "click_gate", "dwell_gate"} <= names
+    else:  # two CGC levels: task and shared experts, a shared gate below the last level only
+        assert {"click_expert_1_1_0", "shared_expert_1_3_0", "shared_gate_0", "dwell_gate_1"} <= names
+        assert "shared_gate_1" not in names
+    p = np.asarray(net.predict_on_batch(x)["click"]).ravel()
+    assert metrics.auc(y["click"], p) > 0.6
+    net.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_allclose(np.asarray(loaded.predict_on_batch(x)["click"]).ravel(), p, rtol=1e-6)
+
+
+def test_gradnorm_measures_the_last_layer_every_task_shares():
+    from models.multitask import shared_kernels
+
+    config, spec, stats, *_ = _toy(n=50)
+    paths = {}
+    for arch in ("shared_bottom", "mmoe", "ple"):
+        import dataclasses
+
+        cfg = dataclasses.replace(config.model, architecture=arch, ple_levels=2, experts=3)
+        paths[arch] = sorted(k.path for k in shared_kernels(build_network(spec, stats, cfg, ["click", "dwell"])))
+    assert paths["shared_bottom"] == ["bottom_1/kernel"]
+    assert paths["mmoe"] == ["expert_0_0/kernel", "expert_1_0/kernel", "expert_2_0/kernel"]
+    assert paths["ple"] == ["shared_expert_1_0_0/kernel", "shared_expert_1_1_0/kernel", "shared_expert_1_2_0/kernel"]
+
+
+def test_entire_space_dwell_loss_by_hand():
+    """ESMM's entire space: rows without a click count with target 0 against p x m."""
+    import dataclasses
+
+    config, spec, stats, x, y = _toy(n=8)
+    net = build_network(spec, stats, config.model, ["click", "dwell"])
+    cfg = dataclasses.replace(config.model, dwell_space="entire")
+    trainer = MultiTaskTrainer(net, ["click", "dwell"], "equal", {}, cfg)
+    logit = np.array([[0.0], [1.0], [-1.0], [2.0]], "float32")
+    m = np.array([[3.0], [2.0], [1.0], [4.0]], "float32")
+    labels = {"click": np.array([[1], [0], [1], [1]], "float32"), "dwell": np.array([[2.5], [0], [1.0], [0]], "float32"),
+              "dwell_mask": np.array([[1], [0], [1], [0]], "float32")}  # the last click's dwell is unknown
+    _, mse = trainer.task_losses(labels, {"click_logit": logit, "click": 1 / (1 + np.exp(-logit)), "dwell": m})
+    p = 1 / (1 + np.exp(-logit.ravel()))
+    # rows 0, 1, 2 count (row 3 is a click of unknown dwell): (2.5 - p0 3)^2, (0 - p1 2)^2, (1 - p2 1)^2
+    want = ((2.5 - 3 * p[0]) ** 2 + (2 * p[1]) ** 2 + (1 - p[2]) ** 2) / 3
+    assert float(keras.ops.convert_to_numpy(mse)) == pytest.approx(want, rel=1e-5)
+    trainer, net, x, y, history = _fit("uncertainty", epochs=2, dwell_space="entire")
+    assert all(np.isfinite(history["loss"]))
+
+
 def test_the_model_learns_the_signal_in_the_toy_data():
     _, net, x, y, _ = _fit("uncertainty", epochs=4)
     p = np.asarray(net.predict_on_batch(x)["click"]).ravel()
