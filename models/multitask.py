@@ -337,12 +337,12 @@ class TaskWeightLogger(keras.callbacks.Callback):
     def __init__(self, label: str = "train"):
         super().__init__()
         self.label = label
-        self.started = 0.0
+        self.started = self.cpu_started = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         import time
 
-        self.started = time.perf_counter()
+        self.started, self.cpu_started = time.perf_counter(), time.process_time()
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
@@ -350,6 +350,8 @@ class TaskWeightLogger(keras.callbacks.Callback):
         import time
 
         logs["epoch_seconds"] = time.perf_counter() - self.started
+        # CPU seconds of the whole process (every thread): steadier than wall time on a shared machine.
+        logs["epoch_cpu_seconds"] = time.process_time() - self.cpu_started
         trainer = self.model
         logs_weights = trainer.task_weights()
         for task, w in logs_weights.items():
