@@ -1,7 +1,8 @@
 """Fault campaign: kill each step's driver at random moments, re-run it, and count what
 survived.
 
-    python bench/faults.py [--faults-per-step 10] [--seed 0] [--steps ingest,...] [--work DIR] [--quick]
+    python bench/faults.py [--faults-per-step 33] [--redis-kills 20] [--executor-kills 10] [--seed 0]
+                           [--steps ingest,...] [--work DIR] [--quick]
 
 On a small synthetic feed (3 days), the undisturbed chain gives the reference tables. Then,
 for each step of the last day (ingest, profiles, index, triples, evaluate, export, and
@@ -44,7 +45,8 @@ Then:
 The moments and outcomes go to <work>/faults.json. The last line is the summary, e.g.
 ``faults: 70 injected, 70 survived, 0 rows lost, 0 mixed reads``; the exit status is 1 if
 a row was lost, a read was mixed or a fault was not survived. A run that ended before its
-kill moment is reported and not counted as a fault. ``--quick`` (what the test suite
+kill moment is reported, not counted as a fault, and drawn again over a window shrunk by a
+quarter, so that every step gets its count of faults. ``--quick`` (what the test suite
 runs): one kill per step, its moment drawn over 1.5 x the step's warm in-process time
 instead of a timed undisturbed run, the concurrent pair for ingest only, one Redis kill
 during publish, no cluster.
@@ -516,20 +518,38 @@ class Campaign:
                 self.record(self.pair(step))
             # Quick: the warm in-process run's time, x 1.5 for a cold process, instead of timing one.
             total = 1.5 * self.in_process[step] if self.quick else self.duration(step)
-            for n in range(1, self.per_step + 1):
-                self.record(self.kill(step, self.rng.uniform(0.0, 0.95) * total, n))
-        for n in range(1, self.redis_kills + 1):
-            during = "publish" if n % 2 else "recall"
+            self.until_injected(self.per_step, lambda n, scale, t=total, st=step: self.kill(
+                st, self.rng.uniform(0.0, 0.95) * t * scale, n))
+        for during, count in (("publish", (self.redis_kills + 1) // 2), ("recall", self.redis_kills // 2)):
             total = 1.5 * self.in_process["publish"] if during == "publish" else 2.0
-            self.record(self.redis_kill(during, self.rng.uniform(0.0, 0.95) * total, n))
+            self.until_injected(count, lambda n, scale, t=total, d=during: self.redis_kill(
+                d, self.rng.uniform(0.0, 0.95) * t * scale, n))
         if self.executor_kills:
             self.start_cluster()
             spark_steps = [s for s in self.steps if STEPS[s].needs_spark]
-            for n in range(1, self.executor_kills + 1):
-                step = spark_steps[(n - 1) % len(spark_steps)]
+            for k, step in enumerate(spark_steps):
                 # From the executor's start; a cluster run is slower than the warm in-process one.
-                self.record(self.executor_kill(step, self.rng.uniform(0.0, 0.95) * 1.5 * self.in_process[step], n))
+                count = self.executor_kills // len(spark_steps) + (k < self.executor_kills % len(spark_steps))
+                self.until_injected(count, lambda n, scale, st=step: self.executor_kill(
+                    st, self.rng.uniform(0.0, 0.95) * 1.5 * self.in_process[st] * scale, n))
         return self.summary()
+
+    def until_injected(self, count: int, fault) -> None:
+        """Run ``fault(n, scale)`` until ``count`` faults hit a running process: a run that
+        ended before its kill moment is recorded (its checks count) and the fault is drawn
+        again over a window shrunk by a quarter."""
+        injected, scale, n = 0, 1.0, 0
+        while injected < count:
+            n += 1
+            r = fault(n, scale)
+            self.record(r)
+            if r.get("killed_while_running", True):
+                injected += 1
+            else:
+                scale *= 0.75
+            if n > 3 * count + 10:
+                raise RuntimeError(f"{r['step']}: {n} runs ended before their kill moment; the step is too "
+                                   "short to kill at a random moment")
 
     def record(self, r: dict) -> None:
         self.records.append(r)
@@ -614,11 +634,13 @@ class RecallReader(threading.Thread):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--faults-per-step", type=int, default=10)
+    ap.add_argument("--faults-per-step", type=int, default=33,
+                    help="driver kills per step, each at a moment that hit the running step (default 33: with "
+                         "the concurrent pairs, the Redis and the executor kills, 302 faults)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", default=",".join(STEPS))
     ap.add_argument("--work", help="working folder (default: a new temporary one, deleted at the end)")
-    ap.add_argument("--redis-kills", type=int, default=10,
+    ap.add_argument("--redis-kills", type=int, default=20,
                     help="SIGKILLs of redis-server, alternately during publish and during the recall loop")
     ap.add_argument("--executor-kills", type=int, default=10,
                     help="SIGKILLs of an executor of a standalone cluster, the Spark steps in turn")
