@@ -16,7 +16,8 @@ promoted, and is scored on --test:
 - the task weights at the end (learned or set by the weighting), and the median seconds per
   epoch (CPU time of the process) as a ratio to equal weights in the same run.
 
-Prints mean ± standard deviation over seeds per variant, and writes every run to --out.
+Prints mean ± standard deviation over seeds per variant, on the validation day (where a
+default is chosen) and on the test day (what is reported), and writes every run to --out.
 """
 
 from __future__ import annotations
@@ -110,10 +111,13 @@ def main() -> int:
                 version = f"exp-{variant.replace(' ', '-').replace('+', '')}-{seed}-{Path(models_home).name}"
                 result = train.train_day(config, dt.date.fromisoformat(args.validate), version=version, promote=False)
                 test = score_test(config, version, args.test)
+                # The same metrics on the validation day (early stopping's day): the default
+                # is chosen on these, the test day's are reported.
+                validation = score_test(config, version, args.validate)
                 run = {"variant": variant, "seed": seed, "epochs": result["epochs"],
                        "epoch_seconds": statistics.median(result["history"]["epoch_seconds"]),
                        "epoch_cpu_seconds": statistics.median(result["history"]["epoch_cpu_seconds"]),
-                       "task_weights": result["task_weights"], "validation": result["validation"], "test": test,
+                       "task_weights": result["task_weights"], "validation": validation, "test": test,
                        "seconds": round(time.monotonic() - t0, 1)}
                 runs.append(run)
                 print(json.dumps({k: run[k] for k in ("variant", "seed", "epochs", "epoch_cpu_seconds", "task_weights", "test",
@@ -126,8 +130,8 @@ def main() -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(runs, indent=2, default=str))
 
-    def cell(variant, key):
-        vals = [r["test"].get(key) for r in runs if r["variant"] == variant and r["test"].get(key) is not None]
+    def cell(variant, day, key):
+        vals = [r[day].get(key) for r in runs if r["variant"] == variant and r[day].get(key) is not None]
         if not vals:
             return "-"
         sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
@@ -140,14 +144,16 @@ def main() -> int:
     # with whatever else runs.
     per_epoch = {v: statistics.median(r["epoch_cpu_seconds"] for r in runs if r["variant"] == v) for v in variants}
     reference = per_epoch.get("equal") or per_epoch.get("shared_bottom + equal")
-    print(f"\ntest day {args.test}, validation {args.validate}, seeds {seeds} (mean ± sd)")
-    print("| variant | " + " | ".join(keys) + " | weights at the end (click, dwell) | CPU s/epoch vs equal |")
-    print("|---" * (len(keys) + 3) + "|")
-    for v in variants:
-        w = [r["task_weights"] for r in runs if r["variant"] == v]
-        wtxt = ", ".join(f"{statistics.mean(x[t] for x in w):.2f}" for t in ("click", "dwell") if t in w[0])
-        ratio = f"{per_epoch[v] / reference:.2f}" if reference else f"{per_epoch[v]:.1f} s"
-        print(f"| {v} | " + " | ".join(cell(v, k) for k in keys) + f" | {wtxt} | {ratio} |")
+    for day, label in (("validation", f"validation day {args.validate} (choose here)"),
+                       ("test", f"test day {args.test} (report here)")):
+        print(f"\n{label}, seeds {seeds} (mean ± sd)")
+        print("| variant | " + " | ".join(keys) + " | weights at the end (click, dwell) | CPU s/epoch vs equal |")
+        print("|---" * (len(keys) + 3) + "|")
+        for v in variants:
+            w = [r["task_weights"] for r in runs if r["variant"] == v]
+            wtxt = ", ".join(f"{statistics.mean(x[t] for x in w):.2f}" for t in ("click", "dwell") if t in w[0])
+            ratio = f"{per_epoch[v] / reference:.2f}" if reference else f"{per_epoch[v]:.1f} s"
+            print(f"| {v} | " + " | ".join(cell(v, day, k) for k in keys) + f" | {wtxt} | {ratio} |")
     return 0
 
 

@@ -96,8 +96,19 @@ def with_first_failure(df: DataFrame, rules: list[tuple[Column, str, Column | st
         *[f"_rule{i}" for i in range(len(rules))])
 
 
+# What ``_strip`` removes from both ends of a text field, and what a blank field holds only:
+# control characters (Unicode Cc) and separators (Z: spaces, line and paragraph separators),
+# so an id of "\r" or U+3000 is missing, not an id.
+BLANK_CHARACTERS = "".join(map(chr, [*range(0x00, 0x20), *range(0x7F, 0xA0), 0x20, 0xA0, 0x1680,
+                                     *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000]))
+
+
+def _strip(c: Column | str) -> Column:
+    return F.btrim(F.col(c) if isinstance(c, str) else c, F.lit(BLANK_CHARACTERS))
+
+
 def _blank(c: Column) -> Column:
-    return c.isNull() | (F.trim(c) == "")
+    return c.isNull() | (_strip(c) == "")
 
 
 def parse_time(c: Column) -> Column:
@@ -152,8 +163,8 @@ def with_event_checks(events: DataFrame, *, window_start: dt.datetime, window_en
         F.col("position").alias("s_position"), F.col("request_id"),
     ).select(
         "*",
-        F.trim("s_event_id").alias("event_id"), F.trim("s_user_id").alias("user_id"),
-        F.trim("s_article_id").alias("article_id"), F.lower(F.trim("s_event_type")).alias("event_type"),
+        _strip("s_event_id").alias("event_id"), _strip("s_user_id").alias("user_id"),
+        _strip("s_article_id").alias("article_id"), F.lower(_strip("s_event_type")).alias("event_type"),
         parse_time(F.col("s_event_time")).alias("event_time"),
         F.col("s_dwell_ms").try_cast("bigint").alias("dwell_ms"),
         F.col("s_position").try_cast("int").alias("position"),
@@ -237,12 +248,12 @@ def parse_articles(records: DataFrame) -> DataFrame:
         "raw", _BAD_BYTES, _CORRUPT,
         F.col("article_id").alias("s_article_id"), F.col("publish_time").alias("s_publish_time"),
         F.col("updated_time").alias("s_updated_time"), F.col("tags").alias("s_tags"),
-        F.trim("article_id").alias("article_id"),
+        _strip("article_id").alias("article_id"),
         parse_time(F.col("publish_time")).alias("publish_time"),
         parse_time(F.col("updated_time")).alias("updated_time_given"),
         F.from_json("tags", RAW_TAGS).alias("raw_tags"),
     ).withColumn("tags", F.transform("raw_tags", lambda t: F.struct(
-        F.trim(t["tag"]).alias("tag"), t["weight"].try_cast("double").alias("weight"))))
+        _strip(t["tag"]).alias("tag"), t["weight"].try_cast("double").alias("weight"))))
 
 
 def with_article_checks(articles: DataFrame) -> DataFrame:
@@ -276,7 +287,7 @@ def parse_users(records: DataFrame) -> DataFrame:
     return parsed.select(
         "raw", _BAD_BYTES, _CORRUPT, F.col("user_id").alias("s_user_id"), F.col("features").alias("s_features"),
         F.col("updated_time").alias("s_updated_time"),
-        F.trim("user_id").alias("user_id"),
+        _strip("user_id").alias("user_id"),
         F.from_json("features", RAW_FEATURES).alias("features"),
         parse_time(F.col("updated_time")).alias("updated_time"))
 
