@@ -3,7 +3,7 @@ It holds no logic of its own: the same ``run()`` functions serve spark-submit an
 
     tagrecall demo
     tagrecall generate --raw DIR --start D --days N [--users --articles --tags --seed --bad-rate]
-    tagrecall import-kuairand --src DIR --raw DIR
+    tagrecall import-kuairand --src DIR --raw DIR [--random]
     tagrecall run --date D [--until D2] [--steps a,b,...]
     tagrecall ingest|profiles|index|triples|train|export|publish|evaluate --date D [--if-ready]
               (profiles: [--full]; publish: [--rollback])
@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import-kuairand", help="convert KuaiRand-Pure CSVs into the raw landing")
     p.add_argument("--src", required=True, help="folder with the KuaiRand-Pure CSV files")
     p.add_argument("--raw", required=True, help="landing directory to write")
+    p.add_argument("--random", action="store_true",
+                   help="also import log_random_*.csv (randomly exposed videos, request_id \"random\")")
 
     p = sub.add_parser("run", help="the daily chain, in order, for each date")
     p.add_argument("--date", type=date_arg, required=True)
@@ -143,7 +145,7 @@ def cmd_generate(args) -> int:
 def cmd_import_kuairand(args) -> int:
     from jobs.tools.kuairand import import_kuairand
 
-    print(json.dumps(import_kuairand(args.src, args.raw), indent=2))
+    print(json.dumps(import_kuairand(args.src, args.raw, random=args.random), indent=2))
     return 0
 
 

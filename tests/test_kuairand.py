@@ -95,3 +95,54 @@ def test_real_days_profile_every_user_with_a_tagged_event(spark, imported, tmp_p
     assert got == expected
     stats = Warehouse(spark, config).read_partition("tag_stats", "2022-04-26")
     assert stats.count() == len({t for ts in tags.values() for t in ts})
+
+
+def _events_of(raw) -> list[dict]:
+    return [{**json.loads(line), "dt": path.parent.name[3:]} for path in sorted(raw.glob("events/dt=*/*.jsonl"))
+            for line in path.read_text().splitlines()]
+
+
+def _without_ids(events: list[dict]) -> Counter:
+    return Counter(json.dumps({k: v for k, v in e.items() if k != "event_id"}, sort_keys=True) for e in events)
+
+
+def test_every_log_file_is_read_random_exposures_are_marked_and_overlapping_releases_refused(imported, tmp_path):
+    """The week split by date into two standard files (as the full release ships its logs)
+    lands the same events; a random-exposure file is read only when asked, its rows marked;
+    two files holding the same days are refused, naming both."""
+    import pandas as pd
+
+    week = pd.read_csv(KUAIRAND / LOG_FILE)
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("user_features_pure.csv", "video_features_basic_pure.csv"):
+        (src / name).symlink_to(KUAIRAND / name)
+    early = week["date"] <= 20220428
+    week[early].to_csv(src / "log_standard_4_25_to_4_28_pure.csv", index=False)
+    week[~early].to_csv(src / "log_standard_4_29_to_5_01_pure.csv", index=False)
+    shown = week.sample(200, random_state=3).assign(is_rand=1, is_click=0, is_like=0, is_comment=0, is_forward=0,
+                                                    is_follow=0)
+    shown.to_csv(src / "log_random_4_25_to_5_01_pure.csv", index=False)
+
+    split = import_kuairand(src, tmp_path / "split")
+    assert split["files"] == ["log_standard_4_25_to_4_28_pure.csv", "log_standard_4_29_to_5_01_pure.csv"]
+    # The same events (ids aside: the split reorders rows) as the single file gives.
+    assert _without_ids(_events_of(tmp_path / "split")) == _without_ids(_events_of(imported))
+
+    with_random = import_kuairand(src, tmp_path / "random", random=True)
+    events = _events_of(tmp_path / "random")
+    marked = [e for e in events if e["request_id"] == "random"]
+    assert with_random["random_log_rows"] == with_random["random_impressions"] == len(marked) == 200
+    assert {e["event_type"] for e in marked} == {"impression"} and all(e["event_id"].startswith("krr") for e in marked)
+    assert Counter((e["user_id"], e["article_id"], e["event_time"]) for e in marked) == Counter(
+        (str(u), str(v), t) for u, v, t in zip(shown["user_id"], shown["video_id"], shown["time_ms"], strict=True))
+    assert _without_ids([e for e in events if e["request_id"] != "random"]) == _without_ids(_events_of(imported))
+    assert len({e["event_id"] for e in events}) == len(events)
+
+    (src / "log_standard_4_25_to_5_01_pure.csv").symlink_to(KUAIRAND / LOG_FILE)
+    with pytest.raises(ValueError, match="log_standard_4_25_to_4_28_pure.csv.*log_standard_4_25_to_5_01_pure.csv"):
+        import_kuairand(src, tmp_path / "twice")
+    for path in src.glob("log_standard_*"):
+        path.unlink()
+    with pytest.raises(FileNotFoundError, match="no log_standard_"):
+        import_kuairand(src, tmp_path / "none")
