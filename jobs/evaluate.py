@@ -29,6 +29,13 @@ Metrics (numerator and denominator are kept beside each value):
 - ``tagged_impressions`` and ``tag_ctr``, the two profile metrics of WeChat's user-tag
   paper: the share of D+1's impressions whose article carries one of the user's top-N
   tags, and the clicks on such articles over those impressions;
+- ``tag_precision_at_K``, ``tag_recall_at_K``, ``tag_ndcg_at_K`` (K in TAG_KS): tag
+  prediction over the whole vocabulary, as the user-tag paper measures it: per user with a
+  click on a tagged article on D+1, the method's first K tags against the tags of the
+  articles clicked (never the user's history's tags), averaged over those users (the
+  numerator is the sum over users, the denominator their number);
+- ``tag_coverage``: distinct tags in the method's served lists (export.top_n) over the users
+  active on D+1, against the tags of D's tag_stats (the vocabulary);
 - method ``all`` holds the plain click-through rate of D+1 as their reference.
 """
 
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import time
 from functools import reduce
 
@@ -57,6 +65,7 @@ METHODS = ("export", "model", "tag_model", *BASELINES)
 
 
 RECALLED = "method string, hits long"
+TAG_KS = (1, 3, 5, 10)
 
 
 def stacked(lists: dict[str, DataFrame]) -> DataFrame:
@@ -137,6 +146,36 @@ def method_lists(served: DataFrame, profile: DataFrame, tag_stats: DataFrame, us
     return lists
 
 
+def tag_prediction(every: DataFrame, relevant: DataFrame) -> dict[str, dict[str, float]]:
+    """{method: {metric: sum over users}} of P@K, R@K and NDCG@K (K in TAG_KS) for the lists
+    (method, user_id, tag, rank) against ``relevant`` (user_id, tag): the tags of each user's
+    clicked articles. Users without relevant tags are not in ``relevant``; a method's users
+    without a hit add 0."""
+    n_rel = relevant.groupBy("user_id").agg(F.count("*").alias("_n"))
+    gain = 1.0 / F.log2(F.col("rank") + 1)
+    at = {k: F.col("rank") <= k for k in TAG_KS}
+    per_user = (every.where(F.col("rank") <= max(TAG_KS)).join(relevant, ["user_id", "tag"])
+                .groupBy("method", "user_id")
+                .agg(*[F.count(F.when(at[k], 1)).alias(f"_h{k}") for k in TAG_KS],
+                     *[F.sum(F.when(at[k], gain).otherwise(0.0)).alias(f"_d{k}") for k in TAG_KS])
+                .join(n_rel, "user_id"))
+
+    def ideal(k: int):  # the DCG of a perfect list: min(K, relevant tags) hits at the top
+        cumulative = [sum(1.0 / math.log2(i + 2) for i in range(j + 1)) for j in range(k)]
+        return F.element_at(F.array(*[F.lit(c) for c in cumulative]), F.least(F.col("_n"), F.lit(k)).cast("int"))
+
+    sums = per_user.groupBy("method").agg(
+        *[F.sum(F.col(f"_h{k}") / k).alias(f"tag_precision_at_{k}") for k in TAG_KS],
+        *[F.sum(F.col(f"_h{k}") / F.col("_n")).alias(f"tag_recall_at_{k}") for k in TAG_KS],
+        *[F.sum(F.col(f"_d{k}") / ideal(k)).alias(f"tag_ndcg_at_{k}") for k in TAG_KS]).collect()
+    return {r["method"]: {m: float(v) for m, v in r.asDict().items() if m != "method"} for r in sums}
+
+
+def tag_metric_names() -> list[tuple[str, int]]:
+    """(metric, K) of tag_prediction, in the order the table keeps them."""
+    return [(f"tag_{m}_at_{k}", k) for m in ("precision", "recall", "ndcg") for k in TAG_KS]
+
+
 def _row(method: str, metric: str, top_n: int, k: int | None, num: float, den: float) -> dict:
     return {"method": method, "metric": metric, "top_n": top_n, "k": k,
             "value": num / den if den else None, "numerator": float(num), "denominator": float(den)}
@@ -158,9 +197,16 @@ def evaluate(spark: SparkSession, config: Config, date: dt.date) -> list[dict]:
     served_n, tag_n, k = config.export.top_n, config.evaluate.top_n, config.evaluate.recall_k
     learned, model = (wh.read_partition(t, day) if wh.has_partition(t, day) else None
                       for t in ("user_tag_scores", "model_top_tags"))
+    tag_stats = wh.read_partition("tag_stats", day)
     lists = method_lists(wh.read_partition("user_top_tags", day), wh.read_partition("user_tag_profile", day),
-                         wh.read_partition("tag_stats", day), users, max(served_n, tag_n), config, learned, model)
+                         tag_stats, users, max(served_n, tag_n, *TAG_KS), config, learned, model)
     every = stacked(lists).persist()
+    relevant = event_tags.where(F.col("event_type") == "click").select("user_id", "tag").distinct().persist()
+    n_relevant = relevant.select("user_id").distinct().count()
+    predicted = tag_prediction(every, relevant)
+    vocabulary = tag_stats.select("tag").distinct().count()
+    covered = {r["method"]: r["tags"] for r in every.where(F.col("rank") <= served_n).groupBy("method")
+               .agg(F.countDistinct("tag").alias("tags")).collect()}
     # The tag metrics: D+1's events whose article carries one of the user's top tag_n tags.
     tagged = (event_tags.join(every.where(F.col("rank") <= tag_n), ["user_id", "tag"])
               .select("method", "_eid", "event_type").distinct()
@@ -175,7 +221,10 @@ def evaluate(spark: SparkSession, config: Config, date: dt.date) -> list[dict]:
                  _row(method, "click_coverage", tag_n, None, hit_click, n_click),
                  _row(method, "tagged_impressions", tag_n, None, hit_imp, n_imp),
                  _row(method, "tag_ctr", tag_n, None, hit_click, hit_imp)]
-    for df in (events, event_tags, clicks, every):
+        rows += [_row(method, metric, k, k, predicted.get(method, {}).get(metric, 0.0), n_relevant)
+                 for metric, k in tag_metric_names()]
+        rows.append(_row(method, "tag_coverage", served_n, None, covered.get(method, 0), vocabulary))
+    for df in (events, event_tags, clicks, every, relevant):
         df.unpersist()
     return rows
 
@@ -217,6 +266,13 @@ def format_eval(rows: list[dict]) -> str:
     for method in (m for m in METHODS if (m, "recall_at_k") in by):
         vals = [by.get((method, m), {}).get("value") for m in metrics]
         lines.append(f"{method:<10}" + "".join(f"{'n/a' if v is None else f'{v:.4f}':>26}" for v in vals))
+    tag_metrics = ("tag_precision_at_5", "tag_recall_at_5", "tag_ndcg_at_5", "tag_ndcg_at_10", "tag_coverage")
+    if any((m, "tag_ndcg_at_5") in by for m in METHODS):
+        lines.append("tag prediction (users with a tagged click on the next day, whole vocabulary):")
+        lines.append(f"{'method':<10}" + "".join(f"{h:>14}" for h in ("P@5", "R@5", "NDCG@5", "NDCG@10", "coverage")))
+        for method in (m for m in METHODS if (m, "tag_ndcg_at_5") in by):
+            vals = [by.get((method, m), {}).get("value") for m in tag_metrics]
+            lines.append(f"{method:<10}" + "".join(f"{'n/a' if v is None else f'{v:.4f}':>14}" for v in vals))
     ctr = by.get(("all", "ctr"), {}).get("value")
     if ctr is not None:
         lines.append(f"(click-through rate of all impressions: {ctr:.4f})")

@@ -111,10 +111,15 @@ def _blank(c: Column) -> Column:
     return c.isNull() | (_strip(c) == "")
 
 
+# Epoch milliseconds are read up to the year 9999; beyond that timestamp_millis would overflow a long.
+MAX_EPOCH_MS = 253_402_300_799_999
+
+
 def parse_time(c: Column) -> Column:
-    """Epoch milliseconds, or an ISO-8601 timestamp (naive ones in the session time zone).
-    try_* on purpose: this is the ingest boundary, where bad values become reasons."""
-    return F.coalesce(F.timestamp_millis(c.try_cast("bigint")), F.try_to_timestamp(c))
+    """Epoch milliseconds (|ms| up to the year 9999), or an ISO-8601 timestamp (naive ones in the
+    session time zone). try_* on purpose: this is the ingest boundary, where bad values become reasons."""
+    ms = c.try_cast("bigint")
+    return F.coalesce(F.when(F.abs(ms) <= MAX_EPOCH_MS, F.timestamp_millis(ms)), F.try_to_timestamp(c))
 
 
 def _bad_parse(raw_value: Column, parsed: Column) -> Column:

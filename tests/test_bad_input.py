@@ -226,7 +226,8 @@ def test_every_mutated_record_is_kept_once_accepted_or_refused_with_a_reason(spa
 
 
 def test_weird_numbers_are_refused_as_bad_types_not_read_as_numbers(spark, make_config, known_ids):
-    """NaN, infinities, fractions and numbers beyond 64 bits in the numeric fields."""
+    """NaN, infinities, fractions and numbers beyond 64 bits in the numeric fields, and epoch
+    milliseconds whose microseconds would overflow a long (a hypothesis search found 2**62 crashed ingest)."""
     from jobs.common.dates import day_bounds
 
     cfg = make_config().ingest
@@ -234,7 +235,8 @@ def test_weird_numbers_are_refused_as_bad_types_not_read_as_numbers(spark, make_
     users, articles = known_ids
     lines, want = [], []
     for n, (field, value) in enumerate([("dwell_ms", math.nan), ("dwell_ms", math.inf), ("position", -math.inf),
-                                        ("dwell_ms", 2**80), ("position", 1.5), ("event_time", math.nan)]):
+                                        ("dwell_ms", 2**80), ("position", 1.5), ("event_time", math.nan),
+                                        ("event_time", 2**62), ("event_time", -2**62), ("event_time", 2**63 - 1)]):
         record = base_event(3 * n)
         record[field] = value
         lines.append(json.dumps(record))

@@ -91,8 +91,27 @@ def _by_hand(base, config, day, nxt, method):
     pairs = clicks[["user_id", "article_id"]].drop_duplicates()
     found = {u: recalled(u) for u in pairs.user_id.unique()}
     hit_pairs = sum(a in found[u] for u, a in zip(pairs.user_id, pairs.article_id, strict=True))
-    return {"recall_at_k": hit_pairs / len(pairs), "click_coverage": clicks.tagged.mean(),
-            "tagged_impressions": imps.tagged.mean(), "tag_ctr": clicks.tagged.sum() / imps.tagged.sum()}
+    got = {"recall_at_k": hit_pairs / len(pairs), "click_coverage": clicks.tagged.mean(),
+           "tagged_impressions": imps.tagged.mean(), "tag_ctr": clicks.tagged.sum() / imps.tagged.sum()}
+    # Tag prediction: each user's first K tags against the tags of the articles the user
+    # clicked on D+1, over the users with such tags; coverage over the vocabulary.
+    relevant = {}
+    for u, a in zip(clicks.user_id, clicks.article_id, strict=True):
+        relevant.setdefault(u, set()).update(tags_of.get(a, set()))
+    relevant = {u: r for u, r in relevant.items() if r}
+    for k in (1, 3, 5, 10):
+        per_user = []
+        for u, rel in relevant.items():
+            top = tags(u, k)
+            hits = [t in rel for t in top]
+            dcg = sum(1 / math.log2(i + 2) for i, h in enumerate(hits) if h)
+            idcg = sum(1 / math.log2(i + 2) for i in range(min(k, len(rel))))
+            per_user.append((sum(hits) / k, sum(hits) / len(rel), dcg / idcg))
+        for j, name in enumerate(("precision", "recall", "ndcg")):
+            got[f"tag_{name}_at_{k}"] = sum(p[j] for p in per_user) / len(per_user)
+    served = {t for u in events.user_id.unique() for t in tags(u, config.export.top_n)}
+    got["tag_coverage"] = len(served) / _pd(base, "tag_stats", day).tag.nunique()
+    return got
 
 
 @pytest.mark.parametrize("method", ["export", "model", "long", "mix", "global"])
