@@ -159,51 +159,107 @@ class FieldEcho(keras.layers.Layer):
         return {**super().get_config(), "tags": self.tags, "fields": self.fields}
 
 
+TOWERS = ("utpm", "youtube_dnn", "fm", "dcn", "autoint")
+
+
+def _mlp(x, units, prefix: str):
+    for i, n in enumerate(units):
+        x = keras.layers.Dense(n, activation="relu", name=f"{prefix}_{i}")(x)
+    return x
+
+
+def _baseline_tower(tower: str, fields: list, heads: int, embedding_dim: int, units) -> object:
+    """The user representation of a baseline of the UTPM paper from the field vectors
+    (each (B, d): a categorical embedding, or a tag field's weighted mean of embeddings):
+
+    - ``youtube_dnn``: the concatenated field vectors through the MLP (Covington et al. 2016);
+    - ``fm``: the field vectors (the linear part) beside every pairwise dot product
+      <f_i, f_j> (keras-rs ``DotInteraction``: FM's second-order terms), through the MLP;
+    - ``dcn``: a cross network of two keras-rs ``FeatureCross`` layers on the concatenated
+      vectors (x_{l+1} = x_0 * (W x_l + b) + x_l) beside the MLP (Wang et al. 2017);
+    - ``autoint``: two layers of multi-head self-attention over the fields with residual
+      connections (Song et al. 2019), flattened, through the MLP."""
+    import keras_rs
+
+    flat = keras.layers.Concatenate(name="fields_flat")(fields) if len(fields) > 1 else fields[0]
+    if tower == "youtube_dnn":
+        return _mlp(flat, units, "user")
+    if tower == "fm":
+        if len(fields) < 2:
+            return _mlp(flat, units, "user")
+        pairs = keras_rs.layers.DotInteraction(name="fm_pairs")(fields)
+        return _mlp(keras.layers.Concatenate(name="linear_and_pairs")([flat, pairs]), units, "user")
+    if tower == "dcn":
+        x = flat
+        for i in range(2):
+            x = keras_rs.layers.FeatureCross(name=f"cross_{i}")(flat, x)
+        return keras.layers.Concatenate(name="cross_and_deep")([x, _mlp(flat, units, "user")])
+    if tower == "autoint":
+        x = ops.stack(fields, axis=1)                                                       # (B, k, d)
+        for i in range(2):
+            attended = keras.layers.MultiHeadAttention(heads, embedding_dim, name=f"self_attention_{i}")(x, x)
+            x = ops.relu(attended + keras.layers.Dense(embedding_dim, name=f"residual_{i}")(x))
+        return _mlp(keras.layers.Flatten(name="attended_fields")(x), units, "user")
+    raise ValueError(f"unknown user tower {tower!r}; known: {', '.join(TOWERS)}")
+
+
 def build_network(user_features: list[str], fields: list[str], vocabularies: dict[str, list[str]],
                   tags: list[str], field_length: int, embedding_dim: int = 16, heads: int = 2,
-                  units: list[int] | tuple[int, ...] = (64,), user_dim: int = 32) -> tuple[keras.Model, keras.Model]:
+                  units: list[int] | tuple[int, ...] = (64,), user_dim: int = 32,
+                  tower: str = "utpm") -> tuple[keras.Model, keras.Model]:
     """(user_model: inputs -> {"user": u, "field_ids", "field_shares"}, network: inputs ->
     {"scores": (B, T)}), sharing layers. With multi-valued fields the scores include
     ``FieldEcho``: score(u, t) = u . e_t + b_t + sum_f beta_f x share_f(t).
 
     Inputs: ``u_<k>`` (string, (1,)) per user feature, ``<f>_tags`` (string, (L,), "" pads)
-    and ``<f>_weights`` (float, (L,)) per multi-valued field."""
+    and ``<f>_weights`` (float, (L,)) per multi-valued field. ``tower`` (TOWERS) picks how
+    u is made from the fields; every tower shares the inputs, the embeddings and the label
+    side, so the towers compare on the same footing."""
+    if tower not in TOWERS:
+        raise ValueError(f"unknown user tower {tower!r}; known: {', '.join(TOWERS)}")
     inputs = {f"u_{k}": keras.Input(shape=(1,), dtype="string", name=f"u_{k}") for k in user_features}
     for f in fields:
         inputs[f"{f}_tags"] = keras.Input(shape=(field_length,), dtype="string", name=f"{f}_tags")
         inputs[f"{f}_weights"] = keras.Input(shape=(field_length,), dtype="float32", name=f"{f}_weights")
 
-    field_vectors = []
+    categorical = []                                                                        # (B, 1, d) each
     for k in user_features:
         vocab = vocabularies[f"u_{k}"]
         ids = keras.layers.StringLookup(vocabulary=vocab, num_oov_indices=1, name=f"lookup_u_{k}")(inputs[f"u_{k}"])
-        e = keras.layers.Embedding(len(vocab) + 1, embedding_dim, name=f"embed_u_{k}")(ids)   # (B, 1, d)
-        field_vectors.append(ops.repeat(e, heads, axis=1))                                  # (B, H, d)
-    label_ids, shares = [], []
+        categorical.append(keras.layers.Embedding(len(vocab) + 1, embedding_dim, name=f"embed_u_{k}")(ids))
+    label_ids, shares, embedded, presents = [], [], [], []
     if fields:
         lookup = keras.layers.StringLookup(vocabulary=tags, mask_token="", num_oov_indices=1, name="lookup_tags")
         embed = keras.layers.Embedding(len(tags) + 2, embedding_dim, name="embed_tags")
-        intra = FieldAttention(heads, embedding_dim, name="intra_field_attention")
         for f in fields:
             ids = lookup(inputs[f"{f}_tags"])
             present = ops.not_equal(ids, 0)
-            field_vectors.append(intra(embed(ids), inputs[f"{f}_weights"], present))
+            embedded.append(embed(ids))
+            presents.append(present)
             w = ops.where(present, ops.maximum(inputs[f"{f}_weights"], 0.0), 0.0)
             shares.append(w / ops.maximum(ops.sum(w, axis=-1, keepdims=True), 1e-12))
             label_ids.append(ops.cast(ids, "int32") - 2)          # 0 padding, 1 unknown -> below 0
-    stacked = ops.stack(field_vectors, axis=1)                                              # (B, k, H, d)
-    batch_ones = ops.ones_like(stacked[:, :, 0, 0])                                         # (B, k)
-    inter = FieldAttention(heads, embedding_dim, name="inter_field_attention")
-    merged = []
-    for h in range(heads):   # head h of the inter-field attention over head h's field vectors
-        pooled = inter(stacked[:, :, h, :], batch_ones, ops.ones_like(batch_ones))         # (B, H, d)
-        merged.append(pooled[:, h, :])
-    attended = keras.layers.Concatenate(name="attended")(merged)                           # (B, H d)
-    crossed = keras.layers.Flatten(name="crossed")(FMCross(name="fm_cross")(stacked))      # (B, H d)
-    x = keras.layers.Concatenate(name="linear_and_cross")(
-        [attended, keras.layers.LayerNormalization(name="cross_norm")(crossed)])
-    for i, n in enumerate(units):
-        x = keras.layers.Dense(n, activation="relu", name=f"user_{i}")(x)
+    if tower == "utpm":
+        field_vectors = [ops.repeat(e, heads, axis=1) for e in categorical]                 # (B, H, d)
+        if fields:
+            intra = FieldAttention(heads, embedding_dim, name="intra_field_attention")
+            field_vectors += [intra(e, inputs[f"{f}_weights"], present)
+                              for f, e, present in zip(fields, embedded, presents, strict=True)]
+        stacked = ops.stack(field_vectors, axis=1)                                          # (B, k, H, d)
+        batch_ones = ops.ones_like(stacked[:, :, 0, 0])                                     # (B, k)
+        inter = FieldAttention(heads, embedding_dim, name="inter_field_attention")
+        merged = []
+        for h in range(heads):   # head h of the inter-field attention over head h's field vectors
+            pooled = inter(stacked[:, :, h, :], batch_ones, ops.ones_like(batch_ones))     # (B, H, d)
+            merged.append(pooled[:, h, :])
+        attended = keras.layers.Concatenate(name="attended")(merged)                       # (B, H d)
+        crossed = keras.layers.Flatten(name="crossed")(FMCross(name="fm_cross")(stacked))  # (B, H d)
+        x = _mlp(keras.layers.Concatenate(name="linear_and_cross")(
+            [attended, keras.layers.LayerNormalization(name="cross_norm")(crossed)]), units, "user")
+    else:
+        pooled = [e[:, 0, :] for e in categorical]
+        pooled += [ops.sum(e * share[..., None], axis=1) for e, share in zip(embedded, shares, strict=True)]
+        x = _baseline_tower(tower, pooled, heads, embedding_dim, units)
     u = keras.layers.Dense(user_dim, name="user_vector")(x)
     scores = TagScores(len(tags), user_dim, name="tag_scores")(u)
     outputs = {"user": u}
@@ -211,8 +267,8 @@ def build_network(user_features: list[str], fields: list[str], vocabularies: dic
         outputs |= {"field_ids": ops.stack(label_ids, axis=1), "field_shares": ops.stack(shares, axis=1)}
         echo = FieldEcho(len(tags), len(fields), name="field_echo")
         scores = keras.layers.Add(name="scores_with_echo")([scores, echo(outputs["field_ids"], outputs["field_shares"])])
-    user_model = keras.Model(inputs, outputs, name="utpm_user")
-    network = keras.Model(inputs, {"scores": keras.layers.Identity(name="scores")(scores)}, name="utpm")
+    user_model = keras.Model(inputs, outputs, name=f"{tower}_user")
+    network = keras.Model(inputs, {"scores": keras.layers.Identity(name="scores")(scores)}, name=tower)
     return user_model, network
 
 

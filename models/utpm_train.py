@@ -156,7 +156,7 @@ def fit(config: Config, train: pa.Table, val: pa.Table, label: str):
         raise ValueError(f"{label}: the training examples name no tag")
     tag_ids = {t: i for i, t in enumerate(tags)}
     user_model, network = build_network(feats, cfg.input_fields, vocab, tags, cfg.field_length, cfg.embedding_dim,
-                                        cfg.heads, cfg.units, cfg.user_dim)
+                                        cfg.heads, cfg.units, cfg.user_dim, cfg.tower)
     sampled = cfg.sampled_negatives if cfg.loss == "softmax" and len(tags) > cfg.full_softmax_max_tags else 0
     trainer = UTPMTrainer(user_model, network, cfg.loss, sampled_negatives=min(sampled, len(tags)), seed=cfg.seed)
     trainer.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate))
@@ -174,7 +174,7 @@ def fit(config: Config, train: pa.Table, val: pa.Table, label: str):
     history = {k: [float(v) for v in vs] for k, vs in fitted.history.items()}
     for epoch, (loss, val_loss) in enumerate(zip(history["loss"], history["val_loss"], strict=True), 1):
         log.info("%s epoch %d: loss %.4f | validation %.4f", label, epoch, loss, val_loss)
-    metadata = {"kind": "utpm", "loss": cfg.loss, "tags": tags, "user_features": feats, "fields": cfg.input_fields,
+    metadata = {"kind": "utpm", "tower": cfg.tower, "loss": cfg.loss, "tags": tags, "user_features": feats, "fields": cfg.input_fields,
                 "field_length": cfg.field_length, "sampled_negatives": trainer.sampled_negatives,
                 "train_rows": train.num_rows, "validation_rows": val.num_rows,
                 "validation_loss": min(history["val_loss"]) if history.get("val_loss") else None}

@@ -404,6 +404,9 @@ class ModelConfig:
 
 
 TAG_MODEL_LOSSES = ("joint", "split", "softmax")
+# The user tower: UTPM's attention and FM crossing, or a baseline of the UTPM paper over the
+# same fields and label side (models/utpm.py).
+TAG_MODEL_TOWERS = ("utpm", "youtube_dnn", "fm", "dcn", "autoint")
 
 
 def _default_tag_fields() -> list[str]:
@@ -416,6 +419,7 @@ class TagModelConfig:
 
     enabled: bool = True
     loss: str = "softmax"
+    tower: str = "utpm"
     # Train on the tag examples of the window_days days ending at D; the last one validates.
     window_days: int = 7
     # The user's multi-valued fields: each a column of user_tag_profile (a horizon's
@@ -453,6 +457,8 @@ class TagModelConfig:
     def validate(self, where: str) -> None:
         _require(self.loss in TAG_MODEL_LOSSES, f"{where}.loss",
                  f"{self.loss!r} is not one of {', '.join(TAG_MODEL_LOSSES)}")
+        _require(self.tower in TAG_MODEL_TOWERS, f"{where}.tower",
+                 f"{self.tower!r} is not one of {', '.join(TAG_MODEL_TOWERS)}")
         _require(self.window_days >= 2, f"{where}.window_days", "must be >= 2 (one day validates)")
         for key in ("field_length", "article_tags", "embedding_dim", "heads", "user_dim", "batch_size",
                     "epochs", "max_train_rows", "full_softmax_max_tags", "sampled_negatives", "top_m"):

@@ -82,10 +82,10 @@ def test_the_fm_layer_equals_the_brute_force_pairwise_sum():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(utpm.FMCross()(fields)), brute, rtol=1e-4, atol=1e-5)
 
 
-def _network():
+def _network(tower="utpm"):
     tags = ["a", "b", "c", "d"]
     return utpm.build_network(["age"], ["long", "shown"], {"u_age": ["x", "y"]}, tags, 3, embedding_dim=4,
-                              heads=2, units=(8,), user_dim=5), tags
+                              heads=2, units=(8,), user_dim=5, tower=tower), tags
 
 
 def _inputs():
@@ -109,8 +109,9 @@ def test_scores_are_the_user_vector_times_the_tag_table_plus_bias_plus_the_echo(
     np.testing.assert_allclose(network.predict_on_batch(x)["scores"], u @ e.T + b + echo, rtol=1e-5, atol=1e-6)
 
 
-def test_a_saved_model_loads_with_safe_mode_and_scores_the_same(tmp_path):
-    (user_model, network), _ = _network()
+@pytest.mark.parametrize("tower", utpm.TOWERS)
+def test_a_saved_model_loads_with_safe_mode_and_scores_the_same(tmp_path, tower):
+    (user_model, network), _ = _network(tower)
     network.get_layer("tag_scores").bias.assign(np.array([0.1, -0.2, 0.3, 0.0], np.float32))
     network.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
@@ -118,13 +119,18 @@ def test_a_saved_model_loads_with_safe_mode_and_scores_the_same(tmp_path):
                                network.predict_on_batch(_inputs())["scores"], rtol=1e-6)
 
 
-@pytest.mark.parametrize("loss", utpm.LOSSES)
-def test_each_loss_learns_a_planted_preference(loss):
+@pytest.mark.parametrize(("loss", "tower"), [*((loss, "utpm") for loss in utpm.LOSSES),
+                                             *(("softmax", t) for t in utpm.TOWERS if t != "utpm")])
+def test_each_loss_and_tower_learns_a_planted_preference(loss, tower):
     """Users whose long field holds tag "a" click articles tagged "a" and skip "b"; the
-    others the reverse. After training, each group's best tag is its own."""
+    others the reverse. After training, each group's best tag is its own. The echo term
+    is held at zero, so the user tower alone must carry the preference."""
     import tensorflow as tf
 
-    (user_model, network), tags = _network()
+    (user_model, network), tags = _network(tower)
+    echo = network.get_layer("field_echo")
+    echo.beta.assign(np.zeros(2, np.float32))
+    echo.trainable = False
     n = 256
     group = np.arange(n) % 2
     x = {"u_age": np.full((n, 1), "x", dtype=object),
