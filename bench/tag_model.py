@@ -144,7 +144,10 @@ def parse_variant(text: str) -> tuple[str, dict]:
     overrides = {}
     for item in filter(None, sets.split(",")):
         key, _, value = item.partition("=")
-        overrides[key.strip()] = json.loads(value) if value.strip()[:1] in "0123456789-[{tf" else value.strip()
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:   # a bare word: a string setting (loss=softmax, tower=fm)
+            overrides[key.strip()] = value.strip()
     return name, overrides
 
 
