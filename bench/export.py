@@ -14,6 +14,12 @@ builder, written to Parquet, loaded into memory before timing) scored by
 arrays), inputs converted beforehand as training does; its rows/s divided by --candidates
 gives users/s.
 Prints both and their ratio (target: export >= 0.5 x predict).
+
+With --tag-scores (on by default) the same run also writes D's ``user_tag_scores`` (what the
+tag_model step scores: each user's top tag_model.top_m tags, here 50 distinct tags a user
+with falling scores) and times export.run again with the default ranking, the user-tag
+model's ranks fused with mix (export.ranking = "tag_model"), against the multi-task
+export above (export.ranking = "multitask"): users/s of each and their ratio.
 """
 
 from __future__ import annotations
@@ -74,6 +80,19 @@ def write_tables(spark, config, users: int) -> None:
     wh.write_partition(index, "tag_index", day)
 
 
+def write_tag_scores(spark, config, users: int, top_m: int) -> None:
+    """D's user_tag_scores: tags (11u + 17j) mod 200 for j < top_m (17 is prime to 200), rank j + 1."""
+    from pyspark.sql import functions as F
+
+    from jobs.common.storage import Warehouse
+
+    scores = (spark.range(users).withColumnRenamed("id", "u").crossJoin(spark.range(top_m).withColumnRenamed("id", "j"))
+              .select(F.format_string("u%08d", F.col("u")).alias("user_id"), (F.col("j") + 1).cast("int").alias("rank"),
+                      F.format_string("t%03d", (F.col("u") * 11 + F.col("j") * 17) % TAGS).alias("tag"),
+                      (1.0 / (F.col("j") + 1)).alias("score"), F.lit("bench-utpm").alias("model_version")))
+    Warehouse(spark, config).write_partition(scores.repartition(16, "user_id"), "user_tag_scores", DAY.isoformat())
+
+
 def train_model(config, root: Path) -> str:
     """A real model (one epoch on synthetic triples of D-1, validated on D), promoted."""
     import importlib.util
@@ -100,6 +119,8 @@ def main() -> None:
     ap.add_argument("--sample-users", default="40k")
     ap.add_argument("--master", default="local[*]")
     ap.add_argument("--keep", help="build the warehouse here and keep it")
+    ap.add_argument("--tag-scores", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time export ranked by the user-tag model's scores (the default ranking)")
     args = ap.parse_args()
     users, sample = parse_size(args.users), parse_size(args.sample_users)
 
@@ -117,7 +138,7 @@ def main() -> None:
     root = Path(args.keep or tempfile.mkdtemp(prefix="tagrecall-bench-export-"))
     config = load_config(overrides={
         "storage": {"warehouse": str(root / "warehouse")}, "spark": {"master": args.master, "driver_memory": "8g"},
-        "export": {"candidate_tags": args.candidates}, "model": {"epochs": 1, "window_days": 2}})
+        "export": {"candidate_tags": args.candidates, "ranking": "multitask"}, "model": {"epochs": 1, "window_days": 2}})
     spark = build_session(config, "tagrecall-bench-export", set_master=True)
     spark.sparkContext.setLogLevel("ERROR")
     t0 = time.perf_counter()
@@ -131,6 +152,18 @@ def main() -> None:
     assert report["users"] == users and report["model_version"] == version, report
     print(f"export: {users:,} users x {args.candidates} candidates in {export_sec:.1f}s = "
           f"{users / export_sec:,.0f} users/s", flush=True)
+    tag_sec = None
+    if args.tag_scores:
+        import dataclasses
+
+        write_tag_scores(spark, config, users, config.tag_model.top_m)
+        tag_config = config.replace(export=dataclasses.replace(config.export, ranking="tag_model"))
+        t0 = time.perf_counter()
+        tag_report = export.run(spark, tag_config, DAY)
+        tag_sec = time.perf_counter() - t0
+        assert tag_report["users"] == users and tag_report["model_version"] == "bench-utpm", tag_report
+        print(f"export ranked by the user-tag model (+ mix): {users:,} users in {tag_sec:.1f}s = "
+              f"{users / tag_sec:,.0f} users/s", flush=True)
 
     # The reference: the same builder's rows for the first `sample` users, scored in one process.
     from pyspark.sql import functions as F
@@ -168,6 +201,9 @@ def main() -> None:
     print(f"\nexport {users / export_sec:,.0f} users/s ({users * args.candidates / export_sec:,.0f} rows/s) vs plain "
           f"model.predict {predict_users:,.0f} users/s ({rows / predict_sec:,.0f} rows/s): "
           f"ratio {users / export_sec / predict_users:.2f} (target >= 0.5)")
+    if tag_sec is not None:
+        print(f"export with the user-tag model {users / tag_sec:,.0f} users/s vs the multi-task export "
+              f"{users / export_sec:,.0f} users/s: ratio {export_sec / tag_sec:.2f}")
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
 
