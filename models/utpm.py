@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 
 import keras
+import keras_rs  # noqa: F401  (registers DotInteraction and FeatureCross, so saved fm and dcn towers load)
 from keras import ops
 
 LOSSES = ("joint", "split", "softmax")
@@ -179,8 +180,6 @@ def _baseline_tower(tower: str, fields: list, heads: int, embedding_dim: int, un
       vectors (x_{l+1} = x_0 * (W x_l + b) + x_l) beside the MLP (Wang et al. 2017);
     - ``autoint``: two layers of multi-head self-attention over the fields with residual
       connections (Song et al. 2019), flattened, through the MLP."""
-    import keras_rs
-
     flat = keras.layers.Concatenate(name="fields_flat")(fields) if len(fields) > 1 else fields[0]
     if tower == "youtube_dnn":
         return _mlp(flat, units, "user")

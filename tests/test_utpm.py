@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -117,6 +118,22 @@ def test_a_saved_model_loads_with_safe_mode_and_scores_the_same(tmp_path, tower)
     loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
     np.testing.assert_allclose(loaded.predict_on_batch(_inputs())["scores"],
                                network.predict_on_batch(_inputs())["scores"], rtol=1e-6)
+
+
+def test_every_tower_loads_in_a_fresh_interpreter(tmp_path):
+    """As the scoring workers load it: import models.utpm, then load_model with safe_mode
+    (a layer of keras-rs must be registered without the test having built one first)."""
+    import subprocess
+    import sys
+
+    for tower in utpm.TOWERS:
+        _network(tower)[0][1].save(tmp_path / f"{tower}.keras")
+    code = ("import sys, keras, models.utpm\n"
+            "for path in sys.argv[1:]:\n"
+            "    keras.saving.load_model(path, safe_mode=True)\n")
+    done = subprocess.run([sys.executable, "-c", code, *(str(tmp_path / f"{t}.keras") for t in utpm.TOWERS)],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 @pytest.mark.parametrize(("loss", "tower"), [*((loss, "utpm") for loss in utpm.LOSSES),
