@@ -42,6 +42,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from functools import reduce
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -114,30 +115,33 @@ def at_reference_context(cands: DataFrame, config: Config) -> DataFrame:
                         F.lit(0).alias("request_index"), F.lit(config.features.reference_hour).alias("hour"))
 
 
-def learned_ranks(cands: DataFrame, learned: DataFrame, top_m: int) -> DataFrame:
-    """``cands`` (user_id, tag, prior) + the user-tag model's tags -> (user_id, tag, prior,
-    tm_rank): the model's rank, and for candidates it did not rank, top_m + their order by
-    prior. Every tag the model ranked is a candidate too."""
-    ranked = learned.select("user_id", "tag", F.col("rank").alias("_tm"))
-    both = (cands.select("user_id", "tag", "prior").unionByName(
-        ranked.select("user_id", "tag", F.lit(None).cast("double").alias("prior")))
-        .groupBy("user_id", "tag").agg(F.max("prior").alias("prior"))
-        .join(ranked, ["user_id", "tag"], "left"))
-    rest = Window.partitionBy("user_id", F.col("_tm").isNull()).orderBy(F.desc_nulls_last("prior"), "tag")
-    return both.select("user_id", "tag", "prior", F.coalesce(F.col("_tm"), F.lit(top_m) + F.row_number().over(rest))
-                       .alias("tm_rank"))
+def fusion_ranks(cands: DataFrame, learned: DataFrame, mixed: DataFrame | None, top_m: int, count: int) -> DataFrame:
+    """``cands`` (user_id, tag, prior) + the user-tag model's ranked tags ``learned`` (user_id,
+    tag, rank) + mix's ``mixed`` (user_id, tag, rank, or None) -> (user_id, tag, prior,
+    tm_rank, mix_rank):
 
+    - every candidate and every tag the model ranked: tm_rank is the model's rank, or for
+      the candidates it did not rank top_m + their order by prior (descending, then tag);
+    - mix's other tags join with no prior and tm_rank count + 1;
+    - mix_rank is mix's rank, count + 1 where mix did not rank the tag (or no mix).
 
-def with_mix_rank(ranked: DataFrame, mixed: DataFrame | None, count: int) -> DataFrame:
-    """``ranked`` + mix_rank: the candidate's rank by the mix heuristic (``mixed``: user_id,
-    tag, rank), count + 1 where mix did not rank it; mix's tags join the candidates."""
-    if mixed is None:
-        return ranked.withColumn("mix_rank", F.lit(count + 1))
-    m = mixed.select("user_id", "tag", F.col("rank").alias("mix_rank"))
-    extra = m.join(ranked.select("user_id", "tag"), ["user_id", "tag"], "left_anti").select(
-        "user_id", "tag", F.lit(None).cast("double").alias("prior"), F.lit(count + 1).alias("tm_rank"))
-    return (ranked.unionByName(extra).join(m, ["user_id", "tag"], "left")
-            .withColumn("mix_rank", F.coalesce("mix_rank", F.lit(count + 1))))
+    One shuffle: the three lists are gathered by user, and the merge per (user, tag) and the
+    rank windows all run on that partitioning."""
+    null = F.lit(None)
+    parts = [cands.select("user_id", "tag", "prior", null.cast("int").alias("_tm"), null.cast("int").alias("_mix"),
+                          F.lit(True).alias("_ranked")),
+             learned.select("user_id", "tag", null.cast("double").alias("prior"), F.col("rank").alias("_tm"),
+                            null.cast("int").alias("_mix"), F.lit(True).alias("_ranked"))]
+    if mixed is not None:
+        parts.append(mixed.select("user_id", "tag", null.cast("double").alias("prior"), null.cast("int").alias("_tm"),
+                                  F.col("rank").alias("_mix"), F.lit(False).alias("_ranked")))
+    merged = (reduce(DataFrame.unionByName, parts).repartition("user_id")
+              .groupBy("user_id", "tag").agg(F.max("prior").alias("prior"), F.min("_tm").alias("_tm"),
+                                             F.min("_mix").alias("_mix"), F.max("_ranked").alias("_ranked")))
+    rest = Window.partitionBy("user_id", "_ranked", F.col("_tm").isNull()).orderBy(F.desc_nulls_last("prior"), "tag")
+    tm_rank = F.when(F.col("_ranked"), F.coalesce(F.col("_tm"), F.lit(top_m) + F.row_number().over(rest)))
+    return merged.select("user_id", "tag", "prior", F.coalesce(tm_rank, F.lit(count + 1)).alias("tm_rank"),
+                         F.coalesce(F.col("_mix"), F.lit(count + 1)).alias("mix_rank"))
 
 
 def fused(ranked: DataFrame, multitask: DataFrame | None, cfg) -> DataFrame:
@@ -208,7 +212,7 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
         mixed = (mix(profile, stats, users.select("user_id").unionByName(profile.select("user_id")).distinct(),
                      cfg.candidate_tags, config.evaluate.mix_click_weight, config.evaluate.mix_global_tags)
                  if cfg.mix_weight > 0 else None)
-        cands = with_mix_rank(learned_ranks(cands, learned, config.tag_model.top_m), mixed, cfg.candidate_tags)
+        cands = fusion_ranks(cands, learned, mixed, config.tag_model.top_m, cfg.candidate_tags)
     cands = cands.persist(StorageLevel.MEMORY_AND_DISK)
     version = registry.current_version(config.storage.warehouse) if cfg.ranking != "profile" else None
     learned_version = (learned.select("model_version").limit(1).collect() or [[None]])[0][0] if learned else None
