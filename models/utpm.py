@@ -47,7 +47,9 @@ import keras
 import keras_rs  # noqa: F401  (registers DotInteraction and FeatureCross, so saved fm and dcn towers load)
 from keras import ops
 
-LOSSES = ("joint", "split", "softmax")
+from schemas.config import TAG_MODEL_LOSSES, TAG_MODEL_TOWERS
+
+LOSSES = TAG_MODEL_LOSSES
 NEG = -1e9
 
 
@@ -160,7 +162,7 @@ class FieldEcho(keras.layers.Layer):
         return {**super().get_config(), "tags": self.tags, "fields": self.fields}
 
 
-TOWERS = ("utpm", "youtube_dnn", "fm", "dcn", "autoint")
+TOWERS = TAG_MODEL_TOWERS
 
 
 def _mlp(x, units, prefix: str):

@@ -144,6 +144,7 @@ def test_each_loss_and_tower_learns_a_planted_preference(loss, tower):
     is held at zero, so the user tower alone must carry the preference."""
     import tensorflow as tf
 
+    keras.utils.set_random_seed(0)  # the initial weights too: the outcome must not hang on the tests run before
     (user_model, network), tags = _network(tower)
     echo = network.get_layer("field_echo")
     echo.beta.assign(np.zeros(2, np.float32))

@@ -114,7 +114,11 @@ def user_fields(history: pd.DataFrame, tags_of: dict[str, list[tuple[str, float]
     return out
 
 
-def _field_columns(users: list[str], fields: dict, empty: dict) -> dict[str, pa.Array]:
+def _field_columns(users: list[str], fields: dict) -> dict[str, pa.Array]:
+    """The <f>_tags / <f>_weights columns of ``users``; a user without history gets empty
+    fields and the common popular one."""
+    pop = next(iter(fields.values()))["popular"] if fields else ([], [])
+    empty = {**{f: ([], []) for f in FIELDS}, "popular": pop}
     cols = {}
     for f in (*FIELDS, "popular"):
         got = [fields.get(u, empty)[f] for u in users]
@@ -128,8 +132,6 @@ def examples(rated: pd.DataFrame, tags_of: dict, lo: float, hi: float, length: i
     """One row per rating in [lo n, hi n) of each user (its movie's tags, click = rating >=
     LIKE), the user's fields from the first lo n ratings: the tag_examples contract."""
     fields = user_fields(before(rated, lo), tags_of, length, recent)
-    pop = next(iter(fields.values()))["popular"] if fields else ([], [])
-    empty = {**{f: ([], []) for f in FIELDS}, "popular": pop}
     rows = between(rated, lo, hi)
     users = rows.userId.tolist()
     cols = {"event_id": pa.array([f"{u}-{m}" for u, m in zip(users, rows.movieId, strict=True)]),
@@ -137,25 +139,23 @@ def examples(rated: pd.DataFrame, tags_of: dict, lo: float, hi: float, length: i
             "article_tags": pa.array([[{"tag": t, "weight": w} for t, w in tags_of.get(m, ())] for m in rows.movieId],
                                      TAG_WEIGHTS),
             "click": pa.array((rows.rating >= LIKE).astype("int32").to_numpy())}
-    return pa.table(cols | _field_columns(users, fields, empty))
+    return pa.table(cols | _field_columns(users, fields))
 
 
 def split(rated: pd.DataFrame, tags_of: dict, cut: float = 0.8, length: int = 20,
-          recent: int = 10) -> tuple[pa.Table, list[tuple[str, list[str]]]]:
-    """(one row per user with a click after ``cut``, their fields from the ratings before it;
-    (user, the clicked movie's tags) per click after it)."""
-    after = rated[rated.pos >= np.floor(cut * rated.n)]
-    clicked = after[after.rating >= LIKE]
+          recent: int = 10, hi: float = 1.0) -> tuple[pa.Table, list[tuple[str, list[str]]]]:
+    """(one row per user with a click in [cut n, hi n), their fields from the ratings before
+    it; (user, the clicked movie's tags) per click there)."""
+    clicked = between(rated, cut, hi)
+    clicked = clicked[clicked.rating >= LIKE]
     clicks = [(u, [t for t, _ in tags_of.get(m, ())]) for u, m in zip(clicked.userId, clicked.movieId, strict=True)]
     fields = user_fields(before(rated, cut), tags_of, length, recent)
-    pop = next(iter(fields.values()))["popular"] if fields else ([], [])
-    empty = {**{f: ([], []) for f in FIELDS}, "popular": pop}
     users = sorted(set(clicked.userId))
-    return pa.table({"user_id": pa.array(users, pa.string())} | _field_columns(users, fields, empty)), clicks
+    return pa.table({"user_id": pa.array(users, pa.string())} | _field_columns(users, fields)), clicks
 
 
 def validation_users(users: list[str], share: float, seed: int) -> set[str]:
     """A seeded ``share`` of the users, held out of training to stop it early."""
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(users), max(1, math.floor(share * len(users))), replace=False)
-    return {sorted(users)[i] for i in pick}
+    ordered_users = sorted(users)
+    pick = np.random.default_rng(seed).choice(len(ordered_users), max(1, math.floor(share * len(users))), replace=False)
+    return {ordered_users[i] for i in pick}
