@@ -89,7 +89,8 @@ def write_tag_scores(spark, config, users: int, top_m: int) -> None:
     scores = (spark.range(users).withColumnRenamed("id", "u").crossJoin(spark.range(top_m).withColumnRenamed("id", "j"))
               .select(F.format_string("u%08d", F.col("u")).alias("user_id"), (F.col("j") + 1).cast("int").alias("rank"),
                       F.format_string("t%03d", (F.col("u") * 11 + F.col("j") * 17) % TAGS).alias("tag"),
-                      (1.0 / (F.col("j") + 1)).alias("score"), F.lit("bench-utpm").alias("model_version")))
+                      (1.0 / (F.col("j") + 1)).alias("score"), (-F.col("j").cast("double")).alias("interest"),
+                      F.lit("bench-utpm").alias("model_version")))
     Warehouse(spark, config).write_partition(scores.repartition(16, "user_id"), "user_tag_scores", DAY.isoformat())
 
 

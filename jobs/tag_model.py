@@ -1,7 +1,7 @@
 """Tag-model step: ``tagrecall tag-model --date D`` trains a user-tag profile model
 (models/utpm.py) on the ``tag_examples`` of the window ending at D and writes
 ``user_tag_scores`` (partition D, for D+1): each user's top tag_model.top_m tags by the
-learned score.
+learned score, each with its interest (the user's lift on it over the average user).
 
 1. Training (models/utpm_train.py): the examples (written by the triples step, one per
    impression, the user's fields from the day before) of the tag_model.window_days days
@@ -33,11 +33,12 @@ log = logging.getLogger(__name__)
 
 NAME = "tag_model"
 TABLE = "user_tag_scores"
-SCORED = "user_id string, rank int, tag string, score double"
+SCORED = "user_id string, rank int, tag string, score double, interest double"
 
 
-def score_batches(warehouse: str, version: str, m: int):
-    """A mapInArrow function: user_fields rows -> each user's top ``m`` tags (models/utpm_train.py)."""
+def score_batches(warehouse: str, version: str, m: int, popularity_weight: float):
+    """A mapInArrow function: user_fields rows -> each user's top ``m`` tags with their
+    interest (models/utpm_train.py)."""
 
     def score(batches):
         from models.scoring import load_cached
@@ -46,7 +47,7 @@ def score_batches(warehouse: str, version: str, m: int):
         model, meta = load_cached(warehouse, version)  # once per Python worker
         for batch in batches:
             for start in range(0, batch.num_rows, 4096):
-                yield score_users(model, meta, batch.slice(start, 4096), m)
+                yield score_users(model, meta, batch.slice(start, 4096), m, popularity_weight)
 
     return score
 
@@ -74,7 +75,9 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
     version = result["version"]
     fields = user_fields(wh.read_partition("user_tag_profile", day), wh.read_partition("users", day),
                          wh.read_partition("tag_stats", day), config)
-    scored = fields.mapInArrow(score_batches(config.storage.warehouse, version, config.tag_model.top_m), SCORED)
+    cfg = config.tag_model
+    scored = fields.mapInArrow(score_batches(config.storage.warehouse, version, cfg.top_m,
+                                             cfg.interest_popularity_weight), SCORED)
     wh.write_partition(scored.withColumn("model_version", F.lit(version)).select(*USER_TAG_SCORES.fieldNames()),
                        TABLE, day)
     written = wh.read_partition(TABLE, day).agg(F.count(F.lit(1)).alias("rows"),

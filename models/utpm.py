@@ -7,12 +7,16 @@ the whole vocabulary.
                   tag lists (tags, weights) ─> tag embedding ─> intra-field │ attention (per head)
                                                                            ├─> inter-field attention ─┐
                                                                            └─> FM crossing ─> norm ────┴─> MLP ─> u
-    label side:   score(u, t) = u . e_t + b_t + sum_f beta_f share_f(t)   for every tag t
+    label side:   s(u, t) = u . e_t + b_t;  score(u, t) = log(exp(s(u, t)) + sum_f c_f w_f(u, t))
 
-- The echo term sum_f beta_f share_f(t) (``FieldEcho``) carries the user's own tags to the
-  label side: share_f(t) is the tag's share of the user's field f, beta_f learned per
-  field. Through u alone the model must re-learn the identity "a user's tags are their
-  interests" tag by tag, which sparse data does not teach.
+- The echo (``FieldEcho``) carries the user's own tags to the label side: w_f(u, t) is the
+  user's weight on t in field f, c_f >= 0 learned per field. Under the softmax, p(t | u)
+  is proportional to exp(s(u, t)) + sum_f c_f w_f(u, t): a Dirichlet-multinomial posterior
+  whose prior is the tower's and whose counts are the user's history, so a long history
+  outweighs popularity and a short one does not. Through u alone the model must re-learn
+  the identity "a user's tags are their interests" tag by tag, which sparse data does not
+  teach. ``tag_model.echo = "share"`` adds sum_f beta_f share_f(t) to s instead (the
+  shares of a short and a long history look alike).
 
 - Intra-field attention pools each multi-valued field (the user's tags by long and short
   profile weight, by decayed impressions, by decayed clicks): alpha_i = softmax_i(q_h^T
@@ -47,7 +51,7 @@ import keras
 import keras_rs  # noqa: F401  (registers DotInteraction and FeatureCross, so saved fm and dcn towers load)
 from keras import ops
 
-from schemas.config import TAG_MODEL_LOSSES, TAG_MODEL_TOWERS
+from schemas.config import TAG_MODEL_ECHOES, TAG_MODEL_LOSSES, TAG_MODEL_TOWERS
 
 LOSSES = TAG_MODEL_LOSSES
 NEG = -1e9
@@ -125,27 +129,49 @@ class TagScores(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="tagrecall")
 class FieldEcho(keras.layers.Layer):
-    """The user's own tags on the label side: echo(u, t) = sum_f beta_f x share_f(t), the
-    tag's share of the user's field f (0 when absent), one learned beta per field (starting
-    at 1: at initialisation the ranking is the profile's, pulled by the tag bias).
+    """The user's own tags on the label side, combined with the tower's score s(u, t) =
+    u . e_t + b_t in one of two ways (``mode``):
 
-    call(ids (B, F, L) label ids, -1 or less where padded or unknown; shares (B, F, L))
-    -> (B, T); ``gather(ids, shares, query (B, Q))`` -> the echo of each queried id."""
+    - ``posterior`` (default): score(u, t) = log(exp(s(u, t)) + m(u, t)), m(u, t) = sum_f
+      c_f w_f(u, t), w_f(u, t) the user's weight on t in field f (0 when absent), c_f =
+      softplus(beta_f) >= 0 per field (1 at initialisation). The softmax over these scores
+      is p(t | u) proportional to exp(s(u, t)) + m(u, t): the posterior predictive of a
+      Dirichlet-multinomial whose prior is the tower's (popularity, the user's features) and
+      whose counts are the user's own history. A user with three decayed clicks stays
+      close to the prior; one with three hundred is ruled by them.
+    - ``share``: score(u, t) = s(u, t) + sum_f beta_f share_f(t), share_f(t) the tag's share
+      of the user's field f (beta 1 at initialisation): the same pull whatever the length
+      of the history.
 
-    def __init__(self, tags: int, fields: int, **kwargs):
+    ``call(ids (B, F, L) label ids, -1 or less where padded or unknown; weights (B, F, L),
+    >= 0, 0 where padded)`` -> the echo (B, T): m(u, t) or sum_f beta_f share_f(t);
+    ``gather(ids, weights, query (B, Q))`` -> the echo of each queried id; ``combine(s,
+    echo)`` -> the score."""
+
+    MODES = TAG_MODEL_ECHOES
+
+    def __init__(self, tags: int, fields: int, mode: str = "posterior", **kwargs):
         super().__init__(**kwargs)
-        self.tags, self.fields = tags, fields
+        if mode not in self.MODES:
+            raise ValueError(f"unknown echo mode {mode!r}; known: {', '.join(self.MODES)}")
+        self.tags, self.fields, self.mode = tags, fields, mode
 
-    def build(self, ids_shape, shares_shape=None):
-        self.beta = self.add_weight(name="beta", shape=(self.fields,), initializer="ones")
+    def build(self, ids_shape, weights_shape=None):
+        start = math.log(math.e - 1.0) if self.mode == "posterior" else 1.0   # softplus(log(e - 1)) = 1
+        self.beta = self.add_weight(name="beta", shape=(self.fields,), initializer=keras.initializers.Constant(start))
 
-    def _flat(self, ids, shares):
+    def _flat(self, ids, weights):
         b = ops.shape(ids)[0]
-        values = ops.where(ids >= 0, shares * self.beta[None, :, None], 0.0)
+        w = ops.maximum(ops.cast(weights, "float32"), 0.0)
+        if self.mode == "posterior":
+            values = w * ops.softplus(self.beta)[None, :, None]
+        else:   # a tag outside the vocabulary keeps its part of the share, without a column
+            values = w / ops.maximum(ops.sum(w, axis=-1, keepdims=True), 1e-12) * self.beta[None, :, None]
+        values = ops.where(ids >= 0, values, 0.0)
         return ops.reshape(ids, (b, -1)), ops.reshape(values, (b, -1))
 
-    def call(self, ids, shares):
-        ids, values = self._flat(ids, shares)
+    def call(self, ids, weights):
+        ids, values = self._flat(ids, weights)
         b = ops.shape(ids)[0]
         valid = ids >= 0
         rows = ops.arange(b)[:, None] * self.tags
@@ -153,13 +179,20 @@ class FieldEcho(keras.layers.Layer):
         summed = ops.segment_sum(ops.reshape(values, (-1,)), segments, num_segments=b * self.tags + 1)
         return ops.reshape(summed[:-1], (b, self.tags))
 
-    def gather(self, ids, shares, query):
-        ids, values = self._flat(ids, shares)
+    def gather(self, ids, weights, query):
+        ids, values = self._flat(ids, weights)
         same = ops.cast(ops.equal(query[:, :, None], ids[:, None, :]), values.dtype)
         return ops.sum(same * values[:, None, :], axis=-1)
 
+    def combine(self, scores, echo):
+        if self.mode == "posterior":
+            # log(exp(s) + m). The 1e-30 keeps log and its gradient finite where m = 0 (most
+            # tags of most users); it moves the score by about exp(-69 - s).
+            return ops.logaddexp(scores, ops.log(ops.maximum(echo, 0.0) + 1e-30))
+        return scores + echo
+
     def get_config(self):
-        return {**super().get_config(), "tags": self.tags, "fields": self.fields}
+        return {**super().get_config(), "tags": self.tags, "fields": self.fields, "mode": self.mode}
 
 
 TOWERS = TAG_MODEL_TOWERS
@@ -207,10 +240,11 @@ def _baseline_tower(tower: str, fields: list, heads: int, embedding_dim: int, un
 def build_network(user_features: list[str], fields: list[str], vocabularies: dict[str, list[str]],
                   tags: list[str], field_length: int, embedding_dim: int = 16, heads: int = 2,
                   units: list[int] | tuple[int, ...] = (64,), user_dim: int = 32,
-                  tower: str = "utpm") -> tuple[keras.Model, keras.Model]:
+                  tower: str = "utpm", echo: str = "posterior") -> tuple[keras.Model, keras.Model]:
     """(user_model: inputs -> {"user": u, "field_ids", "field_shares"}, network: inputs ->
     {"scores": (B, T)}), sharing layers. With multi-valued fields the scores include
-    ``FieldEcho``: score(u, t) = u . e_t + b_t + sum_f beta_f x share_f(t).
+    ``FieldEcho`` in mode ``echo``: score(u, t) = log(exp(u . e_t + b_t) + sum_f c_f w_f(u, t))
+    (``posterior``) or u . e_t + b_t + sum_f beta_f share_f(t) (``share``).
 
     Inputs: ``u_<k>`` (string, (1,)) per user feature, ``<f>_tags`` (string, (L,), "" pads)
     and ``<f>_weights`` (float, (L,)) per multi-valued field. ``tower`` (TOWERS) picks how
@@ -228,7 +262,7 @@ def build_network(user_features: list[str], fields: list[str], vocabularies: dic
         vocab = vocabularies[f"u_{k}"]
         ids = keras.layers.StringLookup(vocabulary=vocab, num_oov_indices=1, name=f"lookup_u_{k}")(inputs[f"u_{k}"])
         categorical.append(keras.layers.Embedding(len(vocab) + 1, embedding_dim, name=f"embed_u_{k}")(ids))
-    label_ids, shares, embedded, presents = [], [], [], []
+    label_ids, field_weights, embedded, presents = [], [], [], []
     if fields:
         lookup = keras.layers.StringLookup(vocabulary=tags, mask_token="", num_oov_indices=1, name="lookup_tags")
         embed = keras.layers.Embedding(len(tags) + 2, embedding_dim, name="embed_tags")
@@ -237,8 +271,7 @@ def build_network(user_features: list[str], fields: list[str], vocabularies: dic
             present = ops.not_equal(ids, 0)
             embedded.append(embed(ids))
             presents.append(present)
-            w = ops.where(present, ops.maximum(inputs[f"{f}_weights"], 0.0), 0.0)
-            shares.append(w / ops.maximum(ops.sum(w, axis=-1, keepdims=True), 1e-12))
+            field_weights.append(ops.where(present, ops.maximum(inputs[f"{f}_weights"], 0.0), 0.0))
             label_ids.append(ops.cast(ids, "int32") - 2)          # 0 padding, 1 unknown -> below 0
     if tower == "utpm":
         field_vectors = [ops.repeat(e, heads, axis=1) for e in categorical]                 # (B, H, d)
@@ -259,15 +292,16 @@ def build_network(user_features: list[str], fields: list[str], vocabularies: dic
             [attended, keras.layers.LayerNormalization(name="cross_norm")(crossed)]), units, "user")
     else:
         pooled = [e[:, 0, :] for e in categorical]
-        pooled += [ops.sum(e * share[..., None], axis=1) for e, share in zip(embedded, shares, strict=True)]
+        pooled += [ops.sum(e * (w / ops.maximum(ops.sum(w, axis=-1, keepdims=True), 1e-12))[..., None], axis=1)
+                   for e, w in zip(embedded, field_weights, strict=True)]
         x = _baseline_tower(tower, pooled, heads, embedding_dim, units)
     u = keras.layers.Dense(user_dim, name="user_vector")(x)
     scores = TagScores(len(tags), user_dim, name="tag_scores")(u)
     outputs = {"user": u}
     if fields:
-        outputs |= {"field_ids": ops.stack(label_ids, axis=1), "field_shares": ops.stack(shares, axis=1)}
-        echo = FieldEcho(len(tags), len(fields), name="field_echo")
-        scores = keras.layers.Add(name="scores_with_echo")([scores, echo(outputs["field_ids"], outputs["field_shares"])])
+        outputs |= {"field_ids": ops.stack(label_ids, axis=1), "field_weights": ops.stack(field_weights, axis=1)}
+        layer = FieldEcho(len(tags), len(fields), mode=echo, name="field_echo")
+        scores = layer.combine(scores, layer(outputs["field_ids"], outputs["field_weights"]))
     user_model = keras.Model(inputs, outputs, name=f"{tower}_user")
     network = keras.Model(inputs, {"scores": keras.layers.Identity(name="scores")(scores)}, name=tower)
     return user_model, network
@@ -338,13 +372,13 @@ class UTPMTrainer(keras.Model):
         """score(u, t) for the tag ids ``ids`` (B, Q) of each row."""
         out = self.tag_scores.gather(y_pred["user"], ids)
         if self.echo is not None:
-            out = out + self.echo.gather(y_pred["field_ids"], y_pred["field_shares"], ids)
+            out = self.echo.combine(out, self.echo.gather(y_pred["field_ids"], y_pred["field_weights"], ids))
         return out
 
     def all_scores(self, y_pred):
         out = self.tag_scores(y_pred["user"])
         if self.echo is not None:
-            out = out + self.echo(y_pred["field_ids"], y_pred["field_shares"])
+            out = self.echo.combine(out, self.echo(y_pred["field_ids"], y_pred["field_weights"]))
         return out
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):

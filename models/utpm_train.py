@@ -36,7 +36,7 @@ from schemas.config import Config
 log = logging.getLogger(__name__)
 
 TABLE = "tag_examples"
-SCORED_COLUMNS = ("user_id", "rank", "tag", "score")
+SCORED_COLUMNS = ("user_id", "rank", "tag", "score", "interest")
 
 
 def window(config: Config, date: dt.date) -> Window:
@@ -156,7 +156,7 @@ def fit(config: Config, train: pa.Table, val: pa.Table, label: str):
         raise ValueError(f"{label}: the training examples name no tag")
     tag_ids = {t: i for i, t in enumerate(tags)}
     user_model, network = build_network(feats, cfg.input_fields, vocab, tags, cfg.field_length, cfg.embedding_dim,
-                                        cfg.heads, cfg.units, cfg.user_dim, cfg.tower)
+                                        cfg.heads, cfg.units, cfg.user_dim, cfg.tower, cfg.echo)
     sampled = cfg.sampled_negatives if cfg.loss == "softmax" and len(tags) > cfg.full_softmax_max_tags else 0
     trainer = UTPMTrainer(user_model, network, cfg.loss, sampled_negatives=min(sampled, len(tags)), seed=cfg.seed)
     trainer.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate))
@@ -174,8 +174,9 @@ def fit(config: Config, train: pa.Table, val: pa.Table, label: str):
     history = {k: [float(v) for v in vs] for k, vs in fitted.history.items()}
     for epoch, (loss, val_loss) in enumerate(zip(history["loss"], history["val_loss"], strict=True), 1):
         log.info("%s epoch %d: loss %.4f | validation %.4f", label, epoch, loss, val_loss)
-    metadata = {"kind": "utpm", "tower": cfg.tower, "loss": cfg.loss, "tags": tags, "user_features": feats, "fields": cfg.input_fields,
+    metadata = {"kind": "utpm", "tower": cfg.tower, "echo": cfg.echo, "loss": cfg.loss, "tags": tags, "user_features": feats, "fields": cfg.input_fields,
                 "field_length": cfg.field_length, "sampled_negatives": trainer.sampled_negatives,
+                "tag_prior": tag_prior(network, x_va, val).tolist(),
                 "train_rows": train.num_rows, "validation_rows": val.num_rows,
                 "validation_loss": min(history["val_loss"]) if history.get("val_loss") else None}
     return network, metadata, history
@@ -206,6 +207,37 @@ def train_day(config: Config, date: dt.date, version: str | None = None) -> dict
 
 # ---- scoring -----------------------------------------------------------------------------
 
+def log_softmax(scores: np.ndarray) -> np.ndarray:
+    top = scores.max(axis=1, keepdims=True)
+    return scores - top - np.log(np.exp(scores - top).sum(axis=1, keepdims=True))
+
+
+def predict_scores(model, x: dict[str, np.ndarray], batch: int = 4096) -> np.ndarray:
+    """(rows, T) float64 scores of the inputs ``x``, predicted ``batch`` rows at a time."""
+    n = len(next(iter(x.values())))
+    parts = [np.asarray(model.predict_on_batch({k: v[i:i + batch] for k, v in x.items()})["scores"], "float64")
+             for i in range(0, n, batch)]
+    return np.concatenate(parts) if parts else np.zeros((0, 0))
+
+
+def tag_prior(model, x: dict[str, np.ndarray], rows: pa.Table) -> np.ndarray:
+    """p(t | the average user): softmax(score) averaged over the distinct users of ``rows``
+    (the validation day's examples, their fields as of the day before), each user once."""
+    users = rows.column("user_id").to_numpy(zero_copy_only=False)
+    _, first = np.unique(users, return_index=True)
+    scores = predict_scores(model, {k: v[first] for k, v in x.items()})
+    return np.exp(log_softmax(scores)).mean(axis=0)
+
+
+def interest(scores: np.ndarray, prior: np.ndarray, popularity_weight: float = 1.0) -> np.ndarray:
+    """log p(t | u) - w log p(t | the average user), p(. | u) = softmax(scores), w =
+    ``popularity_weight``. The scores rank what the user will click tomorrow, popular tags
+    first (w = 0); w = 1 is the user's lift on t over everyone (pointwise mutual
+    information), which also lifts rare tags on little evidence; in between, the interest
+    profile: what the user clicks, discounted by how much everyone does."""
+    return log_softmax(scores) - popularity_weight * np.log(np.maximum(prior, 1e-300))[None, :]
+
+
 def top_tags(scores: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     """(indices, scores) of each row's ``m`` best columns, best first (ties by column)."""
     m = min(m, scores.shape[1])
@@ -213,14 +245,22 @@ def top_tags(scores: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     return order, np.take_along_axis(scores, order, axis=1)
 
 
-def score_users(model, metadata: dict, batch: pa.RecordBatch, m: int) -> pa.RecordBatch:
-    """user_fields rows -> SCORED_COLUMNS: each user's top ``m`` tags by score(u, t)."""
+def score_users(model, metadata: dict, batch: pa.RecordBatch, m: int, popularity_weight: float = 0.5
+                ) -> pa.RecordBatch:
+    """user_fields rows -> SCORED_COLUMNS: each user's top ``m`` tags by score(u, t), with
+    their interest at ``popularity_weight`` (null when the model's metadata holds no
+    tag_prior)."""
     x = inputs(batch, metadata["user_features"], metadata["fields"], metadata["field_length"])
     scores = np.asarray(model.predict_on_batch(x)["scores"], dtype="float64")
     idx, top = top_tags(scores, m)
     n, k = idx.shape
+    if metadata.get("tag_prior") is not None:
+        lift = interest(scores, np.asarray(metadata["tag_prior"]), popularity_weight)
+        lift = pa.array(np.take_along_axis(lift, idx, axis=1).ravel())
+    else:
+        lift = pa.nulls(n * k, pa.float64())
     tags = np.asarray(metadata["tags"], dtype=object)
     users = np.asarray(batch.column("user_id").to_numpy(zero_copy_only=False), dtype=object)
     return pa.RecordBatch.from_arrays(
         [pa.array(np.repeat(users, k), pa.string()), pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), n)),
-         pa.array(tags[idx.ravel()], pa.string()), pa.array(top.ravel())], names=list(SCORED_COLUMNS))
+         pa.array(tags[idx.ravel()], pa.string()), pa.array(top.ravel()), lift], names=list(SCORED_COLUMNS))

@@ -133,6 +133,9 @@ USER_TAG_SCORES = StructType(
         StructField("rank", IntegerType(), False),
         StructField("tag", StringType(), False),
         StructField("score", DoubleType(), False),
+        # log p(t | u) - log p(t | the average user): how much more this user's tags lean
+        # to t than everyone's (models/utpm_train.py); null for a model saved without a prior.
+        StructField("interest", DoubleType(), True),
         StructField("model_version", StringType(), False),
     ]
 )

@@ -37,6 +37,8 @@ def test_printed_defaults_load_back_to_the_defaults():
     ("[profiles.half_life_days]\nlong = -1\n", r"half_life_days.long: -1.0 is not > 0"),
     ("[ingest]\nmax_reject_ratio = 1.5\n", r"1.5 is not between 0 and 1"),
     ("[ingest\n", r"not valid TOML"),
+    ("[tag_model]\necho = 'loud'\n", r"tag_model.echo: 'loud' is not one of posterior, share"),
+    ("[tag_model]\ninterest_popularity_weight = 2.0\n", r"tag_model.interest_popularity_weight: must be in \[0, 1\]"),
 ])
 def test_bad_configs_are_refused_naming_the_key(tmp_path, text, message):
     path = tmp_path / "bad.toml"

@@ -83,10 +83,10 @@ def test_the_fm_layer_equals_the_brute_force_pairwise_sum():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(utpm.FMCross()(fields)), brute, rtol=1e-4, atol=1e-5)
 
 
-def _network(tower="utpm"):
+def _network(tower="utpm", echo="posterior"):
     tags = ["a", "b", "c", "d"]
     return utpm.build_network(["age"], ["long", "shown"], {"u_age": ["x", "y"]}, tags, 3, embedding_dim=4,
-                              heads=2, units=(8,), user_dim=5, tower=tower), tags
+                              heads=2, units=(8,), user_dim=5, tower=tower, echo=echo), tags
 
 
 def _inputs():
@@ -97,8 +97,8 @@ def _inputs():
             "shown_weights": np.ones((2, 3), np.float32)}
 
 
-def test_scores_are_the_user_vector_times_the_tag_table_plus_bias_plus_the_echo():
-    (user_model, network), tags = _network()
+def test_scores_are_the_user_vector_times_the_tag_table_plus_bias_plus_the_echo_of_the_shares():
+    (user_model, network), tags = _network(echo="share")
     network.get_layer("field_echo").beta.assign(np.array([0.5, 2.0], np.float32))
     x = _inputs()
     u = keras.ops.convert_to_numpy(user_model(x)["user"])
@@ -108,6 +108,37 @@ def test_scores_are_the_user_vector_times_the_tag_table_plus_bias_plus_the_echo(
     # zz unknown: no column); row 2: long empty, shown a 1 (x 2).
     echo = np.array([[0.5 / 3, 1.0 / 3, 2.0 / 3, 2.0 / 3], [2.0, 0.0, 0.0, 0.0]], np.float32)
     np.testing.assert_allclose(network.predict_on_batch(x)["scores"], u @ e.T + b + echo, rtol=1e-5, atol=1e-6)
+
+
+def test_posterior_scores_add_the_weighted_counts_to_the_exponentiated_tower_score():
+    (user_model, network), tags = _network(echo="posterior")
+    # softplus(beta) = (0.5, 2.0): beta = log(e^c - 1)
+    network.get_layer("field_echo").beta.assign(np.log(np.expm1(np.array([0.5, 2.0]))).astype(np.float32))
+    x = _inputs()
+    u = keras.ops.convert_to_numpy(user_model(x)["user"])
+    layer = network.get_layer("tag_scores")
+    e, b = (keras.ops.convert_to_numpy(w) for w in (layer.embeddings, layer.bias))
+    # By hand (tags a b c d): row 1: long a 1, b 2 (x 0.5); shown c, d, zz 1 each (x 2, zz
+    # unknown: no column); row 2: long empty, shown a 1 (x 2).
+    counts = np.array([[0.5, 1.0, 2.0, 2.0], [2.0, 0.0, 0.0, 0.0]])
+    want = np.log(np.exp(u @ e.T + b) + counts)
+    np.testing.assert_allclose(network.predict_on_batch(x)["scores"], want, rtol=1e-5, atol=1e-6)
+    # The softmax is the prior's mass plus the counts, normalised (a Dirichlet posterior).
+    p = keras.ops.convert_to_numpy(keras.ops.softmax(network.predict_on_batch(x)["scores"], axis=-1))
+    raw = np.exp(u @ e.T + b) + counts
+    np.testing.assert_allclose(p, raw / raw.sum(axis=1, keepdims=True), rtol=1e-5)
+
+
+def test_the_trainer_scores_the_queried_tags_as_the_network_scores_the_vocabulary():
+    for echo in utpm.TAG_MODEL_ECHOES:
+        (user_model, network), tags = _network(echo=echo)
+        trainer = utpm.UTPMTrainer(user_model, network, "softmax")
+        out = user_model(_inputs())
+        full = keras.ops.convert_to_numpy(trainer.all_scores(out))
+        ids = np.array([[3, 0, 2], [1, 1, 0]], np.int32)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(trainer.scores_at(out, ids)),
+                                   np.take_along_axis(full, ids, axis=1), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(full, network.predict_on_batch(_inputs())["scores"], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("tower", utpm.TOWERS)
@@ -147,7 +178,7 @@ def test_each_loss_and_tower_learns_a_planted_preference(loss, tower):
     keras.utils.set_random_seed(0)  # the initial weights too: the outcome must not hang on the tests run before
     (user_model, network), tags = _network(tower)
     echo = network.get_layer("field_echo")
-    echo.beta.assign(np.zeros(2, np.float32))
+    echo.beta.assign(np.full(2, -40.0, np.float32))   # softplus(-40) = 4e-18: no counts reach the score
     echo.trainable = False
     n = 256
     group = np.arange(n) % 2
@@ -185,3 +216,26 @@ def test_labels_drop_tags_outside_the_vocabulary():
 def test_top_tags_orders_by_score_then_by_column():
     idx, top = utpm_train.top_tags(np.array([[0.1, 0.5, 0.5, -1.0]]), 3)
     assert idx.tolist() == [[1, 2, 0]] and top.tolist() == [[0.5, 0.5, 0.1]]
+
+
+def test_interest_is_the_users_log_probability_minus_the_average_users():
+    scores = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
+    prior = np.array([0.5, 0.25, 0.25])
+    p = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(utpm_train.interest(scores, prior), np.log(p) - np.log(prior), rtol=1e-12)
+    np.testing.assert_allclose(utpm_train.interest(scores, prior, 0.5), np.log(p) - 0.5 * np.log(prior), rtol=1e-12)
+    np.testing.assert_allclose(utpm_train.interest(scores, prior, 0.0), np.log(p), rtol=1e-12)
+    # Scores shifted per row give the same probabilities, hence the same interest.
+    np.testing.assert_allclose(utpm_train.interest(scores + np.array([[100.0], [-50.0]]), prior),
+                               np.log(p) - np.log(prior), rtol=1e-9)
+
+
+def test_the_tag_prior_averages_each_users_probabilities_once():
+    class Fixed:   # a model whose scores are the input itself
+        def predict_on_batch(self, x):
+            return {"scores": x["s"]}
+
+    s = np.array([[0.0, 0.0], [math.log(3.0), 0.0], [math.log(3.0), 0.0]])   # users a, b, b
+    rows = pa.table({"user_id": ["a", "b", "b"]})
+    # a: (1/2, 1/2); b once: (3/4, 1/4); mean (5/8, 3/8), not the per-row (2/3, 1/3).
+    np.testing.assert_allclose(utpm_train.tag_prior(Fixed(), {"s": s}, rows), [5 / 8, 3 / 8], rtol=1e-12)

@@ -20,7 +20,8 @@ least ``min_clicks`` decayed clicks in their profile, the mean of
 ``|top-3 profile tags by long weight ∩ top-3 planted long interests| / 3`` and the
 precision@3 of those tags against all planted interests on D (long and that day's short
 ones), each next to the same figures for the 3 globally strongest tags and, when the
-tag_model step wrote D's user_tag_scores, for the user-tag model's top 3.
+tag_model step wrote D's user_tag_scores, for the user-tag model's learned interest profile
+(the top 3 of the user's scored tags by interest; precision@3 also for the top 3 by score).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from jobs.common.storage import Warehouse
@@ -130,10 +131,15 @@ def planted_recovery(spark: SparkSession, config: Config, date: dt.date, truth_d
            "precision3_all_global": mean_hits(global3, planted_all)}
     wh = Warehouse(spark, config)
     if wh.has_partition("user_tag_scores", date.isoformat()):
-        learned3 = (wh.read_partition("user_tag_scores", date.isoformat()).where(F.col("rank") <= 3)
-                    .join(users, "user_id").select("user_id", "tag"))
-        out |= {"top3_overlap_long_learned": mean_hits(learned3, truth_top3),
-                "precision3_all_learned": mean_hits(learned3, planted_all)}
+        scored = wh.read_partition("user_tag_scores", date.isoformat()).join(users, "user_id")
+        by_score = scored.where(F.col("rank") <= 3).select("user_id", "tag")
+        # The learned interest profile: the scored tags by interest (lift over the average
+        # user), or by score for a model saved without a prior.
+        order = Window.partitionBy("user_id").orderBy(F.desc_nulls_last("interest"), "rank")
+        by_interest = scored.withColumn("_r", F.row_number().over(order)).where(F.col("_r") <= 3).select("user_id", "tag")
+        out |= {"top3_overlap_long_learned": mean_hits(by_interest, truth_top3),
+                "precision3_all_learned": mean_hits(by_interest, planted_all),
+                "precision3_all_learned_by_score": mean_hits(by_score, planted_all)}
     return out
 
 
@@ -142,7 +148,11 @@ def format_recovery(r: dict) -> str:
         return "n/a" if x is None else f"{x:.3f}"
 
     def learned(key):
-        return f"user-tag model {f(r[key + '_learned'])}, " if key + "_learned" in r else ""
+        if key + "_learned" not in r:
+            return ""
+        by_score = r.get(key + "_learned_by_score")
+        return (f"user-tag model by interest {f(r[key + '_learned'])}"
+                + (f" (by score {f(by_score)})" if by_score is not None else "") + ", ")
 
     return (f"planted-interest recovery at {r['date']} ({r['users']:,} users with >= {r['min_clicks']:g} "
             f"decayed clicks):\n"
