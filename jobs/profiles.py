@@ -21,6 +21,11 @@ Late events (event time before D's start, landed in D's partition) enter D's con
 with their true age T_D - time(e); yesterday's profile could not contain them, so nothing is
 counted twice or lost, and the incremental result equals the full one.
 
+Users without events on D only decay: their rows are carried forward without a shuffle
+(``incremental``), when D's active users number at most profiles.idle_path_max_users
+(they are broadcast to split the profile). A smaller max_tags_per_user reaches an idle
+user's rows on their next active day, or at once with ``--full``.
+
 Bounds: a row is dropped when all its horizon weights and its decayed impressions are below
 profiles.min_weight. Then each user keeps profiles.max_tags_per_user tags, ranked by their
 largest share of one horizon's total (max over h of W_h(u, t) / sum_t' W_h(u, t')), ties by
@@ -129,16 +134,38 @@ def merged(previous: DataFrame, today: DataFrame, cfg: ProfilesConfig) -> DataFr
                  F.max("last_event_time").alias("last_event_time")))
 
 
+def above_min_weight(profile: DataFrame, cfg: ProfilesConfig) -> DataFrame:
+    """The rows with a horizon weight or decayed impressions of at least min_weight."""
+    return profile.where(F.greatest(*[F.col(c) for c in weight_columns(cfg)], F.col("impressions")) >= cfg.min_weight)
+
+
 def bounded(profile: DataFrame, cfg: ProfilesConfig) -> DataFrame:
     """Drop tiny rows and keep at most max_tags_per_user tags per user (module docstring)."""
     weights = weight_columns(cfg)
-    kept = profile.where(F.greatest(*[F.col(c) for c in weights], F.col("impressions")) >= cfg.min_weight)
+    kept = above_min_weight(profile, cfg)
     by_user = Window.partitionBy("user_id")
     shares = [F.coalesce(F.col(c) / F.nullif(F.sum(c).over(by_user), F.lit(0.0)), F.lit(0.0)) for c in weights]
     share = shares[0] if len(shares) == 1 else F.greatest(*shares)
     ranked = kept.withColumn("_share", share).withColumn(
         "_rank", F.row_number().over(by_user.orderBy(F.desc("_share"), F.desc("impressions"), "tag")))
     return ranked.where(F.col("_rank") <= cfg.max_tags_per_user).select(*profile_columns(cfg))
+
+
+def incremental(previous: DataFrame, today: DataFrame, active_users: DataFrame | None,
+                cfg: ProfilesConfig) -> DataFrame:
+    """The bounded profile from yesterday's (already decayed) and today's contribution.
+
+    With ``active_users`` (the users with events today, small enough to broadcast), the
+    rows of everyone else only decay: decay scales all of a user's weights in a horizon by
+    the same factor, so their shares, hence their order, do not move, and a bounded profile
+    stays within max_tags_per_user. They need the min_weight filter and nothing else: no
+    shuffle, no window. Only the active users' rows are merged and bounded."""
+    if active_users is None:
+        return bounded(merged(previous, today, cfg), cfg)
+    users = F.broadcast(active_users.select("user_id"))
+    idle = above_min_weight(previous.join(users, "user_id", "left_anti"), cfg)
+    busy = bounded(merged(previous.join(users, "user_id", "left_semi"), today, cfg), cfg)
+    return idle.select(*profile_columns(cfg)).unionByName(busy)
 
 
 def _history(wh: Warehouse, day: str) -> tuple[DataFrame, DataFrame, list[str]]:
@@ -172,15 +199,20 @@ def build(wh: Warehouse, config: Config, date: dt.date, full: bool = False) -> t
         articles = wh.read_partition("articles", day).withColumn(PARTITION_COLUMN, F.lit(day))
         prev_end = day_bounds(date - dt.timedelta(days=1), config.time.timezone)[1]
         step_sec = (end - prev_end).total_seconds()  # 23 or 25 hours across a DST change
-        profile = merged(decayed(previous, step_sec, cfg), contribution(events, articles, end, cfg), cfg)
-        how = {"mode": "incremental", "previous": prev_day, "event_dates": [day]}
+        active = events.select("user_id").distinct()
+        n_active = active.count() if cfg.idle_path_max_users else None
+        use_idle_path = n_active is not None and n_active <= cfg.idle_path_max_users
+        profile = incremental(decayed(previous, step_sec, cfg), contribution(events, articles, end, cfg),
+                              active if use_idle_path else None, cfg)
+        how = {"mode": "incremental", "previous": prev_day, "event_dates": [day], "active_users": n_active,
+               "idle_path": use_idle_path}
     else:
         events, articles, dates = _history(wh, day)
-        profile = contribution(events, articles, end, cfg)
+        profile = bounded(contribution(events, articles, end, cfg), cfg)
         how = {"mode": "full", "event_dates": dates,
                "why": "--full" if full else f"no profile for {prev_day}"}
     how["day_start"], how["day_end"] = start.isoformat(), end.isoformat()
-    return bounded(profile, cfg), how
+    return profile, how
 
 
 def run(spark: SparkSession, config: Config, date: dt.date, full: bool = False) -> dict:

@@ -137,8 +137,12 @@ class ProfilesConfig:
     # Decayed impression and click counts (for the user's own click-through rate on a tag)
     # use this horizon's half-life.
     counts_horizon: str = "long"
+    # Users without events on D only decay: their rows skip the merge's shuffle when D's
+    # active users, broadcast to split the profile, number at most this (0: always merge all).
+    idle_path_max_users: int = 1_000_000
 
     def validate(self, where: str) -> None:
+        _require(self.idle_path_max_users >= 0, f"{where}.idle_path_max_users", "must be >= 0")
         _require(len(self.half_life_days) > 0, f"{where}.half_life_days", "needs at least one horizon")
         for name, days in self.half_life_days.items():
             _require(name.isidentifier(), f"{where}.half_life_days.{name}",

@@ -92,7 +92,7 @@ def test_a_late_event_counts_with_its_true_age_once(spark, make_config):
         pytest.approx(expected, rel=1e-12)
 
 
-def _random_history(spark, config, days, seed=3):
+def _random_history(spark, config, days, seed=3, users=10):
     """Events for ``days`` with late arrivals, and article snapshots whose tags change."""
     rng = random.Random(seed)
     types = ["impression"] * 6 + ["click"] * 3 + ["like", "comment", "favorite", "share"]
@@ -115,7 +115,7 @@ def _random_history(spark, config, days, seed=3):
             if k and rng.random() < 0.1:  # late: happened up to 20 h before the day began
                 when = start - dt.timedelta(hours=rng.uniform(0.01, 20))
             dwell = rng.choice([None, rng.randint(0, 900_000)]) if etype == "click" else None
-            rows.append(_event(f"e{n}", f"u{rng.randint(0, 9)}", f"a{rng.randint(0, 14)}", etype, when, dwell))
+            rows.append(_event(f"e{n}", f"u{rng.randint(0, users - 1)}", f"a{rng.randint(0, 14)}", etype, when, dwell))
         put_partition(spark, config, "events", day.isoformat(), rows)
 
 
@@ -136,6 +136,39 @@ def test_incremental_equals_full_recomputation_over_many_days(spark, make_config
         for col in profiles.weight_columns(config.profiles) + ["impressions", "clicks"]:
             assert incremental[key][col] == pytest.approx(row[col], rel=1e-9, abs=1e-12), (key, col)
         assert incremental[key]["last_event_time"] == row["last_event_time"]
+
+
+def test_idle_users_carried_without_the_merge_give_the_merged_profile(spark, make_config, tmp_path):
+    """Users without events on a day skip the merge (only decay and the min_weight filter);
+    with pruning and a cap that bite, the profiles equal those of merging everyone."""
+    # min_weight near 1: a row of one impression falls below it after a day without events.
+    bounds = {"min_weight": 0.97, "max_tags_per_user": 3}
+    days = [dt.date(2026, 6, 1) + dt.timedelta(days=k) for k in range(5)]
+    tables = {}
+    for name, limit in (("merged", 0), ("idle path", 1_000_000)):
+        config = make_config(profiles={**bounds, "idle_path_max_users": limit},
+                             storage={"warehouse": str(tmp_path / name.replace(" ", "_"))})
+        _random_history(spark, config, days, seed=5, users=80)
+        wh = Warehouse(spark, config)
+        reports = [profiles.run(spark, config, d) for d in days]
+        assert [r["idle_path"] for r in reports[1:]] == [limit > 0] * 4, name
+        tables[name] = {d: _rows(wh, d.isoformat(), config.profiles) for d in days}
+    # The history leaves users idle on each day after the first (about 1 in 5 of 80).
+    for d in days[1:]:
+        active = {r["user_id"] for r in wh.read_partition("events", d.isoformat()).select("user_id").collect()}
+        assert len({u for u, _ in tables["merged"][d - dt.timedelta(days=1)]} - active) >= 5, d
+    columns = profiles.weight_columns(config.profiles) + ["impressions", "clicks"]
+    for d in days:
+        merged, idle = tables["merged"][d], tables["idle path"][d]
+        assert merged.keys() == idle.keys(), d
+        per_user = {}
+        for user, _ in merged:
+            per_user[user] = per_user.get(user, 0) + 1
+        assert max(per_user.values()) == 3   # the cap bites
+        for key, row in merged.items():
+            for col in columns:
+                assert idle[key][col] == pytest.approx(row[col], rel=1e-12, abs=1e-15), (d, key, col)
+            assert idle[key]["last_event_time"] == row["last_event_time"]
 
 
 def test_rerunning_a_day_changes_nothing_and_never_double_counts(spark, make_config):
