@@ -150,7 +150,8 @@ class FieldEcho(keras.layers.Layer):
 
     MODES = TAG_MODEL_ECHOES
 
-    def __init__(self, tags: int, fields: int, mode: str = "posterior", **kwargs):
+    # "share" when the config names no mode: what models saved before the modes existed did.
+    def __init__(self, tags: int, fields: int, mode: str = "share", **kwargs):
         super().__init__(**kwargs)
         if mode not in self.MODES:
             raise ValueError(f"unknown echo mode {mode!r}; known: {', '.join(self.MODES)}")

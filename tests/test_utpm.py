@@ -129,6 +129,12 @@ def test_posterior_scores_add_the_weighted_counts_to_the_exponentiated_tower_sco
     np.testing.assert_allclose(p, raw / raw.sum(axis=1, keepdims=True), rtol=1e-5)
 
 
+def test_an_echo_saved_before_the_modes_existed_loads_as_the_share_echo():
+    old = {"name": "field_echo", "trainable": True, "dtype": "float32", "tags": 4, "fields": 2}
+    assert utpm.FieldEcho.from_config(old).mode == "share"
+    assert utpm.FieldEcho.from_config({**old, "mode": "posterior"}).mode == "posterior"
+
+
 def test_the_trainer_scores_the_queried_tags_as_the_network_scores_the_vocabulary():
     for echo in utpm.TAG_MODEL_ECHOES:
         (user_model, network), tags = _network(echo=echo)
