@@ -31,7 +31,7 @@ import pyarrow.dataset as pds
 
 from models import registry
 from models.train import Window, partitions, write_version
-from schemas.config import Config
+from schemas.config import Config, TagModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +245,8 @@ def top_tags(scores: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     return order, np.take_along_axis(scores, order, axis=1)
 
 
-def score_users(model, metadata: dict, batch: pa.RecordBatch, m: int, popularity_weight: float = 0.5
-                ) -> pa.RecordBatch:
+def score_users(model, metadata: dict, batch: pa.RecordBatch, m: int,
+                popularity_weight: float = TagModelConfig.interest_popularity_weight) -> pa.RecordBatch:
     """user_fields rows -> SCORED_COLUMNS: each user's top ``m`` tags by score(u, t), with
     their interest at ``popularity_weight`` (null when the model's metadata holds no
     tag_prior)."""
