@@ -20,6 +20,8 @@ KUAIRAND = SHARED_DATA / "kuairand-pure"
 def spark(tmp_path_factory):
     from pyspark.sql import SparkSession
 
+    from jobs.common.session import ENGINE_SETTINGS
+
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     local_dir = tmp_path_factory.mktemp("spark-local")
     session = (SparkSession.builder.master("local[2]").appName("tagrecall-tests")
@@ -28,7 +30,7 @@ def spark(tmp_path_factory):
                .config("spark.ui.enabled", "false")
                .config("spark.ui.showConsoleProgress", "false")
                .config("spark.sql.session.timeZone", "UTC")
-               .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
+               .config(map=ENGINE_SETTINGS)
                .config("spark.local.dir", str(local_dir))
                .config("spark.driver.memory", "2g")
                .getOrCreate())

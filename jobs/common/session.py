@@ -24,6 +24,18 @@ class DeltaUnavailableError(RuntimeError):
     """Delta Lake was asked for but its jars cannot be loaded."""
 
 
+# Settings the steps rely on, also used by the test suite's session.
+ENGINE_SETTINGS = {
+    # Writing one date of a table replaces that date's partition only.
+    "spark.sql.sources.partitionOverwriteMode": "dynamic",
+    # HotSpot does not JIT-compile a method above 8,000 bytes of bytecode, so a whole-stage
+    # function bigger than that runs interpreted (ingest's event checks ran 1.6x slower so).
+    # At 8000 Spark falls back to per-operator code for such a stage instead, the setting
+    # Spark's documentation suggests on HotSpot.
+    "spark.sql.codegen.hugeMethodLimit": "8000",
+}
+
+
 def _delta_error(cause: str) -> DeltaUnavailableError:
     return DeltaUnavailableError(
         f"--format delta needs the Delta Lake jars ({DELTA_PACKAGE_HINT}), and they could not be "
@@ -42,7 +54,7 @@ def session_builder(config: Config, app_name: str, *, set_master: bool):
     settings = {
         "spark.sql.session.timeZone": config.time.timezone,
         "spark.sql.shuffle.partitions": str(config.spark.shuffle_partitions),
-        "spark.sql.sources.partitionOverwriteMode": "dynamic",
+        **ENGINE_SETTINGS,
         # The stage progress bars interleave with tagrecall's own lines, one per step;
         # set spark.conf."spark.ui.showConsoleProgress" = "true" to have them back.
         "spark.ui.showConsoleProgress": "false",
