@@ -6,7 +6,7 @@ For each size, a two-day synthetic feed is generated once (cached under --out), 
 second day is ingested (validation, snapshots, duplicate checks against day one, the
 no-loss count) and, alternately, copied bare: spark.read.json with the events schema
 given (no inference pass) -> write.parquet. Prints the median of each and their ratio;
-the target is ingest <= 1.3 x the bare copy.
+the target is ingest <= 1.5 x the bare copy.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def main() -> int:
     for r in results:
         print(f"{r['events']:>12,} {r['bare_s']:>12.1f} {r['ingest_s']:>10.1f} {r['bare_events_per_s']:>12,} "
               f"{r['ingest_events_per_s']:>12,} {r['ratio']:>7.2f}")
-    print(f"target: ratio <= 1.30 (medians of {args.repeat} runs each, alternating)")
+    print(f"target: ratio <= 1.50 (medians of {args.repeat} runs each, alternating)")
     (out / "ingest.json").write_text(json.dumps(results, indent=2))
     return 0
 
