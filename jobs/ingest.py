@@ -278,19 +278,16 @@ def with_article_checks(articles: DataFrame) -> DataFrame:
     bad_weight = F.exists(tags, lambda t: t["weight"].isNull() | ~(t["weight"] > 0) | (t["weight"] > 1))
     bad_tag = F.exists(tags, lambda t: _blank(t["tag"]))
     repeated = F.size(F.array_distinct(F.transform(tags, lambda t: t["tag"]))) != F.size(tags)
-    missing = F.concat_ws(",", F.when(_blank(F.col("s_article_id")), F.lit("article_id")),
-                          F.when(_blank(F.col("s_publish_time")), F.lit("publish_time")),
-                          F.when(F.col("s_tags").isNull(), F.lit("tags")))
-    bad_types = F.concat_ws(",",
-                            F.when(_bad_parse(F.col("s_publish_time"), F.col("publish_time")), F.lit("publish_time")),
-                            F.when(_bad_parse(F.col("s_updated_time"), F.col("updated_time_given")),
-                                   F.lit("updated_time")),
-                            F.when(_bad_parse(F.col("s_tags"), F.col("raw_tags")), F.lit("tags")))
+    missing = [(_blank(F.col("s_article_id")), "article_id"), (_blank(F.col("s_publish_time")), "publish_time"),
+               (F.col("s_tags").isNull(), "tags")]
+    bad_types = [(_bad_parse(F.col("s_publish_time"), F.col("publish_time")), "publish_time"),
+                 (_bad_parse(F.col("s_updated_time"), F.col("updated_time_given")), "updated_time"),
+                 (_bad_parse(F.col("s_tags"), F.col("raw_tags")), "tags")]
     checked = articles.transform(with_first_failure, [
         (_malformed(articles), "malformed_record", None),
         _bad_encoding(),
-        (missing != "", "missing_field", missing),
-        (bad_types != "", "bad_type", bad_types),
+        (_any([c for c, _ in missing]), "missing_field", _names_where(missing)),
+        (_any([c for c, _ in bad_types]), "bad_type", _names_where(bad_types)),
         (bad_weight | bad_tag | repeated, "bad_tags", F.col("s_tags")),
     ])
     return checked.select(
@@ -310,16 +307,13 @@ def parse_users(records: DataFrame) -> DataFrame:
 
 
 def with_user_checks(users: DataFrame, *, landed_at: dt.datetime) -> DataFrame:
-    missing = F.when(_blank(F.col("s_user_id")), F.lit("user_id"))
-    bad_types = F.concat_ws(",",
-                            F.when(_bad_parse(F.col("s_features"), F.col("features")), F.lit("features")),
-                            F.when(_bad_parse(F.col("s_updated_time"), F.col("updated_time")),
-                                   F.lit("updated_time")))
+    bad_types = [(_bad_parse(F.col("s_features"), F.col("features")), "features"),
+                 (_bad_parse(F.col("s_updated_time"), F.col("updated_time")), "updated_time")]
     checked = users.transform(with_first_failure, [
         (_malformed(users), "malformed_record", None),
         _bad_encoding(),
-        (missing.isNotNull(), "missing_field", missing),
-        (bad_types != "", "bad_type", bad_types),
+        (_blank(F.col("s_user_id")), "missing_field", "user_id"),
+        (_any([c for c, _ in bad_types]), "bad_type", _names_where(bad_types)),
     ])
     # A user record without updated_time is as new as the day it landed.
     return checked.select(
