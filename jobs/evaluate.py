@@ -53,7 +53,7 @@ from pyspark.sql import functions as F
 from jobs.common.entry import Step
 from jobs.common.storage import Warehouse
 from jobs.online.bulk import Index, top_k_hits
-from jobs.transforms.tag_lists import BASELINES, baseline, filled, global_list, global_tags
+from jobs.transforms.tag_lists import BASELINES, baseline, filled, global_tags
 from schemas.config import Config
 from schemas.tables import RECALL_EVAL
 
@@ -129,11 +129,10 @@ def method_lists(served: DataFrame, profile: DataFrame, tag_stats: DataFrame, us
     """(user_id, tag, rank) with ``top_n`` tags for every user of ``users``, per method:
     ``served`` is D's user_top_tags, ``model`` D's model_top_tags and ``learned`` D's
     user_tag_scores (None when absent), ``profile`` and ``tag_stats`` D's tables."""
-    everyone = global_list(users, global_tags(tag_stats, top_n))
+    top_tags = global_tags(tag_stats, top_n)
 
     def ranked(df: DataFrame) -> DataFrame:
-        return filled(df.where(F.col("rank") <= top_n).select("user_id", "tag", "rank").join(users, "user_id"),
-                      everyone, top_n)
+        return filled(df.select("user_id", "tag", "rank").join(users, "user_id", "left_semi"), users, top_tags, top_n)
 
     lists = {"export": ranked(served)}
     if model is not None:
@@ -141,7 +140,7 @@ def method_lists(served: DataFrame, profile: DataFrame, tag_stats: DataFrame, us
     if learned is not None:
         lists["tag_model"] = ranked(learned)
     for method in BASELINES:
-        lists[method] = baseline(method, profile, tag_stats, users, everyone, top_n,
+        lists[method] = baseline(method, profile, tag_stats, users, top_tags, top_n,
                                  config.evaluate.mix_click_weight, config.evaluate.mix_global_tags)
     return lists
 

@@ -50,13 +50,13 @@ from pyspark.sql import functions as F
 
 from jobs.common.entry import Step
 from jobs.common.inputs import feature_tables
+from jobs.common.session import CO_PARTITIONED, spark_settings
 from jobs.common.storage import Warehouse
 from jobs.transforms.features import with_features
 from jobs.transforms.guard import MODEL, Decision, decide, window
 from jobs.transforms.tag_lists import (
     baseline,
     filled,
-    global_list,
     global_tags,
     mix,
     ranked_tags,
@@ -78,9 +78,9 @@ SCORED = "user_id string, tag string, prior double, p_click double, dwell_sec do
 def candidates(profile: DataFrame, users: DataFrame, stats: DataFrame, count: int) -> DataFrame:
     """(user_id, tag, prior): ``count`` candidate tags per user; prior is the blend (profile
     tags) or minus the tag's global rank (fill-up tags), so that it orders them as listed."""
-    fallback = global_list(users, global_tags(stats, count)).withColumn("prior", -F.col("rank").cast("double"))
     personal = ranked_tags(profile, "blend", count, score_as="prior")
-    return filled(personal, fallback, count, carry=("prior",)).select("user_id", "tag", "prior")
+    return filled(personal, users, global_tags(stats, count), count,
+                  carry={"prior": lambda rank: -rank.cast("double")}).select("user_id", "tag", "prior")
 
 
 def score_batches(warehouse: str, version: str, spec: FeatureSpec, chunk: int = 8192):
@@ -186,7 +186,7 @@ def fallback(wh: Warehouse, config: Config, day: str, method: str, label: str) -
     n, stats = config.export.top_n, wh.read_partition("tag_stats", day)
     users = wh.read_partition(MODEL_TABLE, day).select("user_id").distinct()
     ranked = baseline(method, wh.read_partition("user_tag_profile", day), stats, users,
-                      global_list(users, global_tags(stats, n)), n, config.evaluate.mix_click_weight,
+                      global_tags(stats, n), n, config.evaluate.mix_click_weight,
                       config.evaluate.mix_global_tags)
     return ranked.select("user_id", F.col("rank").cast("int").alias("rank"), "tag",
                          F.lit(None).cast("double").alias("p_click"), F.lit(None).cast("double").alias("dwell_sec"),
@@ -229,7 +229,8 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
         scored, used, ranked_by = unscored(cands), NO_MODEL, "profile blend (no model)"
         log.warning("export %s: no user_tag_scores and no promoted model; tags ranked by the profile blend", day)
     try:
-        wh.write_partition(top_n(scored, cfg.top_n, used), MODEL_TABLE, day)
+        with spark_settings(spark, CO_PARTITIONED):
+            wh.write_partition(top_n(scored, cfg.top_n, used), MODEL_TABLE, day)
     finally:
         cands.unpersist()
     decision = guard_decision(wh, config, date)

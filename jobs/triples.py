@@ -26,6 +26,7 @@ from pyspark.sql import functions as F
 
 from jobs.common.entry import Step, skipped
 from jobs.common.inputs import feature_tables
+from jobs.common.session import CO_PARTITIONED, spark_settings
 from jobs.common.storage import Warehouse
 from jobs.transforms.features import with_features
 from jobs.transforms.user_fields import examples, user_fields
@@ -111,7 +112,8 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
     labelled = labelled_impressions(events, config.time.timezone, session_tz)
     spec = feature_spec(config)
     tables = feature_tables(wh, date)
-    wh.write_partition(training_rows(labelled, articles, tables, config), TABLE, day)
+    with spark_settings(spark, CO_PARTITIONED):
+        wh.write_partition(training_rows(labelled, articles, tables, config), TABLE, day)
     written = wh.read_partition(TABLE, day)
     before = user_fields(tables.profile, tables.users, tables.tag_stats, config)
     wh.write_partition(examples(impressions(written), articles, before, config), EXAMPLES, day)

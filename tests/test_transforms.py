@@ -15,7 +15,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from jobs import ingest, profiles
 from jobs.transforms.decay import DAY_SEC, decay, decay_factor
-from jobs.transforms.tag_lists import filled, global_list, ranked_tags, top_k_per_key
+from jobs.transforms.tag_lists import filled, ranked_tags, top_k_per_key
 from schemas.config import IngestConfig, ProfilesConfig
 
 SPARK_EXAMPLES = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -31,10 +31,37 @@ def test_top_k_per_key_numbers_each_keys_rows_in_order(spark):
 def test_filled_puts_personal_tags_first_then_the_fallback_without_repeats(spark):
     personal = spark.createDataFrame([("u1", "t9", 1), ("u1", "t2", 2)], "user_id string, tag string, rank int")
     users = spark.createDataFrame([("u1",), ("u2",)], "user_id string")
-    fallback = global_list(users, ["t1", "t2", "t3"])
-    got = filled(personal, fallback, 4)
+    got = filled(personal, users, ["t1", "t2", "t3"], 4)
     assertDataFrameEqual(got, [("u1", "t9", 1), ("u1", "t2", 2), ("u1", "t1", 3), ("u1", "t3", 4),
                                ("u2", "t1", 1), ("u2", "t2", 2), ("u2", "t3", 3)])
+
+
+def reference_filled(personal: dict[str, list[str]], users: list[str], tags: list[str], n: int) -> set[tuple]:
+    """The fill-up by hand: personal tags first, then the global tags not among them, n in
+    all; the global tags fill up the lists of ``users`` only."""
+    out = set()
+    for user in set(personal) | set(users):
+        mine = personal.get(user, [])[:n]
+        rest = [t for t in tags if t not in mine] if user in users else []
+        out |= {(user, t, i + 1, None if i < len(mine) else -(tags.index(t) + 1.0))
+                for i, t in enumerate((mine + rest)[:n])}
+    return out
+
+
+@SPARK_EXAMPLES
+@given(personal=st.dictionaries(st.sampled_from(["u1", "u2", "u3"]),
+                                st.lists(st.sampled_from([f"t{i}" for i in range(8)]), unique=True, max_size=6)),
+       users=st.lists(st.sampled_from(["u1", "u2", "u3", "u4"]), max_size=5),
+       tags=st.lists(st.sampled_from([f"t{i}" for i in range(8)]), unique=True, max_size=6),
+       n=st.integers(1, 7))
+def test_filled_agrees_with_the_fill_up_by_hand(spark, personal, users, tags, n):
+    rows = [(u, t, i + 1) for u, ts in personal.items() for i, t in enumerate(ts)]
+    mine = spark.createDataFrame(rows, "user_id string, tag string, rank int").withColumn(
+        "prior", F.lit(None).cast("double"))
+    got = filled(mine, spark.createDataFrame([(u,) for u in users], "user_id string"), tags, n,
+                 carry={"prior": lambda rank: -rank.cast("double")})
+    assert {tuple(r) for r in got.collect()} == reference_filled(personal, users, tags, n)
+    assert got.count() == len(reference_filled(personal, users, tags, n))  # no row twice
 
 
 def test_blend_ranks_by_the_mean_of_the_two_shares(spark):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from schemas.config import Config
@@ -33,6 +34,13 @@ ENGINE_SETTINGS = {
     # At 8000 Spark falls back to per-operator code for such a stage instead, the setting
     # Spark's documentation suggests on HotSpot.
     "spark.sql.codegen.hugeMethodLimit": "8000",
+    # Spark 4.2 lets a union of children partitioned alike report that partitioning, so an
+    # aggregate or join above it skips its shuffle. Seen with 4.2.0 on export's features:
+    # once exchange reuse had replaced one child's shuffle, the union no longer matched and
+    # ran as a plain union (16 partitions, not 8) under a distinct that had relied on it, and
+    # a join failed with "Can't zip RDDs with unequal numbers of partitions" (an aggregate
+    # alone would have grouped wrongly, silently). Off: a union is never taken as partitioned.
+    "spark.sql.unionOutputPartitioning": "false",
 }
 
 
@@ -110,3 +118,29 @@ def check_delta_available(spark) -> None:
         spark._jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")
     except Exception as exc:
         raise _delta_error("io.delta.tables.DeltaTable is not on the classpath") from exc
+
+
+# What the steps that build features set while they run (export, triples): every per-user
+# table of jobs/transforms/features.py is partitioned by user_id, and with Spark's default
+# (true) a join on (user_id, tag) shuffles both sides again by the pair. Not a session-wide
+# setting: it would let any join on keys whose prefix is already partitioned (a few tags,
+# say) keep that coarse partitioning and its skew; partitioned by user, each partition holds
+# many users of bounded size.
+CO_PARTITIONED = {"spark.sql.requireAllClusterKeysForCoPartition": "false"}
+
+
+@contextmanager
+def spark_settings(spark, settings: dict[str, str]):
+    """``settings`` on ``spark``'s session for the ``with`` block, the previous values (or
+    their absence) restored after it, even on failure."""
+    before = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)

@@ -65,10 +65,9 @@ def next_day_hit_rates(spark: SparkSession, config: Config, date: dt.date, top_n
     rows = []
     for n in top_ns:
         top_global = most_clicked_tags(today_events, today_articles, n)
-        everyone = global_list(clickers, top_global)
-        lists = {m: filled(ranked_tags(profile, m, n).join(clickers, "user_id"), everyone, n)
+        lists = {m: filled(ranked_tags(profile, m, n).join(clickers, "user_id", "left_semi"), clickers, top_global, n)
                  for m in PROFILE_RANKINGS}
-        lists["global"] = everyone
+        lists["global"] = global_list(clickers, top_global)
         for method in METHODS:
             hits = click_tags.join(lists[method].select("user_id", "tag"), ["user_id", "tag"]).select(
                 "_click", "user_id").distinct()

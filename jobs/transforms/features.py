@@ -43,28 +43,34 @@ class FeatureTables:
     users: DataFrame
 
 
-def match_strength(profile: DataFrame, tag_index: DataFrame, articles: DataFrame, pairs: DataFrame) -> DataFrame:
-    """(user_id, tag, match): cosine between the user's long tag vector and the mean tag
-    vector of the articles indexed under ``tag``, for the users in ``pairs`` and every tag
-    whose centroid shares a tag with their profile (the rest have match 0).
-
-    Driven by the profile, not by the pairs: each profile entry (user, co_tag) meets the
-    tags whose centroid holds co_tag (a small table, broadcast by adaptive execution), so
-    the work grows with profile entries rather than with pairs x centroid size."""
+def centroids(tag_index: DataFrame, articles: DataFrame) -> DataFrame:
+    """(tag, co_tag, m, _cn): the mean tag vector of the articles indexed under ``tag``
+    (co_tag's mean weight m over them) and its norm _cn. One row per (tag, co_tag): as
+    small as the index's tags times their articles' tags, so it is broadcast."""
     art_tags = articles.select("article_id", F.explode("tags").alias("t")).select(
         "article_id", F.col("t.tag").alias("co_tag"), F.col("t.weight").alias("w"))
     per_tag = tag_index.groupBy("tag").agg(F.count(F.lit(1)).alias("_n"))
     centroid = (tag_index.select("tag", "article_id").join(art_tags, "article_id")
                 .groupBy("tag", "co_tag").agg(F.sum("w").alias("_s"))
                 .join(per_tag, "tag").select("tag", "co_tag", (F.col("_s") / F.col("_n")).alias("m")))
-    centroid_norm = centroid.groupBy("tag").agg(F.sqrt(F.sum(F.col("m") * F.col("m"))).alias("_cn"))
-    wanted = pairs.select("user_id").distinct()
-    user_vec = (profile.join(wanted, "user_id", "left_semi")
-                .select("user_id", F.col("tag").alias("co_tag"), F.col("long_weight").alias("u")))
+    by_tag = Window.partitionBy("tag")
+    return centroid.withColumn("_cn", F.sqrt(F.sum(F.col("m") * F.col("m")).over(by_tag)))
+
+
+def match_strength(profile: DataFrame, centroid: DataFrame) -> DataFrame:
+    """(user_id, tag, match): cosine between the user's long tag vector and ``centroid``'s
+    vector of ``tag`` (``centroids``), for the users of ``profile`` and every tag whose
+    centroid shares a tag with their profile (the rest have match 0).
+
+    Driven by the profile, not by the pairs: each profile entry (user, co_tag) meets the
+    broadcast centroid entries that hold co_tag, so the work grows with profile entries
+    rather than with pairs x centroid size, and the sums per (user, tag) and per user run
+    on the profile's partitioning by user: no shuffle."""
+    user_vec = profile.select("user_id", F.col("tag").alias("co_tag"), F.col("long_weight").alias("u"))
     user_norm = user_vec.groupBy("user_id").agg(F.sqrt(F.sum(F.col("u") * F.col("u"))).alias("_un"))
-    dots = (user_vec.join(centroid, "co_tag")
-            .groupBy("user_id", "tag").agg(F.sum(F.col("u") * F.col("m")).alias("_dot")))
-    return (dots.join(user_norm, "user_id").join(centroid_norm, "tag")
+    dots = (user_vec.join(F.broadcast(centroid), "co_tag")
+            .groupBy("user_id", "tag").agg(F.sum(F.col("u") * F.col("m")).alias("_dot"), F.first("_cn").alias("_cn")))
+    return (dots.join(user_norm, "user_id")
             .select("user_id", "tag", F.coalesce(F.col("_dot") / F.nullif(F.col("_un") * F.col("_cn"), F.lit(0.0)),
                                                  F.lit(0.0)).alias("match")))
 
@@ -95,11 +101,17 @@ def with_features(pairs: DataFrame, tables: FeatureTables, config: Config) -> Da
     user_feats = tables.users.select("user_id", *user_cols)
     k = config.features.user_ctr_prior
 
-    out = (pairs.join(ranked_profile(tables.profile, horizons), ["user_id", "tag"], "left")
+    # Everything per user is joined on one partitioning by user_id: the profile is shuffled
+    # once, by user, and its ranks, its match sums and the pairs' joins all run on it (see
+    # CO_PARTITIONED for the setting that lets the (user_id, tag) joins keep it).
+    columns = dict.fromkeys(["user_id", "tag", "long_weight", *[f"{h}_weight" for h in horizons], "impressions",
+                             "clicks"])
+    profile = (tables.profile.select(*columns)
+               .repartition("user_id").join(pairs.select("user_id").distinct(), "user_id", "left_semi"))
+    out = (pairs.join(ranked_profile(profile, horizons), ["user_id", "tag"], "left")
            .join(F.broadcast(tag_feats), "tag", "left")
-           .join(user_feats, "user_id", "left")
-           .join(match_strength(tables.profile, tables.tag_index, tables.articles, pairs), ["user_id", "tag"],
-                 "left"))
+           .join(user_feats.repartition("user_id"), "user_id", "left")
+           .join(match_strength(profile, centroids(tables.tag_index, tables.articles)), ["user_id", "tag"], "left"))
     tag_ctr = F.coalesce(F.col("tag_ctr"), F.lit(0.0))
     u_imp, u_clk = F.coalesce(F.col("_u_imp"), F.lit(0.0)), F.coalesce(F.col("_u_clk"), F.lit(0.0))
     filled = {

@@ -4,6 +4,8 @@ methods compared) and profile-eval (diagnostics), so all three rank the same way
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -65,30 +67,47 @@ def mix(profile: DataFrame, tag_stats: DataFrame, users: DataFrame, top_n: int, 
     return top_k_per_key(cands, "user_id", [F.desc("_m"), "tag"], top_n).select("user_id", "tag", "rank")
 
 
-def baseline(method: str, profile: DataFrame, tag_stats: DataFrame, users: DataFrame, everyone: DataFrame,
+def baseline(method: str, profile: DataFrame, tag_stats: DataFrame, users: DataFrame, top_tags: list[str],
              top_n: int, mix_click_weight: float, mix_global_tags: int) -> DataFrame:
     """(user_id, tag, rank): ``top_n`` tags for every user of ``users`` (user_id) by a method
-    of BASELINES, filled up with ``everyone`` (global_list of the top_n most clicked tags,
-    which is itself the ``global`` method)."""
+    of BASELINES, filled up with ``top_tags`` (global_tags: the top_n most clicked tags,
+    whose global_list is itself the ``global`` method)."""
     if method in PROFILE_RANKINGS:
-        return filled(ranked_tags(profile, method, top_n).join(users, "user_id"), everyone, top_n)
+        return filled(ranked_tags(profile, method, top_n).join(users, "user_id", "left_semi"), users, top_tags, top_n)
     if method == "mix":
-        return filled(mix(profile, tag_stats, users, top_n, mix_click_weight, mix_global_tags), everyone, top_n)
+        return filled(mix(profile, tag_stats, users, top_n, mix_click_weight, mix_global_tags), users, top_tags, top_n)
     if method == "global":
-        return everyone
+        return global_list(users, top_tags)
     raise ValueError(f"unknown baseline {method!r}; known: {', '.join(BASELINES)}")
 
 
-def filled(personal: DataFrame, fallback: DataFrame, top_n: int, carry: tuple[str, ...] = ()) -> DataFrame:
-    """(user_id, tag, rank, *carry): the user's ``personal`` tags first, then ``fallback``'s
-    tags not already among them, ``top_n`` in all. ``fallback`` has a row per user to be
-    served; both have the ``carry`` columns."""
-    both = (personal.select("user_id", "tag", F.lit(0).alias("_src"), "rank", *carry)
-            .unionByName(fallback.select("user_id", "tag", F.lit(1).alias("_src"), "rank", *carry)))
-    first = Window.partitionBy("user_id", "tag").orderBy("_src", "rank")
-    deduped = both.withColumn("_k", F.row_number().over(first)).where(F.col("_k") == 1)
-    return (top_k_per_key(deduped, "user_id", ["_src", "rank", "tag"], top_n)
-            .select("user_id", "tag", "rank", *carry))
+def filled(personal: DataFrame, users: DataFrame, tags: list[str], top_n: int,
+           carry: dict[str, Callable[[Column], Column]] | None = None) -> DataFrame:
+    """(user_id, tag, rank, *carry): the user's ``personal`` tags first (their ranks 1.. per
+    user, the first ``top_n`` kept), then the global ``tags`` not already among them, in
+    their order, ``top_n`` in all; the global tags fill up the lists of ``users`` only.
+    ``carry`` names the personal rows' columns to keep, each with its value for a fill-up row
+    as a function of the tag's position in ``tags`` (1..).
+
+    No cross join of users with the global list: each user's personal tags are gathered on
+    the partitioning by user the personal ranks were computed on, and the missing tags are
+    the global list minus them, sliced to what is missing."""
+    carry = carry or {}
+    mine = personal.where(F.col("rank") <= top_n).select("user_id", "tag", "rank", *carry)
+    if not tags:
+        return mine
+    have = mine.groupBy("user_id").agg(F.collect_list("tag").alias("_have"))
+    missing = F.array_except(F.array(*[F.lit(t) for t in tags]), F.coalesce("_have", F.array().cast("array<string>")))
+    short = top_n - F.coalesce(F.size("_have"), F.lit(0))
+    fill = (users.select("user_id").distinct().join(have, "user_id", "left")
+            .select("user_id", F.coalesce(F.size("_have"), F.lit(0)).alias("_mine"),
+                    F.posexplode(F.slice(missing, 1, F.greatest(short, F.lit(0)))))
+            .select("user_id", F.col("col").alias("tag"), (F.col("_mine") + F.col("pos") + 1).alias("rank")))
+    if carry:
+        order = F.broadcast(users.sparkSession.createDataFrame([(t, i + 1) for i, t in enumerate(tags)],
+                                                               "tag string, _g int"))
+        fill = fill.join(order, "tag").select("user_id", "tag", "rank", *[f(F.col("_g")).alias(c) for c, f in carry.items()])
+    return mine.unionByName(fill.select("user_id", "tag", F.col("rank").cast(mine.schema["rank"].dataType), *carry))
 
 
 def global_list(users: DataFrame, tags: list[str]) -> DataFrame:
