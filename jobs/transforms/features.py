@@ -66,13 +66,13 @@ def match_strength(profile: DataFrame, centroid: DataFrame) -> DataFrame:
     broadcast centroid entries that hold co_tag, so the work grows with profile entries
     rather than with pairs x centroid size, and the sums per (user, tag) and per user run
     on the profile's partitioning by user: no shuffle."""
-    user_vec = profile.select("user_id", F.col("tag").alias("co_tag"), F.col("long_weight").alias("u"))
-    user_norm = user_vec.groupBy("user_id").agg(F.sqrt(F.sum(F.col("u") * F.col("u"))).alias("_un"))
+    user_vec = profile.select("user_id", F.col("tag").alias("co_tag"), F.col("long_weight").alias("u"),
+                              F.sqrt(F.sum(F.col("long_weight") ** 2).over(Window.partitionBy("user_id"))).alias("_un"))
     dots = (user_vec.join(F.broadcast(centroid), "co_tag")
-            .groupBy("user_id", "tag").agg(F.sum(F.col("u") * F.col("m")).alias("_dot"), F.first("_cn").alias("_cn")))
-    return (dots.join(user_norm, "user_id")
-            .select("user_id", "tag", F.coalesce(F.col("_dot") / F.nullif(F.col("_un") * F.col("_cn"), F.lit(0.0)),
-                                                 F.lit(0.0)).alias("match")))
+            .groupBy("user_id", "tag").agg(F.sum(F.col("u") * F.col("m")).alias("_dot"), F.first("_un").alias("_un"),
+                                           F.first("_cn").alias("_cn")))
+    return dots.select("user_id", "tag", F.coalesce(F.col("_dot") / F.nullif(F.col("_un") * F.col("_cn"), F.lit(0.0)),
+                                                    F.lit(0.0)).alias("match"))
 
 
 def ranked_profile(profile: DataFrame, horizons: list[str]) -> DataFrame:
