@@ -52,16 +52,21 @@ def mix(profile: DataFrame, tag_stats: DataFrame, users: DataFrame, top_n: int, 
     show a user, pulled towards what everyone clicks; users without impressions get the
     global order."""
     total = tag_stats.agg(F.sum("clicks")).first()[0] or 0.0
-    popular = {t: 0.0 for t in global_tags(tag_stats, global_count)}
+    popular = F.array(*[F.lit(t) for t in global_tags(tag_stats, global_count)]).cast("array<string>")
     share = (tag_stats.select("tag", (F.col("clicks") / F.lit(total) if total else F.lit(0.0)).alias("_g"))
              .where(F.col("_g") > 0))
-    by_user = Window.partitionBy("user_id")
-    shown = (profile.where(F.col("impressions") > 0).join(users.select("user_id"), "user_id")
-             .select("user_id", "tag", (F.col("impressions") / F.sum("impressions").over(by_user)).alias("_s")))
-    everyone = users.select("user_id").crossJoin(F.broadcast(
-        users.sparkSession.createDataFrame([(t,) for t in popular], "tag string")))
-    cands = (shown.unionByName(everyone.withColumn("_s", F.lit(0.0)))
-             .groupBy("user_id", "tag").agg(F.max("_s").alias("_s"))
+    # Per user, on one partitioning by user: the shown tags with their impression shares,
+    # then the popular tags not among them with share 0 (no cross join of users with them).
+    everyone = users.select("user_id").distinct()
+    shown = (profile.where(F.col("impressions") > 0).join(everyone, "user_id", "left_semi")
+             .groupBy("user_id").agg(F.collect_list(F.struct("tag", "impressions")).alias("_shown"),
+                                     F.sum("impressions").alias("_imp")))
+    mine = F.coalesce(F.col("_shown"), F.array().cast("array<struct<tag:string,impressions:double>>"))
+    entries = F.concat(
+        F.transform(mine, lambda e: F.struct(e["tag"].alias("tag"), (e["impressions"] / F.col("_imp")).alias("_s"))),
+        F.transform(F.array_except(popular, mine["tag"]), lambda t: F.struct(t.alias("tag"), F.lit(0.0).alias("_s"))))
+    cands = (everyone.join(shown, "user_id", "left").select("user_id", F.explode(entries).alias("_e"))
+             .select("user_id", "_e.tag", "_e._s")
              .join(F.broadcast(share), "tag", "left")
              .select("user_id", "tag", (F.col("_s") + F.lit(click_weight) * F.coalesce("_g", F.lit(0.0))).alias("_m")))
     return top_k_per_key(cands, "user_id", [F.desc("_m"), "tag"], top_n).select("user_id", "tag", "rank")
@@ -106,7 +111,8 @@ def filled(personal: DataFrame, users: DataFrame, tags: list[str], top_n: int,
     if carry:
         order = F.broadcast(users.sparkSession.createDataFrame([(t, i + 1) for i, t in enumerate(tags)],
                                                                "tag string, _g int"))
-        fill = fill.join(order, "tag").select("user_id", "tag", "rank", *[f(F.col("_g")).alias(c) for c, f in carry.items()])
+        fill = fill.join(order, "tag").select("user_id", "tag", "rank",
+                                              *[f(F.col("_g")).alias(c) for c, f in carry.items()])
     return mine.unionByName(fill.select("user_id", "tag", F.col("rank").cast(mine.schema["rank"].dataType), *carry))
 
 
