@@ -51,7 +51,7 @@ def reference_filled(personal: dict[str, list[str]], users: list[str], tags: lis
 @SPARK_EXAMPLES
 @given(personal=st.dictionaries(st.sampled_from(["u1", "u2", "u3"]),
                                 st.lists(st.sampled_from([f"t{i}" for i in range(8)]), unique=True, max_size=6)),
-       users=st.lists(st.sampled_from(["u1", "u2", "u3", "u4"]), max_size=5),
+       users=st.lists(st.sampled_from(["u1", "u2", "u3", "u4"]), unique=True, max_size=4),
        tags=st.lists(st.sampled_from([f"t{i}" for i in range(8)]), unique=True, max_size=6),
        n=st.integers(1, 7))
 def test_filled_agrees_with_the_fill_up_by_hand(spark, personal, users, tags, n):

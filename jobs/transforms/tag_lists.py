@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType
 
 PROFILE_RANKINGS = ("long", "short", "blend")
 # The non-model methods: evaluate compares them, export's guard may serve one.
@@ -45,7 +46,7 @@ def ranked_tags(profile: DataFrame, method: str, top_n: int, score_as: str | Non
 
 def mix(profile: DataFrame, tag_stats: DataFrame, users: DataFrame, top_n: int, click_weight: float,
         global_count: int) -> DataFrame:
-    """(user_id, tag, rank) for every user of ``users``: the ``mix`` heuristic. Candidates are
+    """(user_id, tag, rank) for every user of ``users`` (one row per user): the ``mix`` heuristic. Candidates are
     the user's profile tags with decayed impressions and the ``global_count`` tags with the
     most decayed clicks; each scores (its share of the user's decayed impressions) +
     ``click_weight`` x (its share of all decayed clicks in tag_stats). What the feed chose to
@@ -57,7 +58,7 @@ def mix(profile: DataFrame, tag_stats: DataFrame, users: DataFrame, top_n: int, 
              .where(F.col("_g") > 0))
     # Per user, on one partitioning by user: the shown tags with their impression shares,
     # then the popular tags not among them with share 0 (no cross join of users with them).
-    everyone = users.select("user_id").distinct()
+    everyone = users.select("user_id")
     shown = (profile.where(F.col("impressions") > 0).join(everyone, "user_id", "left_semi")
              .groupBy("user_id").agg(F.collect_list(F.struct("tag", "impressions")).alias("_shown"),
                                      F.sum("impressions").alias("_imp")))
@@ -90,30 +91,29 @@ def filled(personal: DataFrame, users: DataFrame, tags: list[str], top_n: int,
            carry: dict[str, Callable[[Column], Column]] | None = None) -> DataFrame:
     """(user_id, tag, rank, *carry): the user's ``personal`` tags first (their ranks 1.. per
     user, the first ``top_n`` kept), then the global ``tags`` not already among them, in
-    their order, ``top_n`` in all; the global tags fill up the lists of ``users`` only.
-    ``carry`` names the personal rows' columns to keep, each with its value for a fill-up row
-    as a function of the tag's position in ``tags`` (1..).
+    their order, ``top_n`` in all; the global tags fill up the lists of ``users`` (one row
+    per user) only. ``carry`` names the personal rows' columns to keep, each with its value
+    for a fill-up row as a function of the tag's position in ``tags`` (1..).
 
-    No cross join of users with the global list: each user's personal tags are gathered on
-    the partitioning by user the personal ranks were computed on, and the missing tags are
-    the global list minus them, sliced to what is missing."""
+    No cross join of users with the global list: each user's personal rows are gathered
+    into one array (one pass over ``personal``), joined with ``users``, and the missing tags
+    are the global list minus the user's, sliced to what is missing."""
     carry = carry or {}
     mine = personal.where(F.col("rank") <= top_n).select("user_id", "tag", "rank", *carry)
     if not tags:
         return mine
-    have = mine.groupBy("user_id").agg(F.collect_list("tag").alias("_have"))
-    missing = F.array_except(F.array(*[F.lit(t) for t in tags]), F.coalesce("_have", F.array().cast("array<string>")))
-    short = top_n - F.coalesce(F.size("_have"), F.lit(0))
-    fill = (users.select("user_id").distinct().join(have, "user_id", "left")
-            .select("user_id", F.coalesce(F.size("_have"), F.lit(0)).alias("_mine"),
-                    F.posexplode(F.slice(missing, 1, F.greatest(short, F.lit(0)))))
-            .select("user_id", F.col("col").alias("tag"), (F.col("_mine") + F.col("pos") + 1).alias("rank")))
-    if carry:
-        order = F.broadcast(users.sparkSession.createDataFrame([(t, i + 1) for i, t in enumerate(tags)],
-                                                               "tag string, _g int"))
-        fill = fill.join(order, "tag").select("user_id", "tag", "rank",
-                                              *[f(F.col("_g")).alias(c) for c, f in carry.items()])
-    return mine.unionByName(fill.select("user_id", "tag", F.col("rank").cast(mine.schema["rank"].dataType), *carry))
+    entry = mine.select(F.struct("rank", "tag", *carry).alias("_p")).schema["_p"].dataType
+    per_user = mine.groupBy("user_id").agg(F.collect_list(F.struct("rank", "tag", *carry)).alias("_mine"))
+    both = per_user.join(users.select("user_id", F.lit(True).alias("_listed")), "user_id", "full")
+    glob = F.array(*[F.lit(t) for t in tags])
+    owned = F.coalesce(F.col("_mine"), F.array().cast(ArrayType(entry)))
+    missing = F.when(F.col("_listed"), F.slice(F.array_except(glob, owned["tag"]), 1,
+                                                  F.greatest(F.lit(top_n) - F.size(owned), F.lit(0))))
+    fill = F.transform(F.coalesce(missing, F.array().cast("array<string>")), lambda t, i: F.struct(
+        (F.size(owned) + i + 1).cast(entry["rank"].dataType).alias("rank"), t.alias("tag"),
+        *[f(F.array_position(glob, t)).cast(entry[c].dataType).alias(c) for c, f in carry.items()]))
+    return (both.select("user_id", F.explode(F.concat(owned, fill)).alias("_e"))
+            .select("user_id", "_e.tag", "_e.rank", *[f"_e.{c}" for c in carry]))
 
 
 def global_list(users: DataFrame, tags: list[str]) -> DataFrame:
