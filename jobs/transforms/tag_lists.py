@@ -46,12 +46,12 @@ def ranked_tags(profile: DataFrame, method: str, top_n: int, score_as: str | Non
 
 def mix(profile: DataFrame, tag_stats: DataFrame, users: DataFrame, top_n: int, click_weight: float,
         global_count: int) -> DataFrame:
-    """(user_id, tag, rank) for every user of ``users`` (one row per user): the ``mix`` heuristic. Candidates are
-    the user's profile tags with decayed impressions and the ``global_count`` tags with the
-    most decayed clicks; each scores (its share of the user's decayed impressions) +
-    ``click_weight`` x (its share of all decayed clicks in tag_stats). What the feed chose to
-    show a user, pulled towards what everyone clicks; users without impressions get the
-    global order."""
+    """(user_id, tag, rank) for every user of ``users`` (one row per user): the ``mix``
+    heuristic. Candidates are the user's profile tags with decayed impressions and the
+    ``global_count`` tags with the most decayed clicks; each scores (its share of the user's
+    decayed impressions) + ``click_weight`` x (its share of all decayed clicks in
+    tag_stats). What the feed chose to show a user, pulled towards what everyone clicks;
+    users without impressions get the global order."""
     total = tag_stats.agg(F.sum("clicks")).first()[0] or 0.0
     popular = F.array(*[F.lit(t) for t in global_tags(tag_stats, global_count)]).cast("array<string>")
     share = (tag_stats.select("tag", (F.col("clicks") / F.lit(total) if total else F.lit(0.0)).alias("_g"))
