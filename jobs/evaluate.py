@@ -132,7 +132,7 @@ def method_lists(served: DataFrame, profile: DataFrame, tag_stats: DataFrame, us
     top_tags = global_tags(tag_stats, top_n)
 
     def ranked(df: DataFrame) -> DataFrame:
-        return filled(df.select("user_id", "tag", "rank").join(users, "user_id", "left_semi"), users, top_tags, top_n)
+        return filled(df.select("user_id", "tag", "rank"), users, top_tags, top_n)
 
     lists = {"export": ranked(served)}
     if model is not None:

@@ -79,7 +79,7 @@ def candidates(profile: DataFrame, users: DataFrame, stats: DataFrame, count: in
     """(user_id, tag, prior): ``count`` candidate tags per user; prior is the blend (profile
     tags) or minus the tag's global rank (fill-up tags), so that it orders them as listed."""
     personal = ranked_tags(profile, "blend", count, score_as="prior")
-    return filled(personal, users, global_tags(stats, count), count,
+    return filled(personal, users, global_tags(stats, count), count, keep_others=True,
                   carry={"prior": lambda rank: -rank.cast("double")}).select("user_id", "tag", "prior")
 
 

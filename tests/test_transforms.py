@@ -36,11 +36,12 @@ def test_filled_puts_personal_tags_first_then_the_fallback_without_repeats(spark
                                ("u2", "t1", 1), ("u2", "t2", 2), ("u2", "t3", 3)])
 
 
-def reference_filled(personal: dict[str, list[str]], users: list[str], tags: list[str], n: int) -> set[tuple]:
+def reference_filled(personal: dict[str, list[str]], users: list[str], tags: list[str], n: int,
+                     keep_others: bool) -> set[tuple]:
     """The fill-up by hand: personal tags first, then the global tags not among them, n in
-    all; the global tags fill up the lists of ``users`` only."""
+    all, for ``users``; with ``keep_others`` also the other users' personal lists, unfilled."""
     out = set()
-    for user in set(personal) | set(users):
+    for user in (set(personal) | set(users)) if keep_others else set(users):
         mine = personal.get(user, [])[:n]
         rest = [t for t in tags if t not in mine] if user in users else []
         out |= {(user, t, i + 1, None if i < len(mine) else -(tags.index(t) + 1.0))
@@ -53,15 +54,16 @@ def reference_filled(personal: dict[str, list[str]], users: list[str], tags: lis
                                 st.lists(st.sampled_from([f"t{i}" for i in range(8)]), unique=True, max_size=6)),
        users=st.lists(st.sampled_from(["u1", "u2", "u3", "u4"]), unique=True, max_size=4),
        tags=st.lists(st.sampled_from([f"t{i}" for i in range(8)]), unique=True, max_size=6),
-       n=st.integers(1, 7))
-def test_filled_agrees_with_the_fill_up_by_hand(spark, personal, users, tags, n):
+       n=st.integers(1, 7), keep_others=st.booleans())
+def test_filled_agrees_with_the_fill_up_by_hand(spark, personal, users, tags, n, keep_others):
     rows = [(u, t, i + 1) for u, ts in personal.items() for i, t in enumerate(ts)]
     mine = spark.createDataFrame(rows, "user_id string, tag string, rank int").withColumn(
         "prior", F.lit(None).cast("double"))
     got = filled(mine, spark.createDataFrame([(u,) for u in users], "user_id string"), tags, n,
-                 carry={"prior": lambda rank: -rank.cast("double")})
-    assert {tuple(r) for r in got.collect()} == reference_filled(personal, users, tags, n)
-    assert got.count() == len(reference_filled(personal, users, tags, n))  # no row twice
+                 carry={"prior": lambda rank: -rank.cast("double")}, keep_others=keep_others)
+    expected = reference_filled(personal, users, tags, n, keep_others)
+    assert {tuple(r) for r in got.collect()} == expected
+    assert got.count() == len(expected)  # no row twice
 
 
 def test_blend_ranks_by_the_mean_of_the_two_shares(spark):

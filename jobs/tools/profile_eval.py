@@ -65,7 +65,7 @@ def next_day_hit_rates(spark: SparkSession, config: Config, date: dt.date, top_n
     rows = []
     for n in top_ns:
         top_global = most_clicked_tags(today_events, today_articles, n)
-        lists = {m: filled(ranked_tags(profile, m, n).join(clickers, "user_id", "left_semi"), clickers, top_global, n)
+        lists = {m: filled(ranked_tags(profile, m, n), clickers, top_global, n)
                  for m in PROFILE_RANKINGS}
         lists["global"] = global_list(clickers, top_global)
         for method in METHODS:

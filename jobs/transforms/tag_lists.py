@@ -79,7 +79,7 @@ def baseline(method: str, profile: DataFrame, tag_stats: DataFrame, users: DataF
     of BASELINES, filled up with ``top_tags`` (global_tags: the top_n most clicked tags,
     whose global_list is itself the ``global`` method)."""
     if method in PROFILE_RANKINGS:
-        return filled(ranked_tags(profile, method, top_n).join(users, "user_id", "left_semi"), users, top_tags, top_n)
+        return filled(ranked_tags(profile, method, top_n), users, top_tags, top_n)
     if method == "mix":
         return filled(mix(profile, tag_stats, users, top_n, mix_click_weight, mix_global_tags), users, top_tags, top_n)
     if method == "global":
@@ -88,12 +88,13 @@ def baseline(method: str, profile: DataFrame, tag_stats: DataFrame, users: DataF
 
 
 def filled(personal: DataFrame, users: DataFrame, tags: list[str], top_n: int,
-           carry: dict[str, Callable[[Column], Column]] | None = None) -> DataFrame:
-    """(user_id, tag, rank, *carry): the user's ``personal`` tags first (their ranks 1.. per
-    user, the first ``top_n`` kept), then the global ``tags`` not already among them, in
-    their order, ``top_n`` in all; the global tags fill up the lists of ``users`` (one row
-    per user) only. ``carry`` names the personal rows' columns to keep, each with its value
-    for a fill-up row as a function of the tag's position in ``tags`` (1..).
+           carry: dict[str, Callable[[Column], Column]] | None = None, keep_others: bool = False) -> DataFrame:
+    """(user_id, tag, rank, *carry) for every user of ``users`` (one row per user): the
+    user's ``personal`` tags first (their ranks 1.. per user, the first ``top_n`` kept),
+    then the global ``tags`` not already among them, in their order, ``top_n`` in all. With
+    ``keep_others``, also the personal lists of users not in ``users``, not filled up.
+    ``carry`` names the personal rows' columns to keep, each with its value for a fill-up
+    row as a function of the tag's position in ``tags`` (1..).
 
     No cross join of users with the global list: each user's personal rows are gathered
     into one array (one pass over ``personal``), joined with ``users``, and the missing tags
@@ -101,10 +102,11 @@ def filled(personal: DataFrame, users: DataFrame, tags: list[str], top_n: int,
     carry = carry or {}
     mine = personal.where(F.col("rank") <= top_n).select("user_id", "tag", "rank", *carry)
     if not tags:
-        return mine
+        return mine if keep_others else mine.join(users.select("user_id"), "user_id", "left_semi")
     entry = mine.select(F.struct("rank", "tag", *carry).alias("_p")).schema["_p"].dataType
     per_user = mine.groupBy("user_id").agg(F.collect_list(F.struct("rank", "tag", *carry)).alias("_mine"))
-    both = per_user.join(users.select("user_id", F.lit(True).alias("_listed")), "user_id", "full")
+    both = per_user.join(users.select("user_id", F.lit(True).alias("_listed")), "user_id",
+                         "full" if keep_others else "right")
     glob = F.array(*[F.lit(t) for t in tags])
     owned = F.coalesce(F.col("_mine"), F.array().cast(ArrayType(entry)))
     missing = F.when(F.col("_listed"), F.slice(F.array_except(glob, owned["tag"]), 1,
