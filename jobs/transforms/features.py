@@ -102,8 +102,10 @@ def with_features(pairs: DataFrame, tables: FeatureTables, config: Config) -> Da
     k = config.features.user_ctr_prior
 
     # Everything per user is joined on one partitioning by user_id: the profile is shuffled
-    # once, by user, and its ranks, its match sums and the pairs' joins all run on it (see
-    # CO_PARTITIONED for the setting that lets the (user_id, tag) joins keep it).
+    # by user, and its ranks, its match sums and the pairs' joins all run on that
+    # partitioning (see CO_PARTITIONED for the setting that lets the (user_id, tag) joins
+    # keep it). Spark prunes the columns of the ranks' branch and of match's separately,
+    # so each reads its own shuffle of the profile: two, not one per join.
     columns = dict.fromkeys(["user_id", "tag", "long_weight", *[f"{h}_weight" for h in horizons], "impressions",
                              "clicks"])
     profile = (tables.profile.select(*columns)
