@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType
 
 PROFILE_RANKINGS = ("long", "short", "blend")
 # The non-model methods: evaluate compares them, export's guard may serve one.
@@ -103,12 +102,13 @@ def filled(personal: DataFrame, users: DataFrame, tags: list[str], top_n: int,
     mine = personal.where(F.col("rank") <= top_n).select("user_id", "tag", "rank", *carry)
     if not tags:
         return mine if keep_others else mine.join(users.select("user_id"), "user_id", "left_semi")
-    entry = mine.select(F.struct("rank", "tag", *carry).alias("_p")).schema["_p"].dataType
     per_user = mine.groupBy("user_id").agg(F.collect_list(F.struct("rank", "tag", *carry)).alias("_mine"))
+    entries = per_user.schema["_mine"].dataType
+    entry = entries.elementType
     both = per_user.join(users.select("user_id", F.lit(True).alias("_listed")), "user_id",
                          "full" if keep_others else "right")
     glob = F.array(*[F.lit(t) for t in tags])
-    owned = F.coalesce(F.col("_mine"), F.array().cast(ArrayType(entry)))
+    owned = F.coalesce(F.col("_mine"), F.array().cast(entries))
     missing = F.when(F.col("_listed"), F.slice(F.array_except(glob, owned["tag"]), 1,
                                                   F.greatest(F.lit(top_n) - F.size(owned), F.lit(0))))
     fill = F.transform(F.coalesce(missing, F.array().cast("array<string>")), lambda t, i: F.struct(
