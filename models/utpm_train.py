@@ -134,12 +134,17 @@ def model_version(config: Config, w: Window) -> str:
 
 
 def _tf_data(x: dict, y: dict, batch_size: int, seed: int | None):
+    """Batches of (x, y); with ``seed``, a new seeded row order each epoch. The row indices
+    are shuffled, not the rows, and each batch is gathered at once: shuffling the 17 arrays
+    row by row took as long as the training steps themselves on 2 cores."""
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    if seed is not None:
-        ds = ds.shuffle(len(y["click"]), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(2)
+    if seed is None:
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).prefetch(2)
+    rows = len(y["click"])
+    arrays = tf.nest.map_structure(tf.convert_to_tensor, (x, y))
+    order = tf.data.Dataset.range(rows).shuffle(rows, seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    return order.map(lambda i: tf.nest.map_structure(lambda a: tf.gather(a, i), arrays)).prefetch(2)
 
 
 def fit(config: Config, train: pa.Table, val: pa.Table, label: str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -116,6 +117,35 @@ def exported_feed(spark, synthetic_feed, tmp_path_factory):
     for day in dates[-2:]:
         export.run(spark, config, day)
     return config, base, dates
+
+
+CLI_DAY1, CLI_DAY2 = "2026-09-01", "2026-09-02"
+
+
+def tagrecall_cli(*args, timeout: int = 900) -> subprocess.CompletedProcess:
+    """The `tagrecall` console script in a subprocess, as a user runs it."""
+    return subprocess.run([str(Path(sys.executable).parent / "tagrecall"), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYSPARK_PYTHON": sys.executable})
+
+
+@pytest.fixture(scope="session")
+def cli_two_days(tmp_path_factory):
+    """Two generated days run from the command line, shared by the CLI's and the DAG's
+    tests: (base folder, the generate result, the two-day run's result). ``base/raw`` is
+    the landing, ``base/local`` the warehouse of one `tagrecall run --date DAY1 --until
+    DAY2`, ``base/day1`` that of `tagrecall run --date DAY1` alone (the state a daily run
+    of DAY2 starts from). Tests must not modify them (copy first)."""
+    base = tmp_path_factory.mktemp("clifeed")
+    generated = tagrecall_cli("generate", "--raw", base / "raw", "--start", CLI_DAY1, "--days", "2", "--users", "300",
+                              "--articles", "400", "--bad-rate", "0.01")
+    assert generated.returncode == 0, generated.stderr[-3000:]
+    both = tagrecall_cli("run", "--date", CLI_DAY1, "--until", CLI_DAY2, "--raw", base / "raw", "--warehouse",
+                         base / "local", "--master", "local[2]")
+    assert both.returncode == 0, both.stderr[-3000:]
+    first = tagrecall_cli("run", "--date", CLI_DAY1, "--raw", base / "raw", "--warehouse", base / "day1",
+                          "--master", "local[2]")
+    assert first.returncode == 0, first.stderr[-3000:]
+    return base, generated, both
 
 
 def _free_port() -> int:

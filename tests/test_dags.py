@@ -19,11 +19,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.conftest import CLI_DAY1 as DAY1
+from tests.conftest import CLI_DAY2 as DAY2
+
 pytest.importorskip("airflow", reason="the airflow extra is not installed (pip install -e '.[airflow]')")
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-DAY1, DAY2 = "2026-09-01", "2026-09-02"
 COMPARED = ("events", "rejected", "articles", "users", "user_tag_profile", "tag_index", "tag_stats",
             "training_triples", "user_top_tags")
 STEPS = ("ingest", "profiles", "index", "triples", "export")
@@ -68,17 +70,11 @@ def _assert_same_tables(a: Path, b: Path, day: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def two_days(tmp_path_factory):
-    """Two generated days; day 1 run with `tagrecall run` (the state a daily run starts from)."""
-    base = tmp_path_factory.mktemp("dagfeed")
-    tagrecall = BIN / "tagrecall"
-    _run([tagrecall, "generate", "--raw", base / "raw", "--start", DAY1, "--days", "2", "--users", "300",
-          "--articles", "400", "--bad-rate", "0.01"])
-    _run([tagrecall, "run", "--date", DAY1, "--raw", base / "raw", "--warehouse", base / "day1", "--master", "local[2]"])
-    local = base / "local"
-    shutil.copytree(base / "day1", local)
-    _run([tagrecall, "run", "--date", DAY2, "--raw", base / "raw", "--warehouse", local, "--master", "local[2]"])
-    return base, _dist(base / "tagrecall.zip")
+def two_days(cli_two_days, tmp_path_factory):
+    """Two generated days (tests/conftest.py): ``day1`` run with `tagrecall run` (the state a
+    daily run of DAY2 starts from), ``local`` both days run with it; and the --py-files zip."""
+    base, _, _ = cli_two_days
+    return base, _dist(tmp_path_factory.mktemp("dist") / "tagrecall.zip")
 
 
 def test_dag_parses_fast_without_heavy_imports_and_has_the_chain():
