@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import CLI_DAY1 as DAY1
 from tests.conftest import CLI_DAY2 as DAY2
+from tests.conftest import short_jvm_env
 
 pytest.importorskip("airflow", reason="the airflow extra is not installed (pip install -e '.[airflow]')")
 
@@ -32,8 +33,8 @@ STEPS = ("ingest", "profiles", "index", "triples", "export")
 
 
 def _env(**extra) -> dict:
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYSPARK_PYTHON": sys.executable,
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False", **extra}
+    return short_jvm_env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", AIRFLOW__CORE__LOAD_EXAMPLES="False",
+                         **extra)
 
 
 def _run(args, timeout=900, **env):
