@@ -143,7 +143,7 @@ def tagrecall_cli(*args, timeout: int = 900) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session")
 def cli_two_days(tmp_path_factory):
     """Two generated days run from the command line, shared by the CLI's and the DAG's
-    tests: (base folder, the generate result, the two-day run's result). ``base/raw`` is
+    tests: (base folder, the two-day run's finished process). ``base/raw`` is
     the landing, ``base/local`` the warehouse of one `tagrecall run --date DAY1 --until
     DAY2`, ``base/day1`` that of `tagrecall run --date DAY1` alone (the state a daily run
     of DAY2 starts from). Tests must not modify them (copy first)."""
@@ -157,7 +157,7 @@ def cli_two_days(tmp_path_factory):
     first = tagrecall_cli("run", "--date", CLI_DAY1, "--raw", base / "raw", "--warehouse", base / "day1",
                           "--master", "local[2]")
     assert first.returncode == 0, first.stderr[-3000:]
-    return base, generated, both
+    return base, both
 
 
 def _free_port() -> int:

@@ -35,7 +35,7 @@ def test_unknown_step_is_refused(caplog):
 @pytest.mark.slow
 def test_generate_then_run_two_days_from_the_command_line(cli_two_days):
     # `tagrecall generate`, then `tagrecall run --date D1 --until D2` (tests/conftest.py).
-    base, _, run = cli_two_days
+    base, run = cli_two_days
     assert CLI_DAY2 in run.stdout and "tables:" in run.stdout
     runs = base / "local" / "_runs"
     for day in (CLI_DAY1, CLI_DAY2):

@@ -74,7 +74,7 @@ def _assert_same_tables(a: Path, b: Path, day: str) -> None:
 def two_days(cli_two_days, tmp_path_factory):
     """Two generated days (tests/conftest.py): ``day1`` run with `tagrecall run` (the state a
     daily run of DAY2 starts from), ``local`` both days run with it; and the --py-files zip."""
-    base, _, _ = cli_two_days
+    base, _ = cli_two_days
     return base, _dist(tmp_path_factory.mktemp("dist") / "tagrecall.zip")
 
 
