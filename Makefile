@@ -59,8 +59,11 @@ redis:
 demo: setup
 	$(BIN)/tagrecall demo
 
+# Two pytest-xdist workers (TEST_WORKERS=0 runs the suite in one process); tests/conftest.py
+# keeps the tests that share a costly fixture on one worker.
+TEST_WORKERS ?= 2
 test: setup redis
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 # The fault campaign (bench/faults.py): SIGKILL of drivers, executors (on a standalone
 # cluster it starts) and redis-server at random moments, re-run, compare; ends with one

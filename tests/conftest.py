@@ -17,6 +17,44 @@ SHARED_DATA = Path(os.environ.get("TAGRECALL_SHARED_DATA", REPO.parent / "shared
 KUAIRAND = SHARED_DATA / "kuairand-pure"
 
 
+# Under pytest-xdist (`make test` runs two workers) each worker builds its own session
+# fixtures, so the scheduler below keeps a module's tests on one worker (its module
+# fixtures are built once) and sends the modules that share a costly session fixture to
+# the same worker: the generated feed (synthetic_feed, exported_feed) and the command
+# line's two days (cli_two_days). The longest groups start first, so that no worker is
+# left alone with one of them at the end.
+SHARED_FIXTURE_GROUPS = {
+    "feed": ("test_bad_input", "test_evaluate", "test_profile_eval", "test_publish", "test_quality",
+             "test_tag_model", "test_triples"),
+    "cli": ("test_cli", "test_dags"),
+}
+LONGEST_FIRST = ("cli", "test_faults", "feed")
+_GROUP_OF = {module: group for group, modules in SHARED_FIXTURE_GROUPS.items() for module in modules}
+
+
+def _group(nodeid: str) -> str:
+    module = Path(nodeid.split("::", 1)[0]).stem
+    return _GROUP_OF.get(module, module)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid)
+
+    config.option.loadscopereorder = False  # the order of collection, set below
+    return SharedFixtureScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    if hasattr(config, "workerinput"):  # an xdist worker: its collection orders the scheduler's groups
+        rank = {group: n for n, group in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(_group(item.nodeid), len(rank)))
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
     from pyspark.sql import SparkSession
