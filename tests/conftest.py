@@ -22,7 +22,8 @@ KUAIRAND = SHARED_DATA / "kuairand-pure"
 # fixtures are built once) and sends the modules that share a costly session fixture to
 # the same worker: the generated feed (synthetic_feed, exported_feed) and the command
 # line's two days (cli_two_days). The longest groups start first, so that no worker is
-# left alone with one of them at the end.
+# left alone with one of them at the end. (xdist's own `--dist loadgroup` does not group
+# under pytest 9.2: it renames `item._nodeid`, which `nodeid` no longer reads.)
 SHARED_FIXTURE_GROUPS = {
     "feed": ("test_bad_input", "test_evaluate", "test_profile_eval", "test_publish", "test_quality",
              "test_tag_model", "test_triples"),
