@@ -29,6 +29,7 @@ SHARED_FIXTURE_GROUPS = {
              "test_tag_model", "test_triples"),
     "cli": ("test_cli", "test_dags"),
 }
+GROUP_OF_FIXTURE = {"synthetic_feed": "feed", "exported_feed": "feed", "cli_two_days": "cli"}
 LONGEST_FIRST = ("cli", "test_faults", "feed")
 _GROUP_OF = {module: group for group, modules in SHARED_FIXTURE_GROUPS.items() for module in modules}
 
@@ -51,6 +52,12 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:  # the table above must name every module that uses a shared fixture
+        for fixture in set(getattr(item, "fixturenames", ())) & set(GROUP_OF_FIXTURE):
+            if _group(item.nodeid) != GROUP_OF_FIXTURE[fixture]:
+                raise pytest.UsageError(f"{item.path.name} uses {fixture}: add {item.path.stem!r} to the "
+                                        f"{GROUP_OF_FIXTURE[fixture]!r} group of SHARED_FIXTURE_GROUPS in "
+                                        "tests/conftest.py (or it builds the fixture again on another worker)")
     if hasattr(config, "workerinput"):  # an xdist worker: its collection orders the scheduler's groups
         rank = {group: n for n, group in enumerate(LONGEST_FIRST)}
         items.sort(key=lambda item: rank.get(_group(item.nodeid), len(rank)))
