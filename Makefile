@@ -60,10 +60,11 @@ demo: setup
 	$(BIN)/tagrecall demo
 
 # Two pytest-xdist workers (TEST_WORKERS=0 runs the suite in one process); tests/conftest.py
-# keeps the tests that share a costly fixture on one worker.
+# keeps the tests that share a costly fixture on one worker. The 15 slowest tests and
+# fixtures are listed at the end: where the suite's time goes.
 TEST_WORKERS ?= 2
 test: setup redis
-	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=15
 
 # The fault campaign (bench/faults.py): SIGKILL of drivers, executors (on a standalone
 # cluster it starts) and redis-server at random moments, re-run, compare; ends with one
