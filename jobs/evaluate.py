@@ -201,8 +201,8 @@ def evaluate(spark: SparkSession, config: Config, date: dt.date) -> list[dict]:
                          tag_stats, users, max(served_n, tag_n, *TAG_KS), config, learned, model)
     # The union has one partition per partition of each method's lists (8 methods x the
     # shuffle partitions): every later pass over it would run that many tasks. Coalesced
-    # without a shuffle to the session's shuffle partitions: a third less time for the
-    # step on the demo's day (bench/shuffles.py's table in the README).
+    # without a shuffle to the session's shuffle partitions: about a quarter less time for
+    # the step on the demo's day (README, "Benchmarks", "Evaluate").
     every = stacked(lists).coalesce(int(spark.conf.get("spark.sql.shuffle.partitions"))).persist()
     relevant = event_tags.where(F.col("event_type") == "click").select("user_id", "tag").distinct().persist()
     n_relevant = relevant.select("user_id").distinct().count()

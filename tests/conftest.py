@@ -175,7 +175,8 @@ def short_jvm_env(**extra: str) -> dict[str, str]:
     costs more than it saves: with its first tier only, tests/test_cli.py and
     tests/test_dags.py took 356 s instead of 434 s on 2 cores. Not for the suite's own
     session, which lives as long as the suite (a third slower so), nor for the fault
-    campaign's (it re-runs every step in its session: 374 s instead of 273 s)."""
+    campaign's own session (it re-runs every step in it: 374 s instead of 273 s);
+    bench/faults.py gives the step processes it kills the same setting."""
     options = " ".join(filter(None, [os.environ.get("JDK_JAVA_OPTIONS"), "-XX:TieredStopAtLevel=1"]))
     return {**os.environ, "PYSPARK_PYTHON": sys.executable, "JDK_JAVA_OPTIONS": options, **extra}
 
