@@ -81,7 +81,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from jobs import evaluate, export, index, ingest, profiles, publish, tag_model, triples  # noqa: E402
-from jobs.common.session import build_session  # noqa: E402
+from jobs.common.session import build_session, first_tier_jit_env  # noqa: E402
 from schemas.catalog import TABLES  # noqa: E402
 from schemas.config import load_config  # noqa: E402
 
@@ -175,16 +175,6 @@ class Poller(threading.Thread):
                 elif got not in self.allowed[t]:
                     self.counts["mixed"] += 1
             time.sleep(0.05)
-
-
-def step_env(**extra: str) -> dict[str, str]:
-    """The environment of the step processes the campaign starts (and kills). Each is a
-    fresh JVM that runs one step of a few hundred users for seconds, where HotSpot's
-    optimising compiler costs more than it saves: they run with its first tier only
-    (``-XX:TieredStopAtLevel=1``, as the end-to-end tests' processes do). The campaign's
-    own session, which re-runs every step for the whole campaign, keeps the full JIT."""
-    options = " ".join(filter(None, [os.environ.get("JDK_JAVA_OPTIONS"), "-XX:TieredStopAtLevel=1"]))
-    return {**os.environ, "JDK_JAVA_OPTIONS": options, **extra}
 
 
 def free_port() -> int:
@@ -312,7 +302,7 @@ class Campaign:
         """Two runs at once: one must refuse (the lock), the other finish with the reference."""
         wh = self.fresh(step, "pair")
         procs = [subprocess.Popen(self.command(step, wh), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True, env=step_env()) for _ in range(2)]
+                                  text=True, env=first_tier_jit_env()) for _ in range(2)]
         outs = [p.communicate()[0] for p in procs]
         codes = [p.returncode for p in procs]
         refused = sum(c != 0 and "already running" in o for c, o in zip(codes, outs, strict=True))
@@ -335,7 +325,7 @@ class Campaign:
         """Seconds the step runs undisturbed, from taking its lock to the process's end."""
         wh = self.fresh(step, "timing")
         proc = subprocess.Popen(self.command(step, wh), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env=step_env())
+                                env=first_tier_jit_env())
         if not self.started(proc, step, wh):
             raise RuntimeError(f"{step} ended before taking its lock: run {' '.join(self.command(step, wh))}")
         t0 = time.monotonic()
@@ -350,7 +340,7 @@ class Campaign:
         reader = self.reader(step, wh, day)
         reader.start()
         proc = subprocess.Popen(self.command(step, wh), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True, env=step_env())
+                                start_new_session=True, env=first_tier_jit_env())
         if self.started(proc, step, wh):
             time.sleep(at)
         killed = proc.poll() is None
@@ -395,7 +385,7 @@ class Campaign:
         proc = None
         if during == "publish":
             proc = subprocess.Popen(self.command("publish", wh), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True, start_new_session=True, env=step_env())
+                                    text=True, start_new_session=True, env=first_tier_jit_env())
             if self.started(proc, "publish", wh):
                 time.sleep(at)
         else:
@@ -484,7 +474,7 @@ class Campaign:
         reader.start()
         proc = subprocess.Popen(self.command(step, wh) + ["--set", f"spark.master={self.master_url}"],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                                env=step_env(SPARK_LOCAL_IP="127.0.0.1"))
+                                env=first_tier_jit_env(SPARK_LOCAL_IP="127.0.0.1"))
         victims: list[int] = []
         while proc.poll() is None and not victims:
             victims = self.executors()

@@ -199,7 +199,7 @@ def evaluate(spark: SparkSession, config: Config, date: dt.date) -> list[dict]:
     tag_stats = wh.read_partition("tag_stats", day)
     lists = method_lists(wh.read_partition("user_top_tags", day), wh.read_partition("user_tag_profile", day),
                          tag_stats, users, max(served_n, tag_n, *TAG_KS), config, learned, model)
-    # The union has one partition per partition of each method's lists (8 methods x the
+    # The union has one partition per partition of each method's lists (the methods x the
     # shuffle partitions): every later pass over it would run that many tasks. Coalesced
     # without a shuffle to the session's shuffle partitions: about a quarter less time for
     # the step on the demo's day (README, "Benchmarks", "Evaluate").

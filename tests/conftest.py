@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs.common.session import first_tier_jit_env
 from schemas.config import Config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,8 +178,7 @@ def short_jvm_env(**extra: str) -> dict[str, str]:
     session, which lives as long as the suite (a third slower so), nor for the fault
     campaign's own session (it re-runs every step in it: 374 s instead of 273 s);
     bench/faults.py gives the step processes it kills the same setting."""
-    options = " ".join(filter(None, [os.environ.get("JDK_JAVA_OPTIONS"), "-XX:TieredStopAtLevel=1"]))
-    return {**os.environ, "PYSPARK_PYTHON": sys.executable, "JDK_JAVA_OPTIONS": options, **extra}
+    return first_tier_jit_env(PYSPARK_PYTHON=sys.executable, **extra)
 
 
 def tagrecall_cli(*args, timeout: int = 900) -> subprocess.CompletedProcess:

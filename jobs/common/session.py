@@ -44,6 +44,17 @@ ENGINE_SETTINGS = {
 }
 
 
+def first_tier_jit_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a child that starts a short-lived JVM (a `tagrecall`
+    step on a few hundred users, spark-submit, a test cluster's daemons): HotSpot runs its
+    first tier only (``-XX:TieredStopAtLevel=1`` appended to JDK_JAVA_OPTIONS), where its
+    optimising compiler costs more than it saves in a run of seconds. Not for a session that
+    lives long (the test suite's, the fault campaign's own): C2 pays off there. ``extra``
+    overrides variables."""
+    options = " ".join(filter(None, [os.environ.get("JDK_JAVA_OPTIONS"), "-XX:TieredStopAtLevel=1"]))
+    return {**os.environ, "JDK_JAVA_OPTIONS": options, **extra}
+
+
 def _delta_error(cause: str) -> DeltaUnavailableError:
     return DeltaUnavailableError(
         f"--format delta needs the Delta Lake jars ({DELTA_PACKAGE_HINT}), and they could not be "
