@@ -522,6 +522,8 @@ class Campaign:
             self.until_injected(self.per_step, lambda n, scale, t=total, st=step: self.kill(
                 st, self.rng.uniform(0.0, 0.95) * t * scale, n))
         for during, count in (("publish", (self.redis_kills + 1) // 2), ("recall", self.redis_kills // 2)):
+            if not count:  # also: no publish in --steps, so no in-process time of it
+                continue
             total = 1.5 * self.in_process["publish"] if during == "publish" else 2.0
             self.until_injected(count, lambda n, scale, t=total, d=during: self.redis_kill(
                 d, self.rng.uniform(0.0, 0.95) * t * scale, n))
