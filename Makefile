@@ -12,7 +12,11 @@ LOCK   ?= requirements.lock
 
 .PHONY: setup java redis demo test faults lint lock bench dist env-archive airflow clean
 
+# Then the driver JVM's class archive (`tagrecall class-archive`: about two minutes once,
+# a no-op while it is current; each driver started later is about 5 s faster with it).
 setup: java $(VENV)/.installed
+	@$(BIN)/tagrecall class-archive >/dev/null || \
+		echo "warning: the JVM class archive was not recorded (see above); Spark starts without it"
 
 $(VENV)/.installed: setup.cfg pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "tagrecall needs Python 3.11+, found " + sys.version.split()[0]'

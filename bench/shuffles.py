@@ -37,14 +37,30 @@ def _get(url: str):
         return json.load(response)
 
 
+def _seconds(job: dict) -> float:
+    """A job's wall time from the status API's GMT timestamps ("...T12:00:00.123GMT")."""
+    def parse(stamp: str) -> dt.datetime:
+        return dt.datetime.strptime(stamp.replace("GMT", ""), "%Y-%m-%dT%H:%M:%S.%f")
+    if not job.get("completionTime"):
+        return 0.0
+    return (parse(job["completionTime"]) - parse(job["submissionTime"])).total_seconds()
+
+
+def group_jobs(ui: str, app_id: str, group: str) -> list[dict]:
+    """{name (the call site), seconds, stages} of ``group``'s jobs, in the order they ran."""
+    jobs = [j for j in _get(f"{ui}/api/v1/applications/{app_id}/jobs") if j.get("jobGroup") == group]
+    return [{"name": j["name"], "seconds": round(_seconds(j), 3), "stages": len(j["stageIds"])}
+            for j in sorted(jobs, key=lambda j: j["jobId"])]
+
+
 def shuffle_stages(ui: str, app_id: str, group: str) -> dict:
-    """{shuffles, shuffle_write_mb, stages} of the completed stages of ``group``'s jobs."""
+    """{shuffles, shuffle_write_mb, stages, jobs} of the completed stages of ``group``'s jobs."""
     jobs = [j for j in _get(f"{ui}/api/v1/applications/{app_id}/jobs") if j.get("jobGroup") == group]
     stage_ids = {s for j in jobs for s in j["stageIds"]}
     stages = [s for s in _get(f"{ui}/api/v1/applications/{app_id}/stages")
               if s["stageId"] in stage_ids and s["status"] == "COMPLETE"]
     writing = [s for s in stages if s.get("shuffleWriteBytes", 0) > 0]
-    return {"shuffles": len(writing), "stages": len(stages),
+    return {"shuffles": len(writing), "stages": len(stages), "jobs": len(jobs),
             "shuffle_write_mb": round(sum(s["shuffleWriteBytes"] for s in writing) / 2**20, 2)}
 
 
@@ -56,6 +72,8 @@ def main() -> int:
     parser.add_argument("--config")
     parser.add_argument("--steps", default=DEFAULT_STEPS)
     parser.add_argument("--no-adaptive", action="store_true")
+    parser.add_argument("--jobs", action="store_true",
+                        help="also list each step's Spark jobs: call site and seconds, slowest first")
     parser.add_argument("--out", help="write the counts here as JSON")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tagrecall-shuffles-") as tmp:
@@ -84,7 +102,15 @@ def main() -> int:
             rows.append({"step": name, "date": date.isoformat(), "seconds": round(seconds, 1),
                          **shuffle_stages(ui, app_id, name)})
             print(f"{name:<10} {date}  {rows[-1]['shuffles']:>3} shuffles  {rows[-1]['shuffle_write_mb']:>8.2f} MB"
-                  f"  {rows[-1]['stages']:>4} stages  {seconds:>6.1f}s", flush=True)
+                  f"  {rows[-1]['stages']:>4} stages  {rows[-1]['jobs']:>4} jobs  {seconds:>6.1f}s", flush=True)
+            if args.jobs:
+                listed = group_jobs(ui, app_id, name)
+                rows[-1]["job_list"] = listed
+                in_jobs = sum(j["seconds"] for j in listed)
+                print(f"    {in_jobs:.1f}s in jobs, {seconds - in_jobs:.1f}s between them (driver, planning, "
+                      "file system)")
+                for j in sorted(listed, key=lambda j: -j["seconds"]):
+                    print(f"    {j['seconds']:>7.2f}s  {j['stages']:>2} stages  {j['name']}")
         spark.stop()
     adaptive = "off" if args.no_adaptive else "on"
     print(f"(adaptive execution {adaptive}; executed shuffle map stages, skipped ones not counted)")

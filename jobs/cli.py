@@ -12,6 +12,7 @@ It holds no logic of its own: the same ``run()`` functions serve spark-submit an
     tagrecall report --date D [--out FILE]  one HTML page about day D's run
     tagrecall profile-eval --date D [--until D2] [--top-n 1,3,5]
     tagrecall config                    print the built-in defaults as TOML
+    tagrecall class-archive [--out FILE] [--force]  record the driver JVM's class archive
 
 Common options: --config FILE --warehouse URI --raw URI --format parquet|delta --master URL
 --set section.key=value (repeatable).
@@ -50,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bad-rate", type=float, default=0.002)
     p.add_argument("--seed", type=int, default=7)
     add_common_options(p)
+
+    p = sub.add_parser("class-archive", help="record the classes a driver JVM loads, so later ones start faster")
+    p.add_argument("--out", type=Path, help="the archive to write (default: in this environment, where "
+                                            "spark.class_archive = \"auto\" finds it)")
+    p.add_argument("--force", action="store_true", help="record it even when a current one is there")
 
     p = sub.add_parser("generate", help="write a synthetic feed's raw landing")
     p.add_argument("--raw", required=True, help="landing directory to write")
@@ -127,6 +133,14 @@ def cmd_demo(args) -> int:
     args.warehouse, args.raw = args.warehouse or str(base / "warehouse"), args.raw or str(base / "raw")
     feed = FeedParams(users=args.users, articles=args.articles, seed=args.seed, bad_rate=args.bad_rate)
     return demo.run(config_from_args(args), demo.DemoPlan(base, args.start, args.days, feed))
+
+
+def cmd_class_archive(args) -> int:
+    from jobs.common.session import CLASS_ARCHIVE_DEFAULT
+    from jobs.tools.class_archive import build
+
+    print(build(args.out or CLASS_ARCHIVE_DEFAULT, force=args.force))  # RuntimeError: main() reports it
+    return 0
 
 
 def cmd_generate(args) -> int:
@@ -261,7 +275,7 @@ def cmd_report(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "generate": cmd_generate, "import-kuairand": cmd_import_kuairand, "run": cmd_run,
+COMMANDS = {"class-archive": cmd_class_archive, "demo": cmd_demo, "generate": cmd_generate, "import-kuairand": cmd_import_kuairand, "run": cmd_run,
             "profile-eval": cmd_profile_eval, "recall": cmd_recall, "redis-acl": cmd_redis_acl,
             "report": cmd_report,
             "config": lambda _args: print(defaults_as_toml()) or 0}

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from jobs.common.session import class_archive
 from tests.conftest import CLI_DAY1 as DAY1
 from tests.conftest import CLI_DAY2 as DAY2
 from tests.conftest import short_jvm_env
@@ -30,6 +31,11 @@ BIN = Path(sys.executable).parent
 COMPARED = ("events", "rejected", "articles", "users", "user_tag_profile", "tag_index", "tag_stats",
             "training_triples", "user_top_tags")
 STEPS = ("ingest", "profiles", "index", "triples", "export")
+
+
+# The drivers spark-submit starts map the class archive `make setup` recorded (when current).
+_ARCHIVE = class_archive("auto")
+DRIVER_JAVA_OPTIONS = f"-XX:SharedArchiveFile={_ARCHIVE}" if _ARCHIVE else ""
 
 
 def _env(**extra) -> dict:
@@ -125,7 +131,7 @@ def test_airflow_dags_test_writes_what_tagrecall_run_writes(two_days, tmp_path):
     env = {"AIRFLOW_HOME": str(airflow_home), "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
            "AIRFLOW_CONN_TAGRECALL_SPARK": json.dumps({"conn_type": "spark", "host": "local[2]"}),
            "AIRFLOW_VAR_TAGRECALL_WAREHOUSE": str(wh), "AIRFLOW_VAR_TAGRECALL_RAW": str(base / "raw"),
-           "AIRFLOW_VAR_TAGRECALL_PY_FILES": str(dist)}
+           "AIRFLOW_VAR_TAGRECALL_PY_FILES": str(dist), "TAGRECALL_DRIVER_JAVA_OPTIONS": DRIVER_JAVA_OPTIONS}
     _run([BIN / "airflow", "db", "migrate"], **env)
     # A manual run at DAY2 + 1 day covers the interval [DAY2, DAY2 + 1 day): D = DAY2.
     started = time.monotonic()
@@ -170,7 +176,8 @@ def test_jobs_on_a_standalone_cluster_write_what_local_mode_writes(two_days, tmp
     base, dist = two_days
     archive, used = _packed_env(tmp_path)
     packed = ["--archives", f"{archive}#environment", "--conf", "spark.pyspark.python=./environment/bin/python",
-              "--conf", f"spark.pyspark.driver.python={sys.executable}"]
+              "--conf", f"spark.pyspark.driver.python={sys.executable}",
+              *(["--driver-java-options", DRIVER_JAVA_OPTIONS] if DRIVER_JAVA_OPTIONS else [])]
     spark_home = Path(pyspark.__file__).parent
     port, ui = _free_port(), _free_port()
     env = _env(SPARK_HOME=str(spark_home), SPARK_LOCAL_IP="127.0.0.1", SPARK_LOG_DIR=str(tmp_path / "logs"),

@@ -6,8 +6,11 @@ Library code never builds a session: it receives one. The master comes from the 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,6 +58,72 @@ def first_tier_jit_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "JDK_JAVA_OPTIONS": options, **extra}
 
 
+# -- the driver JVM's class archive -----------------------------------------------------------
+# A JVM started here loads some 15,000 classes from Spark's jars before the first query
+# runs; a class-data-sharing archive of them (JDK 17's dynamic AppCDS, recorded by
+# `tagrecall class-archive`, jobs/tools/class_archive.py) maps them instead. It is valid
+# for one Java build and one set of Spark jars only, so a stamp of both sits next to it and
+# an archive whose stamp differs is not used (the JVM would ignore it with a warning).
+CLASS_ARCHIVE_DEFAULT = Path(sys.prefix) / "share" / "tagrecall" / "spark-classes.jsa"
+_STAMP_SUFFIX = ".json"
+
+
+def java_binary() -> Path | None:
+    """The ``java`` Spark's launcher runs: $JAVA_HOME/bin/java, else the one on PATH."""
+    home = os.environ.get("JAVA_HOME")
+    found = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    return Path(found).resolve() if found and Path(found).exists() else None
+
+
+def class_archive_stamp() -> dict:
+    """What a class archive is valid for: the Java build (its binary and libjvm, by path,
+    size and modification time) and Spark's jars (names, sizes, modification times)."""
+    from pyspark.find_spark_home import _find_spark_home
+
+    java = java_binary()
+    libjvm = sorted(java.parents[1].glob("lib/server/libjvm.*")) if java else []
+    jars = Path(_find_spark_home()) / "jars"
+    listing = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(jars.glob("*.jar"))]
+    return {"java": str(java), "libjvm": [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in libjvm],
+            "spark_jars": str(jars), "jars_sha256": hashlib.sha256(json.dumps(listing).encode()).hexdigest()}
+
+
+def class_archive_stamp_path(archive: Path) -> Path:
+    return archive.with_name(archive.name + _STAMP_SUFFIX)
+
+
+def class_archive_is_current(archive: Path) -> bool:
+    """``archive`` and its stamp exist, and the stamp is this Java's and these jars'."""
+    stamp_file = class_archive_stamp_path(archive)
+    try:
+        return archive.is_file() and json.loads(stamp_file.read_text()) == class_archive_stamp()
+    except (OSError, ValueError):
+        return False
+
+
+def class_archive(setting: str) -> Path | None:
+    """The archive a driver JVM started here should map, for ``spark.class_archive``
+    (``auto``: CLASS_ARCHIVE_DEFAULT; ``off``; or a path): None when off, missing, or
+    recorded for another Java or other Spark jars (logged, with the command that rebuilds it)."""
+    if setting == "off":
+        return None
+    archive = CLASS_ARCHIVE_DEFAULT if setting == "auto" else Path(setting).expanduser()
+    if class_archive_is_current(archive):
+        return archive
+    rebuild = "tagrecall class-archive" + ("" if setting == "auto" else f" --out {archive}")
+    if archive.is_file():
+        log.warning("the JVM class archive %s was recorded for another Java or other Spark jars (or its stamp "
+                    "%s is gone); starting without it, about 5 s slower. Rebuild it with `%s`",
+                    archive, class_archive_stamp_path(archive).name, rebuild)
+    elif setting != "auto":  # "auto" without an archive: `make setup` was not run, nothing to say
+        log.warning("spark.class_archive: %s not found; starting without it. Build it with `%s`", archive, rebuild)
+    return None
+
+
+def _java_options(*options: str | None) -> str:
+    return " ".join(o for o in options if o)
+
+
 def _delta_error(cause: str) -> DeltaUnavailableError:
     return DeltaUnavailableError(
         f"--format delta needs the Delta Lake jars ({DELTA_PACKAGE_HINT}), and they could not be "
@@ -83,9 +152,16 @@ def session_builder(config: Config, app_name: str, *, set_master: bool):
         settings["spark.driver.memory"] = config.spark.driver_memory
         # A driver started here logs Spark's warnings and errors only (no start-up banner);
         # under spark-submit the cluster's own log4j2 configuration applies.
-        if LOG4J2_CONF.is_file():
-            settings["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={LOG4J2_CONF.as_uri()}"
-    settings.update(config.spark.conf)
+        log4j = f"-Dlog4j2.configurationFile={LOG4J2_CONF.as_uri()}" if LOG4J2_CONF.is_file() else None
+        # The driver JVM starts here: it maps the class archive when there is a current one.
+        # (Under spark-submit it has started already; pass --driver-java-options there.)
+        archive = class_archive(config.spark.class_archive)
+        options = _java_options(log4j, archive and f"-XX:SharedArchiveFile={archive}",
+                                config.spark.conf.get("spark.driver.extraJavaOptions"))
+        if options:
+            settings["spark.driver.extraJavaOptions"] = options
+    settings.update({k: v for k, v in config.spark.conf.items()
+                     if not (set_master and k == "spark.driver.extraJavaOptions")})
     for key, value in settings.items():
         builder = builder.config(key, value)
     if config.storage.format == "delta":
