@@ -69,6 +69,8 @@ def build(archive: Path = CLASS_ARCHIVE_DEFAULT, *, force: bool = False) -> Path
         log.info("class archive %s is current (for this Java and these Spark jars)", archive)
         return archive
     archive.parent.mkdir(parents=True, exist_ok=True)
+    for left in archive.parent.glob(f".{archive.name}.*.partial"):  # by a recording that was killed
+        left.unlink(missing_ok=True)
     partial = archive.with_name(f".{archive.name}.{os.getpid()}.partial")
     started = time.monotonic()
     log.info("recording the classes of a small tagrecall run into %s (about a minute)", archive)
