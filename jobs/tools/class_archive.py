@@ -73,7 +73,7 @@ def build(archive: Path = CLASS_ARCHIVE_DEFAULT, *, force: bool = False) -> Path
         left.unlink(missing_ok=True)
     partial = archive.with_name(f".{archive.name}.{os.getpid()}.partial")
     started = time.monotonic()
-    log.info("recording the classes of a small tagrecall run into %s (about a minute)", archive)
+    log.info("recording the classes of a small tagrecall run into %s (about two minutes)", archive)
     with tempfile.TemporaryDirectory(prefix="tagrecall-class-archive-") as tmp:
         done = subprocess.run([sys.executable, "-m", "jobs.tools.class_archive", "--record", str(partial),
                                "--work", tmp], capture_output=True, text=True,
