@@ -13,7 +13,7 @@ LOCK   ?= requirements.lock
 .PHONY: setup java redis demo test faults lint lock bench dist env-archive airflow clean
 
 # Then the driver JVM's class archive (`tagrecall class-archive`: about two minutes once,
-# a no-op while it is current; each driver started later is about 5 s faster with it).
+# a no-op while it is current; each driver started later is some 5-12 s faster with it).
 setup: java $(VENV)/.installed
 	@$(BIN)/tagrecall class-archive >/dev/null || \
 		echo "warning: the JVM class archive was not recorded (see above); Spark starts without it"

@@ -493,7 +493,7 @@ class SparkConfig:
     shuffle_partitions: int = 8
     driver_memory: str = "4g"
     # The class-data-sharing archive a driver JVM started by the `tagrecall` command maps
-    # (its start-up about 5 s shorter): "auto" (the one `tagrecall class-archive` builds in
+    # (each start some 5-12 s shorter, bench/startup.py): "auto" (the one `tagrecall class-archive` builds in
     # the environment, used when it matches this Java and these Spark jars), "off", or a path.
     class_archive: str = "auto"
     conf: dict[str, str] = field(default_factory=dict)

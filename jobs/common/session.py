@@ -113,7 +113,7 @@ def class_archive(setting: str) -> Path | None:
     rebuild = "tagrecall class-archive" + ("" if setting == "auto" else f" --out {archive}")
     if archive.is_file():
         log.warning("the JVM class archive %s was recorded for another Java or other Spark jars (or its stamp "
-                    "%s is gone); starting without it, about 5 s slower. Rebuild it with `%s`",
+                    "%s is gone); starting without it (each start some 5-12 s slower, bench/startup.py). Rebuild it with `%s`",
                     archive, class_archive_stamp_path(archive).name, rebuild)
     elif setting != "auto":  # "auto" without an archive: `make setup` was not run, nothing to say
         log.warning("spark.class_archive: %s not found; starting without it. Build it with `%s`", archive, rebuild)
