@@ -275,7 +275,8 @@ def cmd_report(args) -> int:
     return 0
 
 
-COMMANDS = {"class-archive": cmd_class_archive, "demo": cmd_demo, "generate": cmd_generate, "import-kuairand": cmd_import_kuairand, "run": cmd_run,
+COMMANDS = {"class-archive": cmd_class_archive, "demo": cmd_demo, "generate": cmd_generate,
+            "import-kuairand": cmd_import_kuairand, "run": cmd_run,
             "profile-eval": cmd_profile_eval, "recall": cmd_recall, "redis-acl": cmd_redis_acl,
             "report": cmd_report,
             "config": lambda _args: print(defaults_as_toml()) or 0}

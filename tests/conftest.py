@@ -68,11 +68,10 @@ def pytest_collection_modifyitems(config, items):
 def spark(tmp_path_factory):
     from pyspark.sql import SparkSession
 
-    from jobs.common.session import ENGINE_SETTINGS, class_archive
+    from jobs.common.session import ENGINE_SETTINGS, class_archive_option
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     local_dir = tmp_path_factory.mktemp("spark-local")
-    archive = class_archive("auto")  # what `make setup` recorded, when it is current
     session = (SparkSession.builder.master("local[2]").appName("tagrecall-tests")
                .config("spark.sql.shuffle.partitions", "2")
                .config("spark.default.parallelism", "2")
@@ -82,7 +81,8 @@ def spark(tmp_path_factory):
                .config(map=ENGINE_SETTINGS)
                .config("spark.local.dir", str(local_dir))
                .config("spark.driver.memory", "2g")
-               .config("spark.driver.extraJavaOptions", f"-XX:SharedArchiveFile={archive}" if archive else "")
+               # The class archive `make setup` recorded, when it is current.
+               .config("spark.driver.extraJavaOptions", class_archive_option("auto"))
                .getOrCreate())
     session.sparkContext.setLogLevel("ERROR")
     yield session

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from jobs.common.session import class_archive
+from jobs.common.session import class_archive_option
 from tests.conftest import CLI_DAY1 as DAY1
 from tests.conftest import CLI_DAY2 as DAY2
 from tests.conftest import short_jvm_env
@@ -34,8 +34,7 @@ STEPS = ("ingest", "profiles", "index", "triples", "export")
 
 
 # The drivers spark-submit starts map the class archive `make setup` recorded (when current).
-_ARCHIVE = class_archive("auto")
-DRIVER_JAVA_OPTIONS = f"-XX:SharedArchiveFile={_ARCHIVE}" if _ARCHIVE else ""
+DRIVER_JAVA_OPTIONS = class_archive_option("auto")
 
 
 def _env(**extra) -> dict:

@@ -120,8 +120,10 @@ def class_archive(setting: str) -> Path | None:
     return None
 
 
-def _java_options(*options: str | None) -> str:
-    return " ".join(o for o in options if o)
+def class_archive_option(setting: str) -> str:
+    """The driver's JVM option that maps the archive ``class_archive(setting)`` names, or ""."""
+    archive = class_archive(setting)
+    return f"-XX:SharedArchiveFile={archive}" if archive else ""
 
 
 def _delta_error(cause: str) -> DeltaUnavailableError:
@@ -150,18 +152,18 @@ def session_builder(config: Config, app_name: str, *, set_master: bool):
     if set_master:
         builder = builder.master(config.spark.master)
         settings["spark.driver.memory"] = config.spark.driver_memory
-        # A driver started here logs Spark's warnings and errors only (no start-up banner);
-        # under spark-submit the cluster's own log4j2 configuration applies.
-        log4j = f"-Dlog4j2.configurationFile={LOG4J2_CONF.as_uri()}" if LOG4J2_CONF.is_file() else None
-        # The driver JVM starts here: it maps the class archive when there is a current one.
-        # (Under spark-submit it has started already; pass --driver-java-options there.)
-        archive = class_archive(config.spark.class_archive)
-        options = _java_options(log4j, archive and f"-XX:SharedArchiveFile={archive}",
-                                config.spark.conf.get("spark.driver.extraJavaOptions"))
-        if options:
-            settings["spark.driver.extraJavaOptions"] = options
-    settings.update({k: v for k, v in config.spark.conf.items()
-                     if not (set_master and k == "spark.driver.extraJavaOptions")})
+    settings.update(config.spark.conf)
+    if set_master:
+        # The driver JVM starts here. It logs Spark's warnings and errors only (no start-up
+        # banner; under spark-submit the cluster's own log4j2 configuration applies), maps
+        # the class archive when there is a current one (under spark-submit the driver has
+        # started already: pass --driver-java-options there), and takes the user's own
+        # options last.
+        log4j = f"-Dlog4j2.configurationFile={LOG4J2_CONF.as_uri()}" if LOG4J2_CONF.is_file() else ""
+        options = [log4j, class_archive_option(config.spark.class_archive),
+                   config.spark.conf.get("spark.driver.extraJavaOptions", "")]
+        if any(options):
+            settings["spark.driver.extraJavaOptions"] = " ".join(o for o in options if o)
     for key, value in settings.items():
         builder = builder.config(key, value)
     if config.storage.format == "delta":
