@@ -11,6 +11,8 @@ probability would cap the loss of a confident mistake at -log(1e-7) = 16.1). MSE
 dwell seconds) is over clicked samples with a known dwell only (models/data.py's
 ``dwell_mask``): a masked mean, so the dwell head learns E[log1p dwell | click] and the
 unclicked rows, whose dwell is unknown rather than zero, do not pull it towards zero.
+
+``build_optimizer`` is shared by both trainers (the multi-task and the user-tag model's).
 """
 
 from __future__ import annotations
@@ -69,3 +71,14 @@ class ExpertMixture(keras.layers.Layer):
     def call(self, inputs):
         gate, experts = inputs[0], ops.stack(inputs[1:], axis=1)
         return ops.sum(ops.expand_dims(gate, -1) * experts, axis=1)
+
+
+def build_optimizer(optimizer: keras.optimizers.Optimizer, variables: list) -> None:
+    """Create ``optimizer``'s slots for ``variables`` (the variables its ``apply`` gets, or
+    more) before ``fit``. Without a distribution strategy Keras builds the optimizer in the
+    first train step, inside TensorFlow's trace of it, and a tf.function that creates
+    variables when it is first traced is traced again: one more trace of the whole train
+    step (about 6 s of the multi-task model's, on 2 cores). The trainers (models/multitask.py,
+    models/utpm.py) call it from ``compile``."""
+    if not optimizer.built:
+        optimizer.build(variables)

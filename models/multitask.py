@@ -42,6 +42,7 @@ from models.layers import (
     ExpertMixture,
     Log1p,
     binary_crossentropy,
+    build_optimizer,
     combined_loss,
     masked_mse,
     task_weights,
@@ -209,6 +210,15 @@ class MultiTaskTrainer(keras.Model):
 
     def call(self, inputs, training=False):
         return self.network(inputs, training=training)
+
+    def compile(self, *args, **kwargs):
+        """Keras's compile, then the optimizers' slots (``build_optimizer``): the compiled
+        optimizer's for the trainable variables, gradnorm's weight optimizer's for the task
+        weights."""
+        super().compile(*args, **kwargs)
+        build_optimizer(self.optimizer, self.trainable_variables)
+        if self.weighting == "gradnorm":
+            build_optimizer(self.weight_optimizer, [self.task_w])
 
     @property
     def log_var_click(self):

@@ -51,6 +51,7 @@ import keras
 import keras_rs  # noqa: F401  (registers DotInteraction and FeatureCross, so saved fm and dcn towers load)
 from keras import ops
 
+from models.layers import build_optimizer
 from schemas.config import TAG_MODEL_ECHOES, TAG_MODEL_LOSSES, TAG_MODEL_TOWERS
 
 LOSSES = TAG_MODEL_LOSSES
@@ -368,6 +369,12 @@ class UTPMTrainer(keras.Model):
 
     def call(self, inputs, training=False):
         return self.user_model(inputs, training=training)
+
+    def compile(self, *args, **kwargs):
+        """Keras's compile, then the optimizer's slots, so that the train step is traced
+        once (``build_optimizer``)."""
+        super().compile(*args, **kwargs)
+        build_optimizer(self.optimizer, self.trainable_variables)
 
     def scores_at(self, y_pred, ids):
         """score(u, t) for the tag ids ``ids`` (B, Q) of each row."""

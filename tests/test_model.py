@@ -116,6 +116,18 @@ def _fit(weighting, tasks=("click", "dwell"), epochs=3, seed=1, **model_settings
     return trainer, net, x, y, hist.history
 
 
+@pytest.mark.parametrize("weighting", ["uncertainty", "gradnorm"])
+def test_the_train_step_is_traced_once(weighting, monkeypatch):
+    """compile builds the optimizers' slots (models/layers.py, build_optimizer): made in the
+    first step instead, inside TensorFlow's trace, they make it trace the step again."""
+    traces = []
+    step = MultiTaskTrainer.train_step
+    monkeypatch.setattr(MultiTaskTrainer, "train_step", lambda self, data: traces.append(1) or step(self, data))
+    trainer, *_ = _fit(weighting, epochs=2)
+    assert len(traces) == 1
+    assert trainer.optimizer.iterations.numpy() == 2 * 16   # 4,000 rows in batches of 256, two epochs
+
+
 def test_learned_task_weights_move_and_are_logged_each_epoch():
     trainer, _, _, _, history = _fit("uncertainty")
     assert len(history["weight_click"]) == 3 and len(history["log_var_dwell"]) == 3

@@ -202,6 +202,25 @@ def test_each_loss_and_tower_learns_a_planted_preference(loss, tower):
     assert scores[0, 0] > scores[0, 1] and scores[1, 1] > scores[1, 0]
 
 
+def test_the_train_step_is_traced_once(monkeypatch):
+    """UTPMTrainer.compile builds the optimizer's slots (models/layers.py, build_optimizer):
+    made in the first step instead, inside TensorFlow's trace, they make it trace again."""
+    import tensorflow as tf
+
+    traces = []
+    monkeypatch.setattr(utpm.UTPMTrainer, "train_step",
+                        lambda self, data: traces.append(1) or keras.Model.train_step(self, data), raising=False)
+    (user_model, network), _ = _network()
+    n = 64
+    x = {k: np.repeat(v[:1], n, axis=0) for k, v in _inputs().items()}
+    y = {"click": np.ones(n, np.float32), "article_ids": np.zeros((n, 1), np.int32),
+         "article_weights": np.ones((n, 1), np.float32)}
+    trainer = utpm.UTPMTrainer(user_model, network, "softmax", seed=0)
+    trainer.compile(keras.optimizers.Adam(0.01))
+    trainer.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(16), epochs=2, verbose=0)
+    assert len(traces) == 1 and trainer.optimizer.iterations.numpy() == 8
+
+
 def test_padding_cuts_and_fills_each_list():
     col = pa.array([["a", "b", "c"], [], ["d"], None], pa.list_(pa.string())).slice(0, 3)
     assert utpm_train.pad(col, 2, "", object).tolist() == [["a", "b"], ["", ""], ["d", ""]]
