@@ -11,6 +11,12 @@ record batches -> tf.data) and one epoch from tensors already in memory
 timing: the fastest in-memory feed), --repeat times each. Prints the
 median examples/s of each and their ratio (target: Parquet >= 80% of in-memory), then the
 inference rate of predict_on_batch over in-memory batches.
+
+Then the start of a fit, --first-steps times each, alternating: a new network and trainer
+fitted on one batch (TensorFlow's trace of the train step, then the step), compiled by the
+trainer's own ``compile``, which builds the optimizer's slots first (models/layers.py,
+build_optimizer), or by Keras's ``Model.compile``, which leaves them to the first step and
+so to a second trace. Prints both medians and their ratio.
 """
 
 from __future__ import annotations
@@ -53,11 +59,40 @@ def write_triples(folder: Path, rows: int, spec, seed: int = 0, per_file: int = 
         pq.write_table(pa.table(cols), folder / f"part-{start // per_file:05d}.parquet")
 
 
+def first_steps(spec, stats, config, one_batch, rounds: int) -> None:
+    """Seconds from fit() to the end of its first batch for a new trainer, with the slots
+    built in compile and with Keras's lazy build, alternating; prints the medians."""
+    import keras
+    import tensorflow as tf
+
+    from models.multitask import MultiTaskTrainer, build_network
+
+    tf.get_logger().setLevel("ERROR")  # a new trainer per round: TensorFlow warns of retracing
+    timings = {"slots built in compile": [], "Keras's lazy build": []}
+    for _ in range(rounds):
+        for name in timings:
+            keras.utils.set_random_seed(0)
+            network = build_network(spec, stats, config.model, list(config.model.tasks))
+            trainer = MultiTaskTrainer(network, list(config.model.tasks), "uncertainty", config.model.fixed_weights)
+            compile_ = trainer.compile if name == "slots built in compile" else super(MultiTaskTrainer, trainer).compile
+            compile_(optimizer=keras.optimizers.Adam(1e-3))
+            t = time.monotonic()
+            trainer.fit(one_batch, epochs=1, verbose=0)
+            timings[name].append(time.monotonic() - t)
+            print(f"  first step, {name}: {timings[name][-1]:.1f}s", flush=True)
+    med = {k: statistics.median(v) for k, v in timings.items()}
+    built, lazy = med.values()
+    print(f"\nfit start-up (trace + first step), median of {rounds}: {built:.1f}s with the slots built in compile, "
+          f"{lazy:.1f}s with Keras's lazy build (ratio {built / lazy:.2f})")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", default="1m")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--first-steps", type=int, default=3,
+                    help="rounds of the fit start-up comparison (0 skips it)")
     ap.add_argument("--out", default="bench/out")
     args = ap.parse_args()
     import keras
@@ -121,6 +156,8 @@ def main() -> int:
         print(f"| {k} | {med[k]:.1f} | {rows / med[k]:,.0f} |")
     print(f"\nParquet streaming at {ratio:.0%} of in-memory training throughput (target >= 80%)")
     print(f"inference (predict_on_batch, batch {args.batch_size}): {infer:,.0f} examples/s")
+    if args.first_steps:
+        first_steps(spec, stats, config, mem.take(1), args.first_steps)
     shutil.rmtree(folder)
     return 0
 
