@@ -78,7 +78,7 @@ def build_optimizer(optimizer: keras.optimizers.Optimizer, variables: list) -> N
     more) before ``fit``. Without a distribution strategy Keras builds the optimizer in the
     first train step, inside TensorFlow's trace of it, and a tf.function that creates
     variables when it is first traced is traced again: one more trace of the whole train
-    step (about 6 s of the multi-task model's, on 2 cores). The trainers (models/multitask.py,
-    models/utpm.py) call it from ``compile``."""
+    step (about 9 s for the default multi-task network on 2 cores, bench/train.py). The
+    trainers (models/multitask.py, models/utpm.py) call it from ``compile``."""
     if not optimizer.built:
         optimizer.build(variables)
