@@ -26,6 +26,13 @@ Users without events on D only decay: their rows are carried forward without a s
 (they are broadcast to split the profile). A smaller max_tags_per_user reaches an idle
 user's rows on their next active day, or at once with ``--full``.
 
+Layout: the profile is stored bucketed by user_id in profiles.buckets files
+(jobs/common/storage.py, ``Bucketing``). The next day shuffles D's contribution alone into
+the same buckets (written to the step's scratch folder), then reads it and D-1's profile as
+one bucketed scan, already partitioned by user: the merge's sum, the per-user windows and
+the write need no other shuffle. A profile stored plain or with another count is shuffled
+once with D's contribution and written with the configured count.
+
 Bounds: a row is dropped when all its horizon weights and its decayed impressions are below
 profiles.min_weight. Then each user keeps profiles.max_tags_per_user tags, ranked by their
 largest share of one horizon's total (max over h of W_h(u, t) / sum_t' W_h(u, t')), ties by
@@ -36,17 +43,20 @@ incremental profile differ from a full recomputation only in rows that were prun
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from jobs.common.dates import day_bounds
 from jobs.common.entry import Option, Step
-from jobs.common.storage import MissingPartitionError, Warehouse
+from jobs.common.storage import Bucketing, MissingPartitionError, Warehouse
 from jobs.transforms.decay import age_seconds, decay, decay_factor
 from schemas.catalog import PARTITION_COLUMN
 from schemas.config import Config, ProfilesConfig
@@ -56,6 +66,8 @@ log = logging.getLogger(__name__)
 
 NAME = "profiles"
 TABLE = "user_tag_profile"
+# The merge's input rows say whether they come from D-1's profile or D's contribution.
+SOURCE, PREVIOUS, TODAY = "_source", "previous", "today"
 
 
 def weight_columns(cfg: ProfilesConfig) -> list[str]:
@@ -122,15 +134,35 @@ def decayed(profile: DataFrame, seconds: float, cfg: ProfilesConfig) -> DataFram
         "last_event_time")
 
 
-def merged(previous: DataFrame, today: DataFrame, cfg: ProfilesConfig) -> DataFrame:
-    """Rows of both, summed per (user_id, tag). Partitioned by user_id once, so this sum and
-    bounded()'s per-user windows share one shuffle instead of two."""
+def by_user(df: DataFrame, buckets: int) -> DataFrame:
+    """``df`` hash-partitioned by user_id into ``buckets`` partitions (the layout of a
+    profile bucketed so), or into the session's shuffle partitions when ``buckets`` is 0."""
+    return df.repartition(buckets, "user_id") if buckets else df.repartition("user_id")
+
+
+def sourced(previous: DataFrame, today: DataFrame, cfg: ProfilesConfig) -> DataFrame:
+    """The rows of D-1's profile and of D's contribution in one frame, SOURCE naming which."""
     cols = profile_columns(cfg)
-    return (previous.select(*cols).unionByName(today.select(*cols))
-            .repartition("user_id")
-            .groupBy("user_id", "tag")
-            .agg(*[F.sum(c).alias(c) for c in weight_columns(cfg)],
-                 F.sum("impressions").alias("impressions"), F.sum("clicks").alias("clicks"),
+    return (previous.select(*cols, F.lit(PREVIOUS).alias(SOURCE))
+            .unionByName(today.select(*cols, F.lit(TODAY).alias(SOURCE))))
+
+
+def merged(rows: DataFrame, seconds: float, cfg: ProfilesConfig) -> DataFrame:
+    """``rows`` (``sourced``) summed per (user_id, tag), D-1's profile moved forward by
+    ``seconds`` first (``decayed``'s factors). On ``rows`` partitioned by user_id (a
+    bucketed scan, or ``by_user``) this sum and bounded()'s per-user windows need no
+    shuffle."""
+    from_previous = F.col(SOURCE) == PREVIOUS
+
+    def moved(column: str, factor: float) -> Column:
+        return F.when(from_previous, F.col(column) * factor).otherwise(F.col(column))
+
+    counts = decay_factor(seconds, cfg.half_life_days[cfg.counts_horizon])
+    return (rows.groupBy("user_id", "tag")
+            .agg(*[F.sum(moved(f"{name}_weight", decay_factor(seconds, h))).alias(f"{name}_weight")
+                   for name, h in cfg.half_life_days.items()],
+                 F.sum(moved("impressions", counts)).alias("impressions"),
+                 F.sum(moved("clicks", counts)).alias("clicks"),
                  F.max("last_event_time").alias("last_event_time")))
 
 
@@ -143,29 +175,40 @@ def bounded(profile: DataFrame, cfg: ProfilesConfig) -> DataFrame:
     """Drop tiny rows and keep at most max_tags_per_user tags per user (module docstring)."""
     weights = weight_columns(cfg)
     kept = above_min_weight(profile, cfg)
-    by_user = Window.partitionBy("user_id")
-    shares = [F.coalesce(F.col(c) / F.nullif(F.sum(c).over(by_user), F.lit(0.0)), F.lit(0.0)) for c in weights]
+    by_user_window = Window.partitionBy("user_id")
+    shares = [F.coalesce(F.col(c) / F.nullif(F.sum(c).over(by_user_window), F.lit(0.0)), F.lit(0.0)) for c in weights]
     share = shares[0] if len(shares) == 1 else F.greatest(*shares)
     ranked = kept.withColumn("_share", share).withColumn(
-        "_rank", F.row_number().over(by_user.orderBy(F.desc("_share"), F.desc("impressions"), "tag")))
+        "_rank", F.row_number().over(by_user_window.orderBy(F.desc("_share"), F.desc("impressions"), "tag")))
     return ranked.where(F.col("_rank") <= cfg.max_tags_per_user).select(*profile_columns(cfg))
 
 
-def incremental(previous: DataFrame, today: DataFrame, active_users: DataFrame | None,
-                cfg: ProfilesConfig) -> DataFrame:
-    """The bounded profile from yesterday's (already decayed) and today's contribution.
+def incremental(rows: DataFrame, seconds: float, active_users: DataFrame | None, cfg: ProfilesConfig) -> DataFrame:
+    """The bounded profile of D from ``rows`` (``sourced``: D-1's profile, not yet decayed,
+    and D's contribution), D-1's moved forward by ``seconds``.
 
     With ``active_users`` (the users with events today, small enough to broadcast), the
     rows of everyone else only decay: decay scales all of a user's weights in a horizon by
     the same factor, so their shares, hence their order, do not move, and a bounded profile
     stays within max_tags_per_user. They need the min_weight filter and nothing else: no
-    shuffle, no window. Only the active users' rows are merged and bounded."""
+    aggregation, no window. Only the active users' rows are merged and bounded. (The
+    broadcast joins keep ``rows``'s partitioning.)"""
     if active_users is None:
-        return bounded(merged(previous, today, cfg), cfg)
+        return bounded(merged(rows, seconds, cfg), cfg)
     users = F.broadcast(active_users.select("user_id"))
-    idle = above_min_weight(previous.join(users, "user_id", "left_anti"), cfg)
-    busy = bounded(merged(previous.join(users, "user_id", "left_semi"), today, cfg), cfg)
-    return idle.select(*profile_columns(cfg)).unionByName(busy)
+    idle = rows.where(F.col(SOURCE) == PREVIOUS).join(users, "user_id", "left_anti")
+    busy = bounded(merged(rows.join(users, "user_id", "left_semi"), seconds, cfg), cfg)
+    return above_min_weight(decayed(idle, seconds, cfg), cfg).select(*profile_columns(cfg)).unionByName(busy)
+
+
+def profile_stats(profile: DataFrame) -> dict:
+    """Rows, users and distinct tags of a written profile. Users are counted by a grouping
+    by user_id (no shuffle on a bucketed read) and tags by a distinct of at most a few
+    thousand values, instead of two count-distincts at once (which expand every row twice
+    and shuffle them)."""
+    per_user = profile.groupBy("user_id").agg(F.count(F.lit(1)).alias("rows"))
+    totals = per_user.agg(F.count(F.lit(1)).alias("users"), F.sum("rows").alias("rows")).first()
+    return {"rows": totals["rows"] or 0, "users": totals["users"], "tags": profile.select("tag").distinct().count()}
 
 
 def _history(wh: Warehouse, day: str) -> tuple[DataFrame, DataFrame, list[str]]:
@@ -180,51 +223,72 @@ def _history(wh: Warehouse, day: str) -> tuple[DataFrame, DataFrame, list[str]]:
     return wh.read_partitions("events", dates), wh.read_partitions("articles", dates), dates
 
 
-def build(wh: Warehouse, config: Config, date: dt.date, full: bool = False) -> tuple[DataFrame, dict]:
-    """The bounded profile of ``date`` and a description of how it was computed."""
+@contextmanager
+def built(wh: Warehouse, config: Config, date: dt.date, full: bool = False) -> Iterator[tuple[DataFrame, dict]]:
+    """The bounded profile of ``date`` and a description of how it was computed, for the
+    ``with`` block (a bucketed merge reads D's contribution from the step's scratch folder
+    and both inputs through a table of the session catalog, which last that long)."""
     cfg = config.profiles
     day, prev_day = date.isoformat(), (date - dt.timedelta(days=1)).isoformat()
     start, end = day_bounds(date, config.time.timezone)
-    if not full and wh.has_partition(TABLE, prev_day):
-        previous = wh.read_partition(TABLE, prev_day)
-        expected = set(profile_columns(cfg))
-        if set(previous.columns) != expected:
-            raise ValueError(
-                f"profiles {day}: the profile of {prev_day} has columns {sorted(previous.columns)}, "
-                f"this configuration expects {sorted(expected)} (profiles.half_life_days changed?): "
-                f"rebuild with `tagrecall profiles --date {day} --full`")
-        events = wh.read_partitions("events", [day])
-        if events is None:
-            wh.read_partition("events", day)
-        articles = wh.read_partition("articles", day).withColumn(PARTITION_COLUMN, F.lit(day))
-        prev_end = day_bounds(date - dt.timedelta(days=1), config.time.timezone)[1]
-        step_sec = (end - prev_end).total_seconds()  # 23 or 25 hours across a DST change
-        active = events.select("user_id").distinct()
-        n_active = active.count() if cfg.idle_path_max_users else None
-        use_idle_path = n_active is not None and n_active <= cfg.idle_path_max_users
-        profile = incremental(decayed(previous, step_sec, cfg), contribution(events, articles, end, cfg),
-                              active if use_idle_path else None, cfg)
-        how = {"mode": "incremental", "previous": prev_day, "event_dates": [day], "active_users": n_active,
-               "idle_path": use_idle_path}
-    else:
-        events, articles, dates = _history(wh, day)
-        profile = bounded(contribution(events, articles, end, cfg), cfg)
-        how = {"mode": "full", "event_dates": dates,
-               "why": "--full" if full else f"no profile for {prev_day}"}
-    how["day_start"], how["day_end"] = start.isoformat(), end.isoformat()
-    return profile, how
+    buckets = cfg.buckets if wh.supports_bucketing() else 0
+    with contextlib.ExitStack() as stack:
+        if not full and wh.has_partition(TABLE, prev_day):
+            previous = wh.read_partition(TABLE, prev_day)
+            expected = set(profile_columns(cfg))
+            if set(previous.columns) != expected:
+                raise ValueError(
+                    f"profiles {day}: the profile of {prev_day} has columns {sorted(previous.columns)}, "
+                    f"this configuration expects {sorted(expected)} (profiles.half_life_days changed?): "
+                    f"rebuild with `tagrecall profiles --date {day} --full`")
+            events = wh.read_partitions("events", [day])
+            if events is None:
+                wh.read_partition("events", day)
+            articles = wh.read_partition("articles", day).withColumn(PARTITION_COLUMN, F.lit(day))
+            prev_end = day_bounds(date - dt.timedelta(days=1), config.time.timezone)[1]
+            step_sec = (end - prev_end).total_seconds()  # 23 or 25 hours across a DST change
+            active = events.select("user_id").distinct()
+            n_active = active.count() if cfg.idle_path_max_users else None
+            use_idle_path = n_active is not None and n_active <= cfg.idle_path_max_users
+            today = contribution(events, articles, end, cfg).select(*profile_columns(cfg))
+            stored = wh.bucketing(TABLE, prev_day)
+            bucketing = Bucketing("user_id", buckets) if buckets else None
+            by_bucket = bucketing is not None and stored == bucketing
+            if by_bucket:
+                # D's contribution is bucketed alike into the scratch folder; the two are read
+                # as one bucketed scan: the merge shuffles nothing more.
+                scratch = stack.enter_context(wh.scratch(f"{NAME}-{day}"))
+                folder = scratch.write_bucketed(by_user(today, buckets), "contribution", bucketing)
+                rows = stack.enter_context(scratch.bucketed_scan(
+                    bucketing, previous.schema, {PREVIOUS: wh.partition_location(TABLE, prev_day), TODAY: folder},
+                    SOURCE))
+            else:
+                if bucketing is not None:
+                    log.info("profiles %s: the profile of %s is stored %s; merging it with one shuffle and storing "
+                             "%s", day, prev_day, f"in {stored.count} buckets" if stored else "plain", bucketing)
+                rows = by_user(sourced(previous, today, cfg), buckets)
+            profile = incremental(rows, step_sec, active if use_idle_path else None, cfg)
+            how = {"mode": "incremental", "previous": prev_day, "event_dates": [day], "active_users": n_active,
+                   "idle_path": use_idle_path, "previous_bucketed": by_bucket}
+        else:
+            events, articles, dates = _history(wh, day)
+            profile = bounded(by_user(contribution(events, articles, end, cfg), buckets), cfg)
+            how = {"mode": "full", "event_dates": dates,
+                   "why": "--full" if full else f"no profile for {prev_day}"}
+        how["buckets"] = buckets
+        how["day_start"], how["day_end"] = start.isoformat(), end.isoformat()
+        yield profile, how
 
 
 def run(spark: SparkSession, config: Config, date: dt.date, full: bool = False) -> dict:
     started = time.monotonic()
     wh = Warehouse(spark, config)
     day = date.isoformat()
-    profile, how = build(wh, config, date, full)
-    log.debug("profiles %s: %s computation over %s", day, how["mode"], ", ".join(how["event_dates"]))
-    wh.write_partition(profile, TABLE, day)
-    written = wh.read_partition(TABLE, day)
-    stats = written.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("user_id").alias("users"),
-                        F.countDistinct("tag").alias("tags")).first()
+    with built(wh, config, date, full) as (profile, how):
+        log.debug("profiles %s: %s computation over %s", day, how["mode"], ", ".join(how["event_dates"]))
+        bucketing = Bucketing("user_id", how["buckets"]) if how["buckets"] else None
+        wh.write_partition(profile, TABLE, day, bucketing)
+    stats = profile_stats(wh.read_bucketed(TABLE, day, bucketing) if bucketing else wh.read_partition(TABLE, day))
     events_read = wh.read_partitions("events", how["event_dates"]).count()
     report = {"step": NAME, "date": day, "status": "succeeded", **how,
               "rows_read": {"events": events_read}, "rows_written": {TABLE: stats["rows"]},

@@ -140,9 +140,16 @@ class ProfilesConfig:
     # Users without events on D only decay: their rows skip the merge's shuffle when D's
     # active users, broadcast to split the profile, number at most this (0: always merge all).
     idle_path_max_users: int = 1_000_000
+    # The profile is stored bucketed by user_id in this many files (Spark's hash of user_id
+    # modulo buckets), so the next day's merge reads it already partitioned by user and
+    # shuffles only D's contribution. Each bucket is one task of the merge: on a cluster, set
+    # it near spark.shuffle_partitions. A changed count re-buckets once (one shuffle of the
+    # profile). 0: plain Parquet files, the whole profile shuffled every day.
+    buckets: int = 8
 
     def validate(self, where: str) -> None:
         _require(self.idle_path_max_users >= 0, f"{where}.idle_path_max_users", "must be >= 0")
+        _require(self.buckets >= 0, f"{where}.buckets", "must be >= 0 (0: not bucketed)")
         _require(len(self.half_life_days) > 0, f"{where}.half_life_days", "needs at least one horizon")
         for name, days in self.half_life_days.items():
             _require(name.isidentifier(), f"{where}.half_life_days.{name}",

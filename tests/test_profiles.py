@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import random
+import re
 from collections import Counter
+from pathlib import Path
 
 import pytest
+from pyspark.sql import functions as F
 
 from jobs import profiles
 from jobs.common.dates import day_bounds
@@ -231,3 +235,69 @@ def test_missing_events_name_the_partition_and_the_step(spark, make_config):
     config = make_config()
     with pytest.raises(MissingPartitionError, match=r"events for 2026-07-01 .*tagrecall ingest --date 2026-07-01"):
         profiles.run(spark, config, dt.date(2026, 7, 1))
+
+
+def _exchanges_above(plan: str, needle: str) -> list[str]:
+    """The Exchange lines of a physical plan's tree string whose subtree has a file scan
+    line containing ``needle``."""
+    lines = plan.splitlines()
+
+    def depth(line: str) -> int:
+        return len(line) - len(line.lstrip(" :+-"))
+
+    found = []
+    for i, line in enumerate(lines):
+        if "Exchange " not in line:
+            continue
+        below = []
+        for other in lines[i + 1:]:
+            if depth(other) <= depth(line):
+                break
+            below.append(other)
+        if any("FileScan" in other and needle in other for other in below):
+            found.append(line.strip())
+    return found
+
+
+def test_the_profile_is_stored_bucketed_by_user_and_the_next_day_shuffles_only_its_events(spark, make_config):
+    """Each row sits in the file of bucket pmod(murmur3(user_id), buckets), as Spark's hash
+    partitioning puts it; the next day's incremental plan has no shuffle over the stored
+    profile (the same day from a plain profile has one), and both give the same table."""
+    from jobs.common.session import spark_settings
+
+    days = [dt.date(2026, 8, 1) + dt.timedelta(days=k) for k in range(3)]
+    tables, plans = {}, {}
+    for buckets in (3, 0):
+        config = make_config(profiles={"buckets": buckets, "idle_path_max_users": 0},
+                             storage={"warehouse": f"{make_config().storage.warehouse}-{buckets}"})
+        _random_history(spark, config, days, seed=7, users=40)
+        wh = Warehouse(spark, config)
+        reports = [profiles.run(spark, config, d) for d in days]
+        assert [r["buckets"] for r in reports] == [buckets] * 3
+        assert [r.get("previous_bucketed") for r in reports[1:]] == [buckets > 0] * 2
+        tables[buckets] = _rows(wh, days[-1].isoformat(), config.profiles)
+        # Planned again for the last day, adaptive execution off: the plan as written.
+        with spark_settings(spark, {"spark.sql.adaptive.enabled": "false"}), \
+                profiles.built(wh, config, days[-1]) as (profile, _):
+            plans[buckets] = profile._jdf.queryExecution().executedPlan().treeString()
+    location = "long_weight:double"  # the scan of the stored profile (the only input with that column)
+    assert _exchanges_above(plans[3], location) == [], plans[3]
+    assert "Bucketed: true" in plans[3]
+    assert len(_exchanges_above(plans[0], location)) >= 1, plans[0]  # the control: a plain profile is shuffled
+    assert tables[3].keys() == tables[0].keys() and len(tables[0]) > 50
+    for key, row in tables[0].items():
+        for col in profiles.weight_columns(config.profiles):
+            assert tables[3][key][col] == pytest.approx(row[col], rel=1e-12, abs=1e-15), (key, col)
+
+    config = make_config(profiles={"buckets": 3}, storage={"warehouse": f"{make_config().storage.warehouse}-3"})
+    folder = Path(Warehouse(spark, config).partition_location("user_tag_profile", days[-1].isoformat())
+                  .removeprefix("file:"))
+    assert json.loads((folder / "_bucketing.json").read_text()) == {"column": "user_id", "count": 3}
+    files = Warehouse(spark, config).read_partition("user_tag_profile", days[-1].isoformat()).select(
+        "user_id", F.input_file_name().alias("file"))
+    placed = {(r["user_id"], int(re.search(r"_(\d{5})\.c\d{3}", r["file"]).group(1)))
+              for r in files.withColumn("expected", F.pmod(F.hash("user_id"), F.lit(3))).where(
+                  F.col("expected").isNotNull()).collect()}
+    expected = {(r["user_id"], r["b"]) for r in files.select(
+        "user_id", F.pmod(F.hash("user_id"), F.lit(3)).alias("b")).distinct().collect()}
+    assert placed == expected and len({b for _, b in placed}) == 3

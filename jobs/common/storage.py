@@ -10,6 +10,16 @@ back. Renames are atomic on local and HDFS file systems; on object stores, where
 copies, use Delta.
 
 Delta writes go through ``replaceWhere`` on the ``dt`` column: one transaction per partition.
+
+A Parquet partition may be written bucketed (``Bucketing``): one file per bucket, each row
+in bucket pmod(murmur3(column), count), as Spark writes a bucketed table, and the layout
+named in ``_bucketing.json`` inside the partition, swapped in with its files. Plain readers
+(Spark's, pyarrow's) skip files whose names start with ``_``; ``read_bucketed`` gives a
+DataFrame that Spark knows to be hash-partitioned by the column, so an aggregation, a
+window or a partition-aware union keyed by it runs without a shuffle. Spark keeps bucket
+specs only in a table catalog, not for paths: the write and the read each go through a
+table of the session's in-memory catalog, dropped at once (the files stay). Delta tables
+and sessions with a Hive metastore are written plain.
 """
 
 from __future__ import annotations
@@ -18,13 +28,14 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 
 from schemas.catalog import PARTITION_COLUMN, TABLES, absolute_uri, run_report_location, table
 from schemas.config import Config
@@ -32,7 +43,18 @@ from schemas.config import Config
 log = logging.getLogger(__name__)
 
 STAGING_DIR = "_staging"
+BUCKETING_FILE = "_bucketing.json"
 LANDED_SOURCES = ("events", "articles", "users")  # jobs/common/landing.py's layout
+
+
+def _sql_string(text: str) -> str:
+    """``text`` for a single-quoted SQL string literal."""
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _catalog_table_name() -> str:
+    """A fresh name for a table of the session catalog that lives for one read or write."""
+    return f"tagrecall_bucketed_{uuid.uuid4().hex}"
 
 
 class MissingPartitionError(FileNotFoundError):
@@ -87,6 +109,18 @@ def unreadable_file_error(step: str, date: str, path: str, kind: str, name: str,
         f"{step} {date}: {path} cannot be read (truncated, overwritten or not Parquet). It is a file of "
         f"{name} for {day}: rewrite that partition with `tagrecall {writer} --date {day}` (or restore it from "
         f"a backup), then run `tagrecall {step} --date {date}` again. {whole}")
+
+
+@dataclass(frozen=True)
+class Bucketing:
+    """A partition stored as ``count`` files, hash-partitioned by ``column`` as Spark buckets."""
+
+    column: str
+    count: int
+
+    def __post_init__(self):
+        if self.count < 1:
+            raise ValueError(f"bucketing by {self.column!r}: count must be >= 1, got {self.count}")
 
 
 @dataclass
@@ -172,6 +206,49 @@ class FileSystem:
             stream.close()
 
 
+class Scratch:
+    """A step run's scratch folder (``Warehouse.scratch``)."""
+
+    def __init__(self, wh: Warehouse, folder: str):
+        self.wh, self.folder = wh, folder
+
+    def __call__(self, df: DataFrame, name: str) -> DataFrame:
+        """``df`` written under ``name`` and read back."""
+        df.write.parquet(f"{self.folder}/{name}")
+        return self.wh.spark.read.parquet(f"{self.folder}/{name}")
+
+    def write_bucketed(self, df: DataFrame, name: str, bucketing: Bucketing) -> str:
+        """``df`` written bucketed under ``name`` (for ``bucketed_scan``); its location."""
+        location = f"{self.folder}/{name}"
+        self.wh.write_bucketed(df, location, bucketing)
+        return location
+
+    @contextmanager
+    def bucketed_scan(self, bucketing: Bucketing, schema: StructType, folders: dict[str, str],
+                      source: str = "_source") -> Iterator[DataFrame]:
+        """One bucketed scan over several folders, each written with ``bucketing`` (a
+        bucketed partition, a ``Scratch.write_bucketed``), with a ``source`` column holding
+        each row's key in ``folders``. Spark takes the whole as hash-partitioned by the
+        bucketing column, the files of bucket k of every folder in partition k: an
+        aggregation or window by that column over rows of all the folders runs without a
+        shuffle. The folders are the partitions of a table of the session catalog that lives
+        for the ``with`` block (Spark lists them when a query runs), rooted in this folder."""
+        name = _catalog_table_name()
+        root = f"{self.folder}/_{name}"
+        columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in schema.fields)
+        self.wh.spark.sql(f"CREATE TABLE `{name}` ({columns}, `{source}` string) USING parquet "
+                          f"PARTITIONED BY (`{source}`) CLUSTERED BY (`{bucketing.column}`) "
+                          f"INTO {bucketing.count} BUCKETS LOCATION '{_sql_string(root)}'")
+        try:
+            for key, folder in folders.items():
+                self.wh.spark.sql(f"ALTER TABLE `{name}` ADD PARTITION (`{source}` = '{_sql_string(key)}') "
+                                  f"LOCATION '{_sql_string(folder)}'")
+            yield self.wh.spark.table(name)
+        finally:
+            self.wh.spark.sql(f"DROP TABLE IF EXISTS `{name}`")  # external: the folders stay
+            self.wh.fs.delete(root)
+
+
 class Warehouse:
     """Partition-level access to the tables of one warehouse in one format."""
 
@@ -213,25 +290,79 @@ class Warehouse:
                 log.warning("deleting %s/%s, left by an earlier write that did not finish", self._staging(name), entry)
                 self.fs.delete(f"{self._staging(name)}/{entry}")
 
-    def _write_parquet(self, df: DataFrame, name: str, date: str) -> None:
+    def _write_parquet(self, df: DataFrame, name: str, date: str, bucketing: Bucketing | None = None) -> None:
         self._recover(name, date)
         self._clear_staging(name, date)
         token = uuid.uuid4().hex
         staged = f"{self._staging(name)}/{PARTITION_COLUMN}={date}.{token}"
         target = self.partition_location(name, date)
-        df.write.mode("errorifexists").parquet(staged)
+        if bucketing is None:
+            df.write.mode("errorifexists").parquet(staged)
+        else:
+            self.write_bucketed(df, staged, bucketing)
         replaced = f"{staged}.replaced"
         if self.fs.exists(target):
             self.fs.rename(target, replaced)
         self.fs.rename(staged, target)
         self.fs.delete(replaced)
 
+    # -- bucketed Parquet ------------------------------------------------------------------
+    def supports_bucketing(self) -> bool:
+        """Bucketed partitions need Parquet and the session's own (in-memory) catalog."""
+        return self.format == "parquet" and self.spark.conf.get("spark.sql.catalogImplementation") == "in-memory"
+
+    def write_bucketed(self, df: DataFrame, path: str, bucketing: Bucketing) -> None:
+        """Write ``df`` to the new folder ``path`` as Spark writes a bucketed table, and
+        name the layout in the folder's ``_bucketing.json``."""
+        name = _catalog_table_name()
+        try:
+            (df.write.mode("errorifexists").format("parquet").option("path", path)
+             .bucketBy(bucketing.count, bucketing.column).sortBy(bucketing.column).saveAsTable(name))
+        finally:
+            self.spark.sql(f"DROP TABLE IF EXISTS `{name}`")  # an external table: its files stay
+        self.fs.write_text(f"{path}/{BUCKETING_FILE}", json.dumps({"column": bucketing.column,
+                                                                 "count": bucketing.count}))
+
+    def bucketing(self, name: str, date: str) -> Bucketing | None:
+        """How partition ``date`` of ``name`` is bucketed; None when it is stored plain (or
+        absent, or in Delta)."""
+        if self.format != "parquet" or not self.has_partition(name, date):
+            return None
+        marker = f"{self.partition_location(name, date)}/{BUCKETING_FILE}"
+        if not self.fs.exists(marker):
+            return None
+        spec = json.loads(self.fs.read_text(marker))
+        return Bucketing(spec["column"], int(spec["count"]))
+
+    def read_bucketed(self, name: str, date: str, bucketing: Bucketing) -> DataFrame:
+        """Partition ``date`` of ``name`` (written with ``bucketing``) as a bucketed scan:
+        Spark takes it as hash-partitioned by the column into ``bucketing.count`` partitions."""
+        if self.bucketing(name, date) != bucketing:
+            raise ValueError(f"{name} for {date} at {self.partition_location(name, date)} is not stored with "
+                             f"{bucketing} (found {self.bucketing(name, date)})")
+        schema = self.read_partition(name, date).schema
+        columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in schema.fields)
+        location = _sql_string(self.partition_location(name, date))
+        table_name = _catalog_table_name()
+        self.spark.sql(f"CREATE TABLE `{table_name}` ({columns}) USING parquet "
+                       f"CLUSTERED BY (`{bucketing.column}`) INTO {bucketing.count} BUCKETS LOCATION '{location}'")
+        try:
+            return self.spark.table(table_name)  # analysed now: the DataFrame outlives the entry
+        finally:
+            self.spark.sql(f"DROP TABLE IF EXISTS `{table_name}`")
+
     # -- public API ----------------------------------------------------------------------
-    def write_partition(self, df: DataFrame, name: str, date: str) -> None:
-        """Replace partition ``date`` of table ``name`` with ``df``; nothing else changes."""
+    def write_partition(self, df: DataFrame, name: str, date: str, bucketing: Bucketing | None = None) -> None:
+        """Replace partition ``date`` of table ``name`` with ``df``; nothing else changes.
+        With ``bucketing`` (Parquet in the session's own catalog: ``supports_bucketing``) the
+        partition is stored bucketed; elsewhere it is written plain."""
         if PARTITION_COLUMN in df.columns:
             raise ValueError(f"{name}: drop the {PARTITION_COLUMN!r} column before writing; "
                              "the partition is given by the date argument")
+        if bucketing is not None and not self.supports_bucketing():
+            log.debug("%s %s: written without bucketing (format %s, catalog %s)", name, date, self.format,
+                      self.spark.conf.get("spark.sql.catalogImplementation"))
+            bucketing = None
         if self.format == "delta":
             (df.withColumn(PARTITION_COLUMN, F.lit(date))
                .write.format("delta").mode("overwrite")
@@ -239,7 +370,7 @@ class Warehouse:
                .partitionBy(PARTITION_COLUMN)
                .save(self.location(name)))
         else:
-            self._write_parquet(df, name, date)
+            self._write_parquet(df, name, date, bucketing)
 
     def has_partition(self, name: str, date: str) -> bool:
         if self.format == "delta":
@@ -288,24 +419,19 @@ class Warehouse:
 
     # -- scratch space ---------------------------------------------------------------------
     @contextmanager
-    def scratch(self, label: str) -> Iterator[Callable[[DataFrame, str], DataFrame]]:
+    def scratch(self, label: str) -> Iterator[Scratch]:
         """A scratch folder for one step run, deleted on exit whether the step succeeds or
-        fails. Yields ``stage(df, name)``, which writes ``df`` there as Parquet and reads it
-        back: a step that reads an expensive intermediate several times pays for it once
-        (cheaper than Spark's in-memory cache for wide string columns)."""
+        fails. Yields a ``Scratch``: ``stage(df, name)`` writes ``df`` there as Parquet and
+        reads it back, so a step that reads an expensive intermediate several times pays for
+        it once (cheaper than Spark's in-memory cache for wide string columns)."""
         for entry in self.fs.list_names(f"{self.root}/_scratch"):
             if entry.startswith(f"{label}-"):  # left by a killed run of the same step and day
                 self.fs.delete(f"{self.root}/_scratch/{entry}")
-        folder = f"{self.root}/_scratch/{label}-{uuid.uuid4().hex}"
-
-        def stage(df: DataFrame, name: str) -> DataFrame:
-            df.write.parquet(f"{folder}/{name}")
-            return self.spark.read.parquet(f"{folder}/{name}")
-
+        scratch = Scratch(self, f"{self.root}/_scratch/{label}-{uuid.uuid4().hex}")
         try:
-            yield stage
+            yield scratch
         finally:
-            self.fs.delete(folder)
+            self.fs.delete(scratch.folder)
 
     # -- run reports ----------------------------------------------------------------------
     def write_run_report(self, step: str, date: str, report: dict[str, Any]) -> str:
