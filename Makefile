@@ -82,7 +82,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/ingest.py
-	$(BIN)/python bench/profiles.py --no-final-full
+	$(BIN)/python bench/profiles.py --no-final-full --compare-plain
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/publish.py
 	$(BIN)/python bench/export.py

@@ -1,6 +1,8 @@
-"""The profiles step at scale: incremental vs full, flat cost as history grows, and DuckDB.
+"""The profiles step at scale: the daily cost as history grows, the stored layout, full
+recomputation, and DuckDB.
 
     python bench/profiles.py [--events 10m] [--days 6] [--out bench/out] [--keep] [--no-final-full]
+                             [--compare-plain] [--repeat 1]
 
 An events table of --days days (--events a day) and a daily articles snapshot are written
 straight into a warehouse under --out with Spark (the ingest step is benchmarked on its own,
@@ -8,11 +10,11 @@ bench/ingest.py), shaped like the synthetic feed: ~12 events per user a day (85k
 million events), Zipf-skewed articles and tags, 1-5 tags per article, impressions, clicks
 with dwell, likes, comments, favorites, shares. Then, in one run:
 
-  (a) profiles at day 1 (full over one day) and day 2 (incremental): the cost of a day
-      when history is short;
-      profiles at day N-1 (full over N-1 days, to have a profile to increment from), then
-      at day N incremental, then at day N full over N days (the recomputation the
-      incremental job avoids);
+  (a) profiles at day 1 (full over one day), then every day 2..N incremental, as the daily
+      chain runs them: the cost of a day as the profile grows (the table prints each day);
+      with --compare-plain, day N again with profiles.buckets = 0 (the profile read plain:
+      the merge shuffles it whole, as before bucketing) and bucketed, alternating --repeat
+      times; then day N full over N days (the recomputation the incremental job avoids);
   (b) day N's incremental aggregation as one DuckDB SQL query over the same Parquet files
       (yesterday's profile, day N's events, day N's articles), with the same pruning and
       capping, in a separate process: a single-machine reference. Its output is compared
@@ -31,6 +33,7 @@ import datetime as dt
 import json
 import math
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -237,8 +240,12 @@ def main() -> int:
                     help="with --keep, after a run: only the DuckDB query of the last day, compared "
                          "with the profile Spark wrote for that day")
     ap.add_argument("--no-final-full", action="store_true",
-                    help="skip the full recomputation at the last day; the full run at the day before "
-                         "(one day less of history) is then the reference")
+                    help="skip the full recomputation at the last day")
+    ap.add_argument("--compare-plain", action="store_true",
+                    help="time day N again read plain (profiles.buckets = 0) and bucketed, alternating")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of --compare-plain (default 1)")
+    ap.add_argument("--generate-only", action="store_true", help="write the warehouse's events and articles, "
+                    "then stop (a later run with --keep times the steps)")
     args = ap.parse_args()
     n = parse_size(args.events)
     users = max(1000, n * USERS_PER_MILLION // 1_000_000)
@@ -269,6 +276,9 @@ def main() -> int:
         marker.write_text(json.dumps({"events": n, "days": args.days, "users": users, "articles": articles}))
     print(f"{args.days} days x {n:,} events, {users:,} users, {articles:,} articles, {TAGS} tags; "
           f"{psutil.cpu_count()} cores", flush=True)
+    if args.generate_only:
+        spark.stop()
+        return 0
 
     if args.only_duckdb:
         spark.stop()
@@ -289,11 +299,19 @@ def main() -> int:
 
     results: dict = {}
     _timed("day 1 full (1 day)", lambda: profiles.run(spark, config, days[0], full=True), results)
-    _timed("day 2 incremental", lambda: profiles.run(spark, config, days[1]), results)
-    last, before = days[-1], days[-2]
-    _timed(f"day {args.days - 1} full ({args.days - 1} days, setup)",
-           lambda: profiles.run(spark, config, before, full=True), results)
-    _timed(f"day {args.days} incremental", lambda: profiles.run(spark, config, last), results)
+    for k, day in enumerate(days[1:], start=2):
+        _timed(f"day {k} incremental", lambda day=day: profiles.run(spark, config, day), results)
+        if k >= 3:  # the daily runs read D-1's profile only: older ones go, to bound the disk
+            wh.fs.delete(wh.partition_location("user_tag_profile", days[k - 3].isoformat()))
+    last = days[-1]
+    label = f"day {args.days} incremental"
+    if args.compare_plain:
+        plain = config.replace(profiles=dataclasses.replace(config.profiles, buckets=0))
+        for r in range(args.repeat):
+            _timed(f"day {args.days} incremental, plain (round {r + 1})", lambda: profiles.run(spark, plain, last),
+                   results)
+            _timed(f"day {args.days} incremental, bucketed (round {r + 1})", lambda: profiles.run(spark, config, last),
+                   results)
     incremental = wh.read_partition("user_tag_profile", last.isoformat())
     spark_sums = incremental.agg(F.count(F.lit(1)).alias("rows"), F.sum("long_weight").alias("long"),
                                  F.sum("short_weight").alias("short")).first().asDict()
@@ -316,21 +334,31 @@ def main() -> int:
                results)
     spark.stop()
 
-    inc = results[f"day {args.days} incremental"]
-    full_label = next(k for k in reversed(list(results)) if " full (" in k)
-    full = results[full_label]
-    day2 = results["day 2 incremental"]
     print()
     print("| run | seconds | peak RSS (GiB) | profile rows |")
     print("|---|---|---|---|")
-    for label, r in results.items():
-        print(f"| Spark {label} | {r['seconds']:.1f} | {r['peak_rss'] / 2**30:.2f} | {r['rows']:,} |")
+    for name, r in results.items():
+        print(f"| Spark {name} | {r['seconds']:.1f} | {r['peak_rss'] / 2**30:.2f} | {r['rows']:,} |")
     print(f"| DuckDB day {args.days} incremental | {duck['seconds']:.1f} | {duck['peak_rss'] / 2**30:.2f} | "
           f"{duck_sums[0]:,} |")
     print()
-    print(f"{full_label} / day {args.days} incremental: {full['seconds'] / inc['seconds']:.1f}x")
-    print(f"incremental day {args.days} / day 2: {inc['seconds'] / day2['seconds']:.2f}x")
-    print(f"Spark / DuckDB (day {args.days} incremental): {inc['seconds'] / duck['seconds']:.2f}x (goal <= 2x)")
+
+    def median(prefix: str) -> float:
+        return statistics.median(r["seconds"] for name, r in results.items() if name.startswith(prefix))
+
+    inc = median(f"day {args.days} incremental, bucketed") if args.compare_plain else results[label]["seconds"]
+    day2 = results["day 2 incremental"]["seconds"]
+    for k in sorted({2, 10, 20, 30, args.days} & set(range(2, args.days + 1))):
+        print(f"incremental day {k}: {results[f'day {k} incremental']['seconds']:.1f}s")
+    full_label = f"day {args.days} full ({args.days} days)"
+    if full_label in results:
+        print(f"{full_label} / day {args.days} incremental: {results[full_label]['seconds'] / inc:.1f}x")
+    print(f"incremental day {args.days} / day 2: {inc / day2:.2f}x")
+    if args.compare_plain:
+        plain_s = median(f"day {args.days} incremental, plain")
+        print(f"day {args.days} incremental, bucketed / plain (medians of {args.repeat}): {inc:.1f}s / "
+              f"{plain_s:.1f}s = {inc / plain_s:.2f}")
+    print(f"Spark / DuckDB (day {args.days} incremental): {inc / duck['seconds']:.2f}x (goal <= 2x)")
     return 0
 
 

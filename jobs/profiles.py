@@ -94,21 +94,31 @@ def article_tags(articles: DataFrame) -> DataFrame:
                     F.col("t.weight").alias("tag_weight")))
 
 
-def contribution(events: DataFrame, articles: DataFrame, end: dt.datetime, cfg: ProfilesConfig) -> DataFrame:
-    """The sum of the formula over ``events`` at time ``end``, per (user_id, tag).
+def by_user(df: DataFrame, buckets: int) -> DataFrame:
+    """``df`` hash-partitioned by user_id into ``buckets`` partitions (the layout of a
+    profile bucketed so), or into the session's shuffle partitions when ``buckets`` is 0."""
+    return df.repartition(buckets, "user_id") if buckets else df.repartition("user_id")
+
+
+def contribution(events: DataFrame, articles: DataFrame, end: dt.datetime, cfg: ProfilesConfig,
+                 buckets: int = 0) -> DataFrame:
+    """The sum of the formula over ``events`` at time ``end``, per (user_id, tag),
+    partitioned ``by_user`` into ``buckets``.
 
     Both inputs carry ``dt``: each event takes its tags from its own day's articles
     snapshot. Events are first reduced to one row per (dt, user, article), then joined to
-    the articles' tags: the join sees far fewer rows than there are events."""
+    the articles' tags: the join sees far fewer rows than there are events. The events'
+    few columns are shuffled by user once, first: the reduction, the (broadcast) join and
+    the sum per (user, tag) run on that partitioning, which is also the profile's."""
     age = age_seconds(F.col("event_time"), end.timestamp())
     sig = signal(cfg)
     is_imp = (F.col("event_type") == "impression").cast("double")
     is_click = (F.col("event_type") == "click").cast("double")
     count_decay = decay(age, cfg.half_life_days[cfg.counts_horizon])
     per_article = (
-        events.select(PARTITION_COLUMN, "user_id", "article_id", "event_time",
-                      *[(sig * decay(age, h)).alias(f"_{name}") for name, h in cfg.half_life_days.items()],
-                      (is_imp * count_decay).alias("_imp"), (is_click * count_decay).alias("_clk"))
+        by_user(events.select(PARTITION_COLUMN, "user_id", "article_id", "event_time",
+                              *[(sig * decay(age, h)).alias(f"_{name}") for name, h in cfg.half_life_days.items()],
+                              (is_imp * count_decay).alias("_imp"), (is_click * count_decay).alias("_clk")), buckets)
         .groupBy(PARTITION_COLUMN, "user_id", "article_id")
         .agg(*[F.sum(f"_{name}").alias(f"_{name}") for name in cfg.half_life_days],
              F.sum("_imp").alias("_imp"), F.sum("_clk").alias("_clk"),
@@ -134,12 +144,6 @@ def decayed(profile: DataFrame, seconds: float, cfg: ProfilesConfig) -> DataFram
         "last_event_time")
 
 
-def by_user(df: DataFrame, buckets: int) -> DataFrame:
-    """``df`` hash-partitioned by user_id into ``buckets`` partitions (the layout of a
-    profile bucketed so), or into the session's shuffle partitions when ``buckets`` is 0."""
-    return df.repartition(buckets, "user_id") if buckets else df.repartition("user_id")
-
-
 def sourced(previous: DataFrame, today: DataFrame, cfg: ProfilesConfig) -> DataFrame:
     """The rows of D-1's profile and of D's contribution in one frame, SOURCE naming which."""
     cols = profile_columns(cfg)
@@ -151,7 +155,7 @@ def merged(rows: DataFrame, seconds: float, cfg: ProfilesConfig) -> DataFrame:
     """``rows`` (``sourced``) summed per (user_id, tag), D-1's profile moved forward by
     ``seconds`` first (``decayed``'s factors). On ``rows`` partitioned by user_id (a
     bucketed scan, or ``by_user``) this sum and bounded()'s per-user windows need no
-    shuffle."""
+    other shuffle."""
     from_previous = F.col(SOURCE) == PREVIOUS
 
     def moved(column: str, factor: float) -> Column:
@@ -183,21 +187,28 @@ def bounded(profile: DataFrame, cfg: ProfilesConfig) -> DataFrame:
     return ranked.where(F.col("_rank") <= cfg.max_tags_per_user).select(*profile_columns(cfg))
 
 
-def incremental(rows: DataFrame, seconds: float, active_users: DataFrame | None, cfg: ProfilesConfig) -> DataFrame:
+def incremental(rows: DataFrame, seconds: float, active_users: DataFrame | None, cfg: ProfilesConfig,
+                buckets: int = 0, partitioned: bool = False) -> DataFrame:
     """The bounded profile of D from ``rows`` (``sourced``: D-1's profile, not yet decayed,
-    and D's contribution), D-1's moved forward by ``seconds``.
+    and D's contribution), D-1's moved forward by ``seconds``. The rows merged are shuffled
+    ``by_user`` into ``buckets`` first, unless ``rows`` is ``partitioned`` so already (a
+    bucketed scan).
 
     With ``active_users`` (the users with events today, small enough to broadcast), the
     rows of everyone else only decay: decay scales all of a user's weights in a horizon by
     the same factor, so their shares, hence their order, do not move, and a bounded profile
     stays within max_tags_per_user. They need the min_weight filter and nothing else: no
-    aggregation, no window. Only the active users' rows are merged and bounded. (The
-    broadcast joins keep ``rows``'s partitioning.)"""
+    shuffle, no window. Only the active users' rows are merged and bounded. (The broadcast
+    joins keep ``rows``'s partitioning.)"""
+
+    def merge(part: DataFrame) -> DataFrame:
+        return bounded(merged(part if partitioned else by_user(part, buckets), seconds, cfg), cfg)
+
     if active_users is None:
-        return bounded(merged(rows, seconds, cfg), cfg)
+        return merge(rows)
     users = F.broadcast(active_users.select("user_id"))
     idle = rows.where(F.col(SOURCE) == PREVIOUS).join(users, "user_id", "left_anti")
-    busy = bounded(merged(rows.join(users, "user_id", "left_semi"), seconds, cfg), cfg)
+    busy = merge(rows.join(users, "user_id", "left_semi"))
     return above_min_weight(decayed(idle, seconds, cfg), cfg).select(*profile_columns(cfg)).unionByName(busy)
 
 
@@ -250,7 +261,7 @@ def built(wh: Warehouse, config: Config, date: dt.date, full: bool = False) -> I
             active = events.select("user_id").distinct()
             n_active = active.count() if cfg.idle_path_max_users else None
             use_idle_path = n_active is not None and n_active <= cfg.idle_path_max_users
-            today = contribution(events, articles, end, cfg).select(*profile_columns(cfg))
+            today = contribution(events, articles, end, cfg, buckets).select(*profile_columns(cfg))
             stored = wh.bucketing(TABLE, prev_day)
             bucketing = Bucketing("user_id", buckets) if buckets else None
             by_bucket = bucketing is not None and stored == bucketing
@@ -258,7 +269,7 @@ def built(wh: Warehouse, config: Config, date: dt.date, full: bool = False) -> I
                 # D's contribution is bucketed alike into the scratch folder; the two are read
                 # as one bucketed scan: the merge shuffles nothing more.
                 scratch = stack.enter_context(wh.scratch(f"{NAME}-{day}"))
-                folder = scratch.write_bucketed(by_user(today, buckets), "contribution", bucketing)
+                folder = scratch.write_bucketed(today, "contribution", bucketing)
                 rows = stack.enter_context(scratch.bucketed_scan(
                     bucketing, previous.schema, {PREVIOUS: wh.partition_location(TABLE, prev_day), TODAY: folder},
                     SOURCE))
@@ -266,13 +277,13 @@ def built(wh: Warehouse, config: Config, date: dt.date, full: bool = False) -> I
                 if bucketing is not None:
                     log.info("profiles %s: the profile of %s is stored %s; merging it with one shuffle and storing "
                              "%s", day, prev_day, f"in {stored.count} buckets" if stored else "plain", bucketing)
-                rows = by_user(sourced(previous, today, cfg), buckets)
-            profile = incremental(rows, step_sec, active if use_idle_path else None, cfg)
+                rows = sourced(previous, today, cfg)
+            profile = incremental(rows, step_sec, active if use_idle_path else None, cfg, buckets, by_bucket)
             how = {"mode": "incremental", "previous": prev_day, "event_dates": [day], "active_users": n_active,
                    "idle_path": use_idle_path, "previous_bucketed": by_bucket}
         else:
             events, articles, dates = _history(wh, day)
-            profile = bounded(by_user(contribution(events, articles, end, cfg), buckets), cfg)
+            profile = bounded(contribution(events, articles, end, cfg, buckets), cfg)
             how = {"mode": "full", "event_dates": dates,
                    "why": "--full" if full else f"no profile for {prev_day}"}
         how["buckets"] = buckets
