@@ -23,8 +23,10 @@ counted twice or lost, and the incremental result equals the full one.
 
 Users without events on D only decay: their rows are carried forward without a shuffle
 (``incremental``), when D's active users number at most profiles.idle_path_max_users
-(they are broadcast to split the profile). A smaller max_tags_per_user reaches an idle
-user's rows on their next active day, or at once with ``--full``.
+(they are broadcast to split the profile) and at least profiles.idle_path_min_idle_share
+of D-1's users are idle (else the split costs more than it saves). A smaller
+max_tags_per_user reaches an idle user's rows on their next active day, or at once with
+``--full``.
 
 Layout: the profile is stored bucketed by user_id in profiles.buckets files
 (jobs/common/storage.py, ``Bucketing``). The next day shuffles D's contribution alone into
@@ -234,6 +236,18 @@ def _history(wh: Warehouse, day: str) -> tuple[DataFrame, DataFrame, list[str]]:
     return wh.read_partitions("events", dates), wh.read_partitions("articles", dates), dates
 
 
+def _idle_share(wh: Warehouse, prev_day: str, n_active: int | None) -> float | None:
+    """The share of D-1's profile users without events on D, at least (some of D's active
+    users may be new); None when D-1's run report does not give its user count."""
+    if n_active is None:
+        return None
+    try:
+        users = wh.read_run_report(NAME, prev_day).get("users")
+    except MissingPartitionError:
+        return None
+    return round(max(0.0, 1.0 - n_active / users), 4) if users else None
+
+
 @contextmanager
 def built(wh: Warehouse, config: Config, date: dt.date, full: bool = False) -> Iterator[tuple[DataFrame, dict]]:
     """The bounded profile of ``date`` and a description of how it was computed, for the
@@ -260,7 +274,9 @@ def built(wh: Warehouse, config: Config, date: dt.date, full: bool = False) -> I
             step_sec = (end - prev_end).total_seconds()  # 23 or 25 hours across a DST change
             active = events.select("user_id").distinct()
             n_active = active.count() if cfg.idle_path_max_users else None
-            use_idle_path = n_active is not None and n_active <= cfg.idle_path_max_users
+            idle_share = _idle_share(wh, prev_day, n_active)
+            use_idle_path = (n_active is not None and n_active <= cfg.idle_path_max_users
+                             and (idle_share is None or idle_share >= cfg.idle_path_min_idle_share))
             today = contribution(events, articles, end, cfg, buckets).select(*profile_columns(cfg))
             stored = wh.bucketing(TABLE, prev_day)
             bucketing = Bucketing("user_id", buckets) if buckets else None
@@ -280,7 +296,7 @@ def built(wh: Warehouse, config: Config, date: dt.date, full: bool = False) -> I
                 rows = sourced(previous, today, cfg)
             profile = incremental(rows, step_sec, active if use_idle_path else None, cfg, buckets, by_bucket)
             how = {"mode": "incremental", "previous": prev_day, "event_dates": [day], "active_users": n_active,
-                   "idle_path": use_idle_path, "previous_bucketed": by_bucket}
+                   "idle_share": idle_share, "idle_path": use_idle_path, "previous_bucketed": by_bucket}
         else:
             events, articles, dates = _history(wh, day)
             profile = bounded(contribution(events, articles, end, cfg, buckets), cfg)

@@ -140,6 +140,9 @@ class ProfilesConfig:
     # Users without events on D only decay: their rows skip the merge's shuffle when D's
     # active users, broadcast to split the profile, number at most this (0: always merge all).
     idle_path_max_users: int = 1_000_000
+    # The split costs two broadcast lookups per profile row: it is used only when at least
+    # this share of D-1's profile users (its run report's count) have no events on D.
+    idle_path_min_idle_share: float = 0.3
     # The profile is stored bucketed by user_id in this many files (Spark's hash of user_id
     # modulo buckets), so the next day's merge reads it already partitioned by user and
     # shuffles only D's contribution. Each bucket is one task of the merge: on a cluster, set
@@ -149,6 +152,8 @@ class ProfilesConfig:
 
     def validate(self, where: str) -> None:
         _require(self.idle_path_max_users >= 0, f"{where}.idle_path_max_users", "must be >= 0")
+        _require(0.0 <= self.idle_path_min_idle_share <= 1.0, f"{where}.idle_path_min_idle_share",
+                 "must be between 0 and 1")
         _require(self.buckets >= 0, f"{where}.buckets", "must be >= 0 (0: not bucketed)")
         _require(len(self.half_life_days) > 0, f"{where}.half_life_days", "needs at least one horizon")
         for name, days in self.half_life_days.items():

@@ -151,17 +151,21 @@ def test_idle_users_carried_without_the_merge_give_the_merged_profile(spark, mak
     days = [dt.date(2026, 6, 1) + dt.timedelta(days=k) for k in range(5)]
     tables = {}
     for name, limit in (("merged", 0), ("idle path", 1_000_000)):
-        config = make_config(profiles={**bounds, "idle_path_max_users": limit},
+        config = make_config(profiles={**bounds, "idle_path_max_users": limit, "idle_path_min_idle_share": 0.0},
                              storage={"warehouse": str(tmp_path / name.replace(" ", "_"))})
         _random_history(spark, config, days, seed=5, users=80)
         wh = Warehouse(spark, config)
         reports = [profiles.run(spark, config, d) for d in days]
         assert [r["idle_path"] for r in reports[1:]] == [limit > 0] * 4, name
         tables[name] = {d: _rows(wh, d.isoformat(), config.profiles) for d in days}
+        reports_of = dict(zip(days, reports, strict=True))
     # The history leaves users idle on each day after the first (about 1 in 5 of 80).
     for d in days[1:]:
         active = {r["user_id"] for r in wh.read_partition("events", d.isoformat()).select("user_id").collect()}
-        assert len({u for u, _ in tables["merged"][d - dt.timedelta(days=1)]} - active) >= 5, d
+        before = {u for u, _ in tables["merged"][d - dt.timedelta(days=1)]}
+        assert len(before - active) >= 5, d
+        # The report's idle share is 1 - active / D-1's users (a lower bound when users are new).
+        assert reports_of[d]["idle_share"] == pytest.approx(max(0.0, 1 - len(active) / len(before)), abs=1e-4)
     columns = profiles.weight_columns(config.profiles) + ["impressions", "clicks"]
     for d in days:
         merged, idle = tables["merged"][d], tables["idle path"][d]

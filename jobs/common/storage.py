@@ -313,11 +313,13 @@ class Warehouse:
 
     def write_bucketed(self, df: DataFrame, path: str, bucketing: Bucketing) -> None:
         """Write ``df`` to the new folder ``path`` as Spark writes a bucketed table, and
-        name the layout in the folder's ``_bucketing.json``."""
+        name the layout in the folder's ``_bucketing.json``. The rows are not sorted within
+        a bucket: with ``sortBy`` the bucketed write of 10M events' profile contribution
+        took 90 s against 53 s without (46 s plain); readers that need an order sort anyway."""
         name = _catalog_table_name()
         try:
             (df.write.mode("errorifexists").format("parquet").option("path", path)
-             .bucketBy(bucketing.count, bucketing.column).sortBy(bucketing.column).saveAsTable(name))
+             .bucketBy(bucketing.count, bucketing.column).saveAsTable(name))
         finally:
             self.spark.sql(f"DROP TABLE IF EXISTS `{name}`")  # an external table: its files stay
         self.fs.write_text(f"{path}/{BUCKETING_FILE}", json.dumps({"column": bucketing.column,
