@@ -134,16 +134,19 @@ def contribution(events: DataFrame, articles: DataFrame, end: dt.datetime, cfg: 
                  F.max("_last").alias("last_event_time")))
 
 
+def forward_factors(seconds: float, cfg: ProfilesConfig) -> dict[str, float]:
+    """The factor each decayed column of a profile is multiplied by when it moves forward
+    in time by ``seconds``: its horizon's for a weight, the counts horizon's for the counts."""
+    counts = decay_factor(seconds, cfg.half_life_days[cfg.counts_horizon])
+    return {**{f"{name}_weight": decay_factor(seconds, h) for name, h in cfg.half_life_days.items()},
+            "impressions": counts, "clicks": counts}
+
+
 def decayed(profile: DataFrame, seconds: float, cfg: ProfilesConfig) -> DataFrame:
     """A profile moved forward in time by ``seconds`` (no new events)."""
-    counts = decay_factor(seconds, cfg.half_life_days[cfg.counts_horizon])
-    return profile.select(
-        "user_id", "tag",
-        *[(F.col(f"{name}_weight") * decay_factor(seconds, h)).alias(f"{name}_weight")
-          for name, h in cfg.half_life_days.items()],
-        (F.col("impressions") * counts).alias("impressions"),
-        (F.col("clicks") * counts).alias("clicks"),
-        "last_event_time")
+    return profile.select("user_id", "tag",
+                          *[(F.col(c) * f).alias(c) for c, f in forward_factors(seconds, cfg).items()],
+                          "last_event_time")
 
 
 def sourced(previous: DataFrame, today: DataFrame, cfg: ProfilesConfig) -> DataFrame:
@@ -159,16 +162,9 @@ def merged(rows: DataFrame, seconds: float, cfg: ProfilesConfig) -> DataFrame:
     bucketed scan, or ``by_user``) this sum and bounded()'s per-user windows need no
     other shuffle."""
     from_previous = F.col(SOURCE) == PREVIOUS
-
-    def moved(column: str, factor: float) -> Column:
-        return F.when(from_previous, F.col(column) * factor).otherwise(F.col(column))
-
-    counts = decay_factor(seconds, cfg.half_life_days[cfg.counts_horizon])
     return (rows.groupBy("user_id", "tag")
-            .agg(*[F.sum(moved(f"{name}_weight", decay_factor(seconds, h))).alias(f"{name}_weight")
-                   for name, h in cfg.half_life_days.items()],
-                 F.sum(moved("impressions", counts)).alias("impressions"),
-                 F.sum(moved("clicks", counts)).alias("clicks"),
+            .agg(*[F.sum(F.when(from_previous, F.col(c) * f).otherwise(F.col(c))).alias(c)
+                   for c, f in forward_factors(seconds, cfg).items()],
                  F.max("last_event_time").alias("last_event_time")))
 
 
@@ -236,6 +232,11 @@ def _history(wh: Warehouse, day: str) -> tuple[DataFrame, DataFrame, list[str]]:
     return wh.read_partitions("events", dates), wh.read_partitions("articles", dates), dates
 
 
+def profile_bucketing(buckets: int) -> Bucketing | None:
+    """How the profile is stored: bucketed by user_id into ``buckets``, or plain for 0."""
+    return Bucketing("user_id", buckets) if buckets else None
+
+
 def _idle_share(wh: Warehouse, prev_day: str, n_active: int | None) -> float | None:
     """The share of D-1's profile users without events on D, at least (some of D's active
     users may be new); None when D-1's run report does not give its user count."""
@@ -279,7 +280,7 @@ def built(wh: Warehouse, config: Config, date: dt.date, full: bool = False) -> I
                              and (idle_share is None or idle_share >= cfg.idle_path_min_idle_share))
             today = contribution(events, articles, end, cfg, buckets).select(*profile_columns(cfg))
             stored = wh.bucketing(TABLE, prev_day)
-            bucketing = Bucketing("user_id", buckets) if buckets else None
+            bucketing = profile_bucketing(buckets)
             by_bucket = bucketing is not None and stored == bucketing
             if by_bucket:
                 # D's contribution is bucketed alike into the scratch folder; the two are read
@@ -313,7 +314,7 @@ def run(spark: SparkSession, config: Config, date: dt.date, full: bool = False) 
     day = date.isoformat()
     with built(wh, config, date, full) as (profile, how):
         log.debug("profiles %s: %s computation over %s", day, how["mode"], ", ".join(how["event_dates"]))
-        bucketing = Bucketing("user_id", how["buckets"]) if how["buckets"] else None
+        bucketing = profile_bucketing(how["buckets"])
         wh.write_partition(profile, TABLE, day, bucketing)
     stats = profile_stats(wh.read_bucketed(TABLE, day, bucketing) if bucketing else wh.read_partition(TABLE, day))
     events_read = wh.read_partitions("events", how["event_dates"]).count()

@@ -15,11 +15,11 @@ A Parquet partition may be written bucketed (``Bucketing``): one file per bucket
 in bucket pmod(murmur3(column), count), as Spark writes a bucketed table, and the layout
 named in ``_bucketing.json`` inside the partition, swapped in with its files. Plain readers
 (Spark's, pyarrow's) skip files whose names start with ``_``; ``read_bucketed`` gives a
-DataFrame that Spark knows to be hash-partitioned by the column, so an aggregation, a
-window or a partition-aware union keyed by it runs without a shuffle. Spark keeps bucket
-specs only in a table catalog, not for paths: the write and the read each go through a
-table of the session's in-memory catalog, dropped at once (the files stay). Delta tables
-and sessions with a Hive metastore are written plain.
+DataFrame that Spark knows to be hash-partitioned by the column, so an aggregation or a
+window keyed by it runs without a shuffle, and ``Scratch.bucketed_scan`` reads several such
+folders as one. Spark keeps bucket specs only in a table catalog, not for paths: writes and
+reads go through tables of the session's in-memory catalog, dropped once done (the files
+stay). Delta tables and sessions with a Hive metastore are written plain.
 """
 
 from __future__ import annotations
@@ -50,6 +50,11 @@ LANDED_SOURCES = ("events", "articles", "users")  # jobs/common/landing.py's lay
 def _sql_string(text: str) -> str:
     """``text`` for a single-quoted SQL string literal."""
     return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _columns_ddl(schema: StructType) -> str:
+    """``schema``'s columns as a CREATE TABLE column list."""
+    return ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in schema.fields)
 
 
 def _catalog_table_name() -> str:
@@ -235,8 +240,7 @@ class Scratch:
         for the ``with`` block (Spark lists them when a query runs), rooted in this folder."""
         name = _catalog_table_name()
         root = f"{self.folder}/_{name}"
-        columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in schema.fields)
-        self.wh.spark.sql(f"CREATE TABLE `{name}` ({columns}, `{source}` string) USING parquet "
+        self.wh.spark.sql(f"CREATE TABLE `{name}` ({_columns_ddl(schema)}, `{source}` string) USING parquet "
                           f"PARTITIONED BY (`{source}`) CLUSTERED BY (`{bucketing.column}`) "
                           f"INTO {bucketing.count} BUCKETS LOCATION '{_sql_string(root)}'")
         try:
@@ -339,11 +343,11 @@ class Warehouse:
     def read_bucketed(self, name: str, date: str, bucketing: Bucketing) -> DataFrame:
         """Partition ``date`` of ``name`` (written with ``bucketing``) as a bucketed scan:
         Spark takes it as hash-partitioned by the column into ``bucketing.count`` partitions."""
-        if self.bucketing(name, date) != bucketing:
+        stored = self.bucketing(name, date)
+        if stored != bucketing:
             raise ValueError(f"{name} for {date} at {self.partition_location(name, date)} is not stored with "
-                             f"{bucketing} (found {self.bucketing(name, date)})")
-        schema = self.read_partition(name, date).schema
-        columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in schema.fields)
+                             f"{bucketing} (found {stored})")
+        columns = _columns_ddl(self.read_partition(name, date).schema)
         location = _sql_string(self.partition_location(name, date))
         table_name = _catalog_table_name()
         self.spark.sql(f"CREATE TABLE `{table_name}` ({columns}) USING parquet "
