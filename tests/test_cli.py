@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 
 import pytest
@@ -37,6 +38,8 @@ def test_generate_then_run_two_days_from_the_command_line(cli_two_days):
     # `tagrecall generate`, then `tagrecall run --date D1 --until D2` (tests/conftest.py).
     base, run = cli_two_days
     assert CLI_DAY2 in run.stdout and "tables:" in run.stdout
+    # A clean run logs no Java stack trace (a warning with one reads to a user as a failure).
+    assert not re.search(r"^\s+at [\w$.]+\(", run.stderr, re.M), run.stderr[-3000:]
     runs = base / "local" / "_runs"
     for day in (CLI_DAY1, CLI_DAY2):
         report = json.loads((runs / "ingest" / f"{day}.json").read_text())

@@ -150,6 +150,10 @@ class FileSystem:
         if not fs.rename(src_path, dst_path):
             raise OSError(f"could not rename {src} to {dst}")
 
+    def mkdirs(self, uri: str) -> None:
+        fs, path = self._path(uri)
+        fs.mkdirs(path)
+
     def delete(self, uri: str) -> None:
         fs, path = self._path(uri)
         if fs.exists(path):
@@ -240,6 +244,8 @@ class Scratch:
         for the ``with`` block (Spark lists them when a query runs), rooted in this folder."""
         name = _catalog_table_name()
         root = f"{self.folder}/_{name}"
+        # An existing root: Spark logs a warning with a stack trace for a missing one.
+        self.wh.fs.mkdirs(root)
         self.wh.spark.sql(f"CREATE TABLE `{name}` ({_columns_ddl(schema)}, `{source}` string) USING parquet "
                           f"PARTITIONED BY (`{source}`) CLUSTERED BY (`{bucketing.column}`) "
                           f"INTO {bucketing.count} BUCKETS LOCATION '{_sql_string(root)}'")
