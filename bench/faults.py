@@ -195,6 +195,7 @@ class Campaign:
         self.redis_proc = None
         self.redis_url = ""
         self.daemons: list[subprocess.Popen] = []
+        self.clock = time.monotonic()
 
     # -- set-up ----------------------------------------------------------------------------
     def config(self, wh: Path):
@@ -225,6 +226,9 @@ class Campaign:
                 step.invoke(self.spark, self.config(ref), step_date(name, day), if_ready=True)
                 self.in_process[name] = time.monotonic() - t0
         self.day = last
+        print(f"reference: {DAYS} days x {len(self.in_process)} steps in this process, "
+              f"{time.monotonic() - self.clock:.0f} s; last day "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in self.in_process.items()), flush=True)
         self.ref = ref
 
     def _start_redis(self) -> None:
@@ -560,7 +564,7 @@ class Campaign:
         extra = f"at {r['at_s']} s" if "at_s" in r else f"exit codes {r['exit_codes']}"
         if not r.get("killed_while_running", True):
             status = "ended before the kill (not counted); " + status
-        print(f"{r['step']:<9} {r['fault']:<16} {extra:<22} {status}"
+        print(f"{time.monotonic() - self.clock:6.0f}s {r['step']:<9} {r['fault']:<16} {extra:<22} {status}"
               + (f"; mixed reads {r['mixed_reads']}" if r["mixed_reads"] else "")
               + (f"; leftovers {r['leftovers'][:3]}" if r["leftovers"] else ""), flush=True)
 
