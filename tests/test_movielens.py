@@ -6,14 +6,14 @@ from __future__ import annotations
 import csv
 import math
 from collections import defaultdict
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from jobs.tools import movielens
+from tests.conftest import SHARED_DATA
 
-SRC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-latest-small"
+SRC = SHARED_DATA / "ml-latest-small"
 
 
 def _tiny():
