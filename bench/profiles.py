@@ -375,8 +375,9 @@ def main() -> int:
     # Once every user holds max_tags_per_user tags the profile stops growing: the daily cost
     # should then stay flat.
     final = results[f"day {args.days} incremental"]["rows"]
-    full_days = [k for k in range(2, args.days + 1) if results[f"day {k} incremental"]["rows"] == final]
-    first_full = min(k for k in full_days if all(j in full_days for j in range(k, args.days + 1)))
+    first_full = args.days
+    while first_full > 2 and results[f"day {first_full - 1} incremental"]["rows"] == final:
+        first_full -= 1
     if first_full < args.days:
         flat = statistics.median(results[f"day {k} incremental"]["seconds"] for k in range(first_full, args.days))
         print(f"the profile holds its final {final:,} rows from day {first_full}: median of days {first_full}.."

@@ -158,14 +158,13 @@ def test_idle_users_carried_without_the_merge_give_the_merged_profile(spark, mak
         reports = [profiles.run(spark, config, d) for d in days]
         assert [r["idle_path"] for r in reports[1:]] == [limit > 0] * 4, name
         tables[name] = {d: _rows(wh, d.isoformat(), config.profiles) for d in days}
-        reports_of = dict(zip(days, reports, strict=True))
     # The history leaves users idle on each day after the first (about 1 in 5 of 80).
-    for d in days[1:]:
+    for d, report in zip(days[1:], reports[1:], strict=True):  # the idle path's reports
         active = {r["user_id"] for r in wh.read_partition("events", d.isoformat()).select("user_id").collect()}
         before = {u for u, _ in tables["merged"][d - dt.timedelta(days=1)]}
         assert len(before - active) >= 5, d
         # The report's idle share is 1 - active / D-1's users (a lower bound when users are new).
-        assert reports_of[d]["idle_share"] == pytest.approx(max(0.0, 1 - len(active) / len(before)), abs=1e-4)
+        assert report["idle_share"] == pytest.approx(max(0.0, 1 - len(active) / len(before)), abs=1e-4)
     columns = profiles.weight_columns(config.profiles) + ["impressions", "clicks"]
     for d in days:
         merged, idle = tables["merged"][d], tables["idle path"][d]
