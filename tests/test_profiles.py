@@ -149,7 +149,7 @@ def test_idle_users_carried_without_the_merge_give_the_merged_profile(spark, mak
     # min_weight near 1: a row of one impression falls below it after a day without events.
     bounds = {"min_weight": 0.97, "max_tags_per_user": 3}
     days = [dt.date(2026, 6, 1) + dt.timedelta(days=k) for k in range(5)]
-    tables = {}
+    tables, reports_of = {}, {}
     for name, limit in (("merged", 0), ("idle path", 1_000_000)):
         config = make_config(profiles={**bounds, "idle_path_max_users": limit, "idle_path_min_idle_share": 0.0},
                              storage={"warehouse": str(tmp_path / name.replace(" ", "_"))})
@@ -158,8 +158,9 @@ def test_idle_users_carried_without_the_merge_give_the_merged_profile(spark, mak
         reports = [profiles.run(spark, config, d) for d in days]
         assert [r["idle_path"] for r in reports[1:]] == [limit > 0] * 4, name
         tables[name] = {d: _rows(wh, d.isoformat(), config.profiles) for d in days}
+        reports_of[name] = reports
     # The history leaves users idle on each day after the first (about 1 in 5 of 80).
-    for d, report in zip(days[1:], reports[1:], strict=True):  # the idle path's reports
+    for d, report in zip(days[1:], reports_of["idle path"][1:], strict=True):
         active = {r["user_id"] for r in wh.read_partition("events", d.isoformat()).select("user_id").collect()}
         before = {u for u, _ in tables["merged"][d - dt.timedelta(days=1)]}
         assert len(before - active) >= 5, d
