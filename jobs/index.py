@@ -148,13 +148,13 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
         wh.write_partition(tag_index(scored, cfg), "tag_index", day)
         wh.write_partition(tag_stats(articles, engagement, scored, cfg, p0), "tag_stats", day)
         eligible = scored.count()
-    written_index = wh.read_partition("tag_index", day)
-    index_rows = written_index.count()
-    tags_indexed = written_index.select("tag").distinct().count()
-    stats_rows = wh.read_partition("tag_stats", day).count()
+    index_rows = wh.row_count("tag_index", day)
+    tags_indexed = wh.read_partition("tag_index", day).select("tag").distinct().count()
+    stats_rows = wh.row_count("tag_stats", day)
     report = {"step": NAME, "date": day, "status": "succeeded", "event_dates": sorted(window_present),
               "prior": {"ctr": p0, "mean_dwell_sec": mu0}, "articles_eligible": eligible,
-              "rows_read": {"articles": articles.count(), "events": events.count() if events else 0},
+              "rows_read": {"articles": wh.row_count("articles", day),
+                            "events": sum(wh.row_count("events", d) for d in window_present)},
               "rows_written": {"tag_index": index_rows, "tag_stats": stats_rows}, "tags_indexed": tags_indexed,
               "seconds": round(time.monotonic() - started, 3), "config": config.to_dict()}
     wh.write_run_report(NAME, day, report)

@@ -525,7 +525,7 @@ def _events(spark: SparkSession, config: Config, wh: Warehouse, date: dt.date, w
 def _verified(wh: Warehouse, day: str, counts: dict) -> tuple[dict, dict, dict]:
     """(balance, rows written, rejected rows written per source), counted from the tables;
     RuntimeError when a source does not balance."""
-    written = {name: wh.read_partition(name, day).count() for name in ("events", "articles", "users")}
+    written = {name: wh.row_count(name, day) for name in ("events", "articles", "users")}
     rejected_written = {r["source"]: r["count"] for r in
                         wh.read_partition("rejected", day).groupBy("source").count().collect()}
     balanced = balance(counts, written["events"], rejected_written)

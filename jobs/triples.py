@@ -119,7 +119,7 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
     wh.write_partition(examples(impressions(written), articles, before, config), EXAMPLES, day)
     stats = written.agg(F.count(F.lit(1)).alias("rows"), F.sum("click").alias("clicks"),
                         F.countDistinct("event_id").alias("impressions")).first()
-    n_examples = wh.read_partition(EXAMPLES, day).count()
+    n_examples = wh.row_count(EXAMPLES, day)
     report.update(status="succeeded", rows_written={TABLE: stats["rows"], EXAMPLES: n_examples}, impressions=stats["impressions"],
                   clicked_rows=stats["clicks"], features=spec.to_dict(), features_from=prev,
                   seconds=round(time.monotonic() - started, 3))

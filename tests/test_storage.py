@@ -75,6 +75,48 @@ def test_partition_column_is_refused(spark, wh):
         wh.write_partition(spark.range(1).withColumn("dt", F.lit("x")), "events", "2026-11-01")
 
 
+def _jobs_in(spark, group: str, fn):
+    """(fn's result, the Spark jobs it started), run under job group ``group``."""
+    sc = spark.sparkContext
+    sc.setJobGroup(group, group)
+    try:
+        out = fn()
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    return out, list(sc.statusTracker().getJobIdsForGroup(group))
+
+
+def test_row_count_reads_the_footers_without_a_job_and_spark_counts_large_partitions(spark, wh, monkeypatch):
+    from jobs.common import storage
+
+    # 13 non-empty partitions: 13 files.
+    wh.write_partition(spark.range(0, 12_993, numPartitions=13), "events", "2026-11-01")
+    wh.write_partition(spark.range(0, 40, numPartitions=3).withColumn("user_id", (F.col("id") % 7).cast("string")),
+                       "user_tag_profile", "2026-11-01", storage.Bucketing("user_id", 4))
+    wh.write_partition(spark.range(0), "tag_stats", "2026-11-01")
+    assert wh.bucketing("user_tag_profile", "2026-11-01") == storage.Bucketing("user_id", 4)
+    counted, jobs = _jobs_in(spark, "footers", lambda: [wh.row_count(t, "2026-11-01") for t in
+                                                         ("events", "user_tag_profile", "tag_stats")])
+    assert counted == [12_993, 40, 0] and jobs == []
+    monkeypatch.setattr(storage, "FOOTER_COUNT_MAX_FILES", 12)  # 13 files: Spark counts them
+    counted, jobs = _jobs_in(spark, "spark", lambda: wh.row_count("events", "2026-11-01"))
+    assert counted == 12_993 and jobs
+    with pytest.raises(MissingPartitionError, match="tag_index for 2026-11-02 not found"):
+        wh.row_count("tag_index", "2026-11-02")
+
+
+def test_row_count_of_a_truncated_file_names_the_file(spark, wh, tmp_path):
+    from jobs.common.storage import unreadable_file
+
+    wh.write_partition(spark.range(0, 100, numPartitions=2), "events", "2026-11-01")
+    victim = sorted((tmp_path / "warehouse" / "events" / "dt=2026-11-01").glob("*.parquet"))[0]
+    victim.write_bytes(victim.read_bytes()[:20])
+    with pytest.raises(OSError) as err:
+        wh.row_count("events", "2026-11-01")
+    found = unreadable_file(err.value, str(tmp_path / "warehouse"))
+    assert found is not None and found[0].endswith(victim.name) and found[1:] == ("table", "events", "2026-11-01")
+
+
 def test_run_reports_round_trip(wh):
     wh.write_run_report("ingest", "2026-11-01", {"rows": 3, "nested": {"a": [1, 2]}})
     assert wh.read_run_report("ingest", "2026-11-01") == {"rows": 3, "nested": {"a": [1, 2]}}
