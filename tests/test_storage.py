@@ -105,6 +105,30 @@ def test_row_count_reads_the_footers_without_a_job_and_spark_counts_large_partit
         wh.row_count("tag_index", "2026-11-02")
 
 
+def test_reads_take_the_schema_from_the_footer_without_a_job_and_equal_spark_s_own(spark, wh, tmp_path):
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [("u1", {"age": "30"}, dt.datetime(2026, 11, 1, 8), [("a", 0.5)], 3, None),
+            ("u2", {}, dt.datetime(2026, 11, 1, 9), [], 1, 2.5)]
+    df = spark.createDataFrame(rows, "user_id string, features map<string,string>, updated_time timestamp, "
+                                     "tags array<struct<tag:string,weight:double>>, n int, x double")
+    wh.write_partition(df.repartition(2), "users", "2026-11-01")
+    read, jobs = _jobs_in(spark, "read", lambda: wh.read_partition("users", "2026-11-01"))
+    assert jobs == []
+    path = str(tmp_path / "warehouse" / "users" / "dt=2026-11-01")
+    assert read.schema == spark.read.parquet(path).schema
+    assert sorted(map(tuple, read.collect())) == sorted(map(tuple, spark.read.parquet(path).collect()))
+    # Files another writer made carry no Spark schema: Spark infers it, as before.
+    other = tmp_path / "warehouse" / "tag_stats" / "dt=2026-11-01"
+    other.mkdir(parents=True)
+    pq.write_table(pa.table({"tag": ["a", "b"], "impressions": [3, 4]}), other / "part-0.parquet")
+    assert wh.read_partition("tag_stats", "2026-11-01").schema == spark.read.parquet(str(other)).schema
+    assert wh.row_count("tag_stats", "2026-11-01") == 2
+
+
 def test_row_count_of_a_truncated_file_names_the_file(spark, wh, tmp_path):
     from jobs.common.storage import unreadable_file
 

@@ -48,6 +48,8 @@ LANDED_SOURCES = ("events", "articles", "users")  # jobs/common/landing.py's lay
 # Footers read one after another in the driver (Warehouse.row_count): a few milliseconds
 # each on a local disk, tens on an object store, where a Spark job reads them in parallel.
 FOOTER_COUNT_MAX_FILES = 64
+# Where Spark's Parquet writer records the schema it wrote (ParquetReadSupport.SPARK_METADATA_KEY).
+SPARK_SCHEMA_KEY = "org.apache.spark.sql.parquet.row.metadata"
 
 
 def _sql_string(text: str) -> str:
@@ -217,6 +219,53 @@ class FileSystem:
         finally:
             stream.close()
 
+    # -- Parquet footers ---------------------------------------------------------------------
+    def data_files(self, uri: str) -> list:
+        """The FileStatus of each data file in folder ``uri``: the files Spark reads there
+        (names not starting with ``_`` or ``.``)."""
+        fs, path = self._path(uri)
+        return [s for s in fs.listStatus(path) if s.isFile() and not s.getPath().getName().startswith(("_", "."))]
+
+    def parquet_footer(self, status) -> _Footer:
+        """The footer of one Parquet file (a FileStatus of ``data_files``), read in the
+        driver: row count, schema and key-value metadata. A file whose footer cannot be read
+        raises the error Spark's reader would (``unreadable_file`` finds its path in it)."""
+        jvm = self.spark._jvm
+        try:
+            reader = jvm.org.apache.parquet.hadoop.ParquetFileReader.open(
+                jvm.org.apache.parquet.hadoop.util.HadoopInputFile.fromStatus(status, self.spark._jsc.hadoopConfiguration()))
+        except Exception as exc:  # py4j: the JVM's exception, e.g. "is not a Parquet file"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise OSError(f"Encountered error while reading file {status.getPath().toString()}. {first}") from exc
+        try:
+            return _Footer(rows=reader.getRecordCount(), footer=reader.getFooter())
+        finally:
+            reader.close()
+
+    def read_parquet(self, uri: str) -> DataFrame:
+        """``spark.read.parquet(uri)``, given the schema Spark recorded in the first data
+        file's footer: Spark would otherwise run a job to read that same footer (about a
+        tenth of a second each here, and a step reads a dozen partitions). The files of a
+        folder were written by one job, so they share it. Files without that record (not
+        written by Spark) and empty folders are read as Spark reads them."""
+        files = self.data_files(uri)
+        meta = self.parquet_footer(files[0]).spark_schema if files else None
+        reader = self.spark.read if meta is None else self.spark.read.schema(StructType.fromJson(json.loads(meta)))
+        return reader.parquet(uri)
+
+
+@dataclass(frozen=True)
+class _Footer:
+    """What ``FileSystem.parquet_footer`` reads of one file."""
+
+    rows: int
+    footer: Any  # org.apache.parquet.hadoop.metadata.ParquetMetadata
+
+    @property
+    def spark_schema(self) -> str | None:
+        """The JSON of the StructType Spark wrote the file with; None for other writers."""
+        return self.footer.getFileMetaData().getKeyValueMetaData().get(SPARK_SCHEMA_KEY)
+
 
 class Scratch:
     """A step run's scratch folder (``Warehouse.scratch``)."""
@@ -227,7 +276,7 @@ class Scratch:
     def __call__(self, df: DataFrame, name: str) -> DataFrame:
         """``df`` written under ``name`` and read back."""
         df.write.parquet(f"{self.folder}/{name}")
-        return self.wh.spark.read.parquet(f"{self.folder}/{name}")
+        return self.wh.fs.read_parquet(f"{self.folder}/{name}")
 
     def write_bucketed(self, df: DataFrame, name: str, bucketing: Bucketing) -> str:
         """``df`` written bucketed under ``name`` (for ``bucketed_scan``); its location."""
@@ -356,7 +405,7 @@ class Warehouse:
         if stored != bucketing:
             raise ValueError(f"{name} for {date} at {self.partition_location(name, date)} is not stored with "
                              f"{bucketing} (found {stored})")
-        columns = _columns_ddl(self.read_partition(name, date).schema)
+        columns = _columns_ddl(self.fs.read_parquet(self.partition_location(name, date)).schema)
         location = _sql_string(self.partition_location(name, date))
         table_name = _catalog_table_name()
         self.spark.sql(f"CREATE TABLE `{table_name}` ({columns}) USING parquet "
@@ -408,7 +457,7 @@ class Warehouse:
                 f"run `tagrecall {writer} --date {date}` first{hint}")
         if self.format == "delta":
             return self._read_delta(name).where(F.col(PARTITION_COLUMN) == date).drop(PARTITION_COLUMN)
-        return self.spark.read.parquet(self.partition_location(name, date))
+        return self.fs.read_parquet(self.partition_location(name, date))
 
     def row_count(self, name: str, date: str) -> int:
         """The rows of partition ``date`` of ``name`` (MissingPartitionError when absent).
@@ -419,35 +468,10 @@ class Warehouse:
         if self.format == "parquet":
             if not self.has_partition(name, date):
                 self.read_partition(name, date)  # raises, naming the step to run
-            rows = self._footer_rows(self.partition_location(name, date))
-            if rows is not None:
-                return rows
+            files = self.fs.data_files(self.partition_location(name, date))
+            if len(files) <= FOOTER_COUNT_MAX_FILES:
+                return sum(self.fs.parquet_footer(f).rows for f in files)
         return self.read_partition(name, date).count()
-
-    def _footer_rows(self, uri: str) -> int | None:
-        """The sum of the row counts in the footers of the data files under ``uri`` (names
-        not starting with ``_`` or ``.``, as Spark reads them); None above
-        FOOTER_COUNT_MAX_FILES files. A file whose footer cannot be read raises the error
-        Spark's reader would (``unreadable_file`` finds its path in it)."""
-        fs, path = self.fs._path(uri)
-        files = [s for s in fs.listStatus(path) if s.isFile() and not s.getPath().getName().startswith(("_", "."))]
-        if len(files) > FOOTER_COUNT_MAX_FILES:
-            return None
-        jvm = self.spark._jvm
-        conf = self.spark._jsc.hadoopConfiguration()
-        rows = 0
-        for status in files:
-            try:
-                reader = jvm.org.apache.parquet.hadoop.ParquetFileReader.open(
-                    jvm.org.apache.parquet.hadoop.util.HadoopInputFile.fromStatus(status, conf))
-            except Exception as exc:  # py4j: the JVM's exception, e.g. "not a Parquet file"
-                raise OSError(f"Encountered error while reading file {status.getPath().toString()}. "
-                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
-            try:
-                rows += reader.getRecordCount()
-            finally:
-                reader.close()
-        return rows
 
     def read_partitions(self, name: str, dates: list[str]) -> DataFrame | None:
         """The union of the existing partitions among ``dates``, with a ``dt`` column;
