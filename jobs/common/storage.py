@@ -11,6 +11,11 @@ copies, use Delta.
 
 Delta writes go through ``replaceWhere`` on the ``dt`` column: one transaction per partition.
 
+A Parquet partition is read with the schema Spark recorded in its first data file's footer,
+and counted (``Warehouse.row_count``, for run reports) from its files' footers, both read in
+the driver: Spark would start a job for either, a fifth of a second or so on a small day,
+and a step reads and counts a dozen partitions.
+
 A Parquet partition may be written bucketed (``Bucketing``): one file per bucket, each row
 in bucket pmod(murmur3(column), count), as Spark writes a bucketed table, and the layout
 named in ``_bucketing.json`` inside the partition, swapped in with its files. Plain readers
