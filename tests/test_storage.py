@@ -76,13 +76,16 @@ def test_partition_column_is_refused(spark, wh):
 
 
 def _jobs_in(spark, group: str, fn):
-    """(fn's result, the Spark jobs it started), run under job group ``group``."""
+    """(fn's result, the Spark jobs it started), run under job group ``group``. The status
+    tracker is fed by a listener, asynchronously: its queue is drained before asking, or a
+    job just run could be missing and "no job" pass by chance."""
     sc = spark.sparkContext
     sc.setJobGroup(group, group)
     try:
         out = fn()
     finally:
         sc.setLocalProperty("spark.jobGroup.id", None)
+    sc._jsc.sc().listenerBus().waitUntilEmpty()
     return out, list(sc.statusTracker().getJobIdsForGroup(group))
 
 
