@@ -1,6 +1,6 @@
-"""The Airflow DAG: its shape, a real `airflow dags test` run with SparkSubmitOperator, and
-the same jobs submitted to a real Spark standalone cluster; all give the tables that
-`tagrecall run` gives."""
+"""The Airflow DAG: its shape, and a real `airflow dags test` whose SparkSubmitOperator
+tasks run on a real Spark standalone cluster with a shipped environment, giving the tables
+that `tagrecall run` gives in local mode."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 COMPARED = ("events", "rejected", "articles", "users", "user_tag_profile", "tag_index", "tag_stats",
             "training_triples", "user_top_tags")
-STEPS = ("ingest", "profiles", "index", "triples", "export")
+CHAIN = ("ingest", "profiles", "index", "triples", "evaluate", "train", "tag_model", "export", "publish")
+SPARK_TASKS = tuple(t for t in CHAIN if t != "train")  # train is a Python task: no Spark application
 
 
 # The drivers spark-submit starts map the class archive `make setup` recorded (when current).
@@ -99,15 +100,13 @@ def test_dag_parses_fast_without_heavy_imports_and_has_the_chain():
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert bag.import_errors == {}
     dag = bag.dags["tagrecall_daily"]
-    chain = ["ingest", "profiles", "index", "triples", "evaluate", "train", "tag_model", "export", "publish"]
     assert {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks} == {
-        a: ([b] if b else []) for a, b in zip(chain, [*chain[1:], None], strict=True)}
+        a: ([b] if b else []) for a, b in zip(CHAIN, [*CHAIN[1:], None], strict=True)}
     assert all(t.retries >= 1 and t.retry_delay.total_seconds() > 0 for t in dag.tasks)
     assert dag.get_task("profiles").depends_on_past and dag.max_active_runs == 1
     assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
     assert dag.doc_md and "data_interval_start" in dag.doc_md and "tagrecall" in dag.tags
-    spark_tasks = [t for t in dag.tasks if t.task_id != "train"]
-    assert all(type(t).__name__ == "SparkSubmitOperator" for t in spark_tasks)
+    assert all(type(dag.get_task(t)).__name__ == "SparkSubmitOperator" for t in SPARK_TASKS)
     assert type(dag.get_task("train")).__name__ == "_PythonDecoratedOperator"  # @task, no command line
     # Lineage: every table of the catalog is an outlet of the task of the step that writes it,
     # and an inlet of each task that reads it; the raw landing feeds ingest.
@@ -119,29 +118,6 @@ def test_dag_parses_fast_without_heavy_imports_and_has_the_chain():
     assert {"tagrecall.raw.events", "tagrecall.raw.articles", "tagrecall.raw.users"} <= names["ingest"][1]
     assert "tagrecall.training_triples" in names["train"][1] and "tagrecall.model" in names["train"][0]
     assert "tagrecall.model" in names["export"][1] and "tagrecall.redis" in names["publish"][0]
-
-
-@pytest.mark.slow
-def test_airflow_dags_test_writes_what_tagrecall_run_writes(two_days, tmp_path):
-    base, dist = two_days
-    airflow_home = tmp_path / "airflow"
-    wh = tmp_path / "warehouse"
-    shutil.copytree(base / "day1", wh)
-    env = {"AIRFLOW_HOME": str(airflow_home), "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-           "AIRFLOW_CONN_TAGRECALL_SPARK": json.dumps({"conn_type": "spark", "host": "local[2]"}),
-           "AIRFLOW_VAR_TAGRECALL_WAREHOUSE": str(wh), "AIRFLOW_VAR_TAGRECALL_RAW": str(base / "raw"),
-           "AIRFLOW_VAR_TAGRECALL_PY_FILES": str(dist), "TAGRECALL_DRIVER_JAVA_OPTIONS": DRIVER_JAVA_OPTIONS}
-    _run([BIN / "airflow", "db", "migrate"], **env)
-    # A manual run at DAY2 + 1 day covers the interval [DAY2, DAY2 + 1 day): D = DAY2.
-    started = time.monotonic()
-    done = _run([BIN / "airflow", "dags", "test", "tagrecall_daily", "2026-09-03"], timeout=1500, **env)
-    print(f"airflow dags test: {time.monotonic() - started:.0f}s")
-    assert "DagRun Finished" in done.stdout + done.stderr
-    _assert_same_tables(base / "local", wh, DAY2)
-    runs = wh / "_runs"
-    assert json.loads((runs / "publish" / f"{DAY2}.json").read_text())["status"] == "skipped"
-    evaluated = json.loads((runs / "evaluate" / f"{DAY1}.json").read_text())
-    assert evaluated["status"] in ("succeeded", "skipped")
 
 
 def _free_port() -> int:
@@ -168,52 +144,72 @@ def _packed_env(tmp_path: Path) -> tuple[Path, Path]:
     return archive, used
 
 
-@pytest.mark.slow
-def test_jobs_on_a_standalone_cluster_write_what_local_mode_writes(two_days, tmp_path, redis_server):
+@contextlib.contextmanager
+def _standalone_cluster(tmp_path: Path):
+    """A real Spark standalone master and one worker (2 cores, 3 GB) on 127.0.0.1, started
+    with `spark-class` from the installed pyspark: yields (master port, the worker's
+    folder, which holds one app-* folder per application run). Both daemons are stopped
+    on the way out, even on failure."""
     import pyspark
 
-    base, dist = two_days
-    archive, used = _packed_env(tmp_path)
-    packed = ["--archives", f"{archive}#environment", "--conf", "spark.pyspark.python=./environment/bin/python",
-              "--conf", f"spark.pyspark.driver.python={sys.executable}",
-              *(["--driver-java-options", DRIVER_JAVA_OPTIONS] if DRIVER_JAVA_OPTIONS else [])]
     spark_home = Path(pyspark.__file__).parent
-    port, ui = _free_port(), _free_port()
+    port = _free_port()
     env = _env(SPARK_HOME=str(spark_home), SPARK_LOCAL_IP="127.0.0.1", SPARK_LOG_DIR=str(tmp_path / "logs"),
                SPARK_WORKER_DIR=str(tmp_path / "work"))
-    master_url = f"spark://127.0.0.1:{port}"
     daemons = []
     try:
         for args in (["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-                      "--webui-port", str(ui)],
+                      "--webui-port", str(_free_port())],
                      ["org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", "2",
-                      "--memory", "3g", "--webui-port", str(_free_port()), master_url]):
+                      "--memory", "3g", "--webui-port", str(_free_port()), f"spark://127.0.0.1:{port}"]):
             daemons.append(subprocess.Popen([str(spark_home / "bin" / "spark-class"), *args], env=env,
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                             start_new_session=True))
             time.sleep(3)
-        wh = tmp_path / "warehouse"
-        shutil.copytree(base / "day1", wh)
-        for step in STEPS:
-            _run([BIN / "spark-submit", "--master", master_url, "--executor-memory", "1g", "--py-files", dist,
-                  *packed, REPO / "jobs" / f"{step}.py", "--date", DAY2, "--warehouse", wh, "--raw", base / "raw"],
-                 SPARK_LOCAL_IP="127.0.0.1")
-        _assert_same_tables(base / "local", wh, DAY2)
-        # publish writes to Redis from the executors (foreachPartition): Python on the
-        # worker, started from the shipped environment.
-        _run([BIN / "spark-submit", "--master", master_url, "--executor-memory", "1g", "--py-files", dist,
-              *packed, REPO / "jobs" / "publish.py", "--date", DAY2, "--warehouse", wh, "--raw", base / "raw",
-              "--set", f"publish.redis_url={redis_server()}"], SPARK_LOCAL_IP="127.0.0.1")
-        published = json.loads((wh / "_runs" / "publish" / f"{DAY2}.json").read_text())
-        assert published["status"] == "succeeded" and published["written"]["users"] > 0
-        # The executors ran on the worker (one application folder per submitted job) and
-        # started Python from the archive.
-        assert len(list((tmp_path / "work").glob("app-*"))) == len(STEPS) + 1
-        assert any((tmp_path / "work").glob("app-*/*/environment/bin/python"))
-        assert list(used.iterdir()), "no executor started the archive's Python"
+        yield port, tmp_path / "work"
     finally:
         for proc in daemons:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
-    assert all(p.poll() is not None for p in daemons)
+        assert all(p.poll() is not None for p in daemons)
+
+
+@pytest.mark.slow
+def test_airflow_runs_the_day_on_a_standalone_cluster_and_writes_what_tagrecall_run_writes(two_days, tmp_path,
+                                                                                          redis_server):
+    """`airflow dags test` of DAY2, every Spark task submitted by SparkSubmitOperator to a
+    real standalone cluster with the code as --py-files and a packed environment as
+    --archives (the DAG's TAGRECALL_ARCHIVES), publish writing to a real Redis from the
+    executors: the tables equal those of `tagrecall run` in local mode."""
+    base, dist = two_days
+    archive, used = _packed_env(tmp_path)
+    wh = tmp_path / "warehouse"
+    shutil.copytree(base / "day1", wh)
+    with _standalone_cluster(tmp_path) as (port, work):
+        env = {"AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+               "AIRFLOW_CONN_TAGRECALL_SPARK": json.dumps({"conn_type": "spark", "host": "spark://127.0.0.1",
+                                                           "port": port}),
+               "AIRFLOW_VAR_TAGRECALL_WAREHOUSE": str(wh), "AIRFLOW_VAR_TAGRECALL_RAW": str(base / "raw"),
+               "AIRFLOW_VAR_TAGRECALL_PY_FILES": str(dist), "TAGRECALL_DRIVER_JAVA_OPTIONS": DRIVER_JAVA_OPTIONS,
+               "TAGRECALL_ARCHIVES": f"{archive}#environment", "TAGRECALL_REDIS_URL": redis_server(),
+               "SPARK_LOCAL_IP": "127.0.0.1"}
+        _run([BIN / "airflow", "db", "migrate"], **env)
+        # A manual run at DAY2 + 1 day covers the interval [DAY2, DAY2 + 1 day): D = DAY2.
+        started = time.monotonic()
+        done = _run([BIN / "airflow", "dags", "test", "tagrecall_daily", "2026-09-03"], timeout=1500, **env)
+        print(f"airflow dags test on the standalone cluster: {time.monotonic() - started:.0f}s")
+        apps = list(work.glob("app-*"))
+    assert "DagRun Finished" in done.stdout + done.stderr
+    _assert_same_tables(base / "local", wh, DAY2)
+    runs = wh / "_runs"
+    evaluated = json.loads((runs / "evaluate" / f"{DAY1}.json").read_text())
+    assert evaluated["status"] in ("succeeded", "skipped")
+    # publish wrote to Redis from the executors (foreachPartition): Python on the worker.
+    published = json.loads((runs / "publish" / f"{DAY2}.json").read_text())
+    assert published["status"] == "succeeded" and published["written"]["users"] > 0
+    # Every Spark task ran on the cluster (one application folder each: train is a Python
+    # task), and the executors started Python from the shipped archive.
+    assert len(apps) == len(SPARK_TASKS), sorted(a.name for a in apps)
+    assert any(work.glob("app-*/*/environment/bin/python"))
+    assert list(used.iterdir()), "no executor started the archive's Python"
