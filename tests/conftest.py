@@ -31,7 +31,7 @@ SHARED_FIXTURE_GROUPS = {
     "cli": ("test_cli", "test_dags"),
 }
 GROUP_OF_FIXTURE = {"synthetic_feed": "feed", "exported_feed": "feed", "cli_two_days": "cli"}
-LONGEST_FIRST = ("cli", "test_faults", "feed")
+LONGEST_FIRST = ("feed", "test_faults", "cli")
 _GROUP_OF = {module: group for group, modules in SHARED_FIXTURE_GROUPS.items() for module in modules}
 
 
