@@ -209,7 +209,8 @@ def cli_two_days(tmp_path_factory):
     return base, both
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for the servers the tests start)."""
     import socket
 
     with socket.socket() as s:
@@ -234,7 +235,7 @@ def redis_server(tmp_path):
     def start(password: str | None = None, tls: tuple[str, str] | None = None) -> str:
         import redis
 
-        port = _free_port()
+        port = free_port()
         args = [binary, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
         args += (["--port", "0", "--tls-port", str(port), "--tls-cert-file", tls[0], "--tls-key-file", tls[1],
                   "--tls-auth-clients", "no"] if tls else ["--port", str(port)])
