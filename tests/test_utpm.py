@@ -221,6 +221,64 @@ def test_the_train_step_is_traced_once(monkeypatch):
     assert len(traces) == 1 and trainer.optimizer.iterations.numpy() == 8
 
 
+def _planted(n: int, seed: int = 0):
+    """Impressions of articles tagged a..d by users with a long field; about a third clicked,
+    some clicked ones with no tag in the vocabulary (weights 0), and rows 0..15 unclicked."""
+    rng = np.random.default_rng(seed)
+    tags = np.array(["a", "b", "c", "d"], dtype=object)
+    x = {"u_age": rng.choice(np.array(["x", "y"], dtype=object), (n, 1)),
+         "long_tags": rng.choice(tags, (n, 3)), "long_weights": rng.random((n, 3)).astype(np.float32),
+         "shown_tags": rng.choice(tags, (n, 3)), "shown_weights": rng.random((n, 3)).astype(np.float32)}
+    click = (rng.random(n) < 0.35).astype(np.float32)
+    click[:16] = 0.0
+    weights = rng.random((n, 2)).astype(np.float32)
+    weights[rng.random(n) < 0.1] = 0.0
+    y = {"click": click, "article_ids": rng.integers(0, 4, (n, 2)).astype(np.int32), "article_weights": weights}
+    return x, y
+
+
+def test_rows_outside_the_softmax_loss_leave_each_batch_after_it_is_drawn():
+    x, y = _planted(200)
+    keep = utpm_train.rows_in_loss(y, "softmax")
+    np.testing.assert_array_equal(keep, (y["click"] == 1) & (y["article_weights"].sum(axis=1) > 0))
+    assert 0 < keep.sum() < len(keep) and utpm_train.rows_in_loss(y, "joint") is None
+    assert utpm_train.rows_in_loss(y, "split") is None
+    every = utpm_train._tf_data(x, y, 32, seed=3)
+    kept = utpm_train._tf_data(x, y, 32, seed=3, keep=keep)
+    for _epoch in range(2):  # a new order each epoch, the same one for both
+        pairs = list(zip(every, kept, strict=True))
+        assert len(pairs) == 7
+        for (x_all, y_all), (x_kept, y_kept) in pairs:
+            mask = (y_all["click"].numpy() == 1) & (y_all["article_weights"].numpy().sum(axis=1) > 0)
+            for name in ("click", "article_ids", "article_weights"):
+                np.testing.assert_array_equal(y_kept[name].numpy(), y_all[name].numpy()[mask])
+            for name in x:
+                np.testing.assert_array_equal(x_kept[name].numpy(), x_all[name].numpy()[mask])
+
+
+def test_training_on_the_rows_in_the_softmax_loss_gives_the_training_on_every_row():
+    """Same batches, same losses, same weights (to float rounding), including a batch with
+    no clicked row (rows 0..15, in order, batch 16)."""
+    x, y = _planted(160)
+    keep = utpm_train.rows_in_loss(y, "softmax")
+    assert not keep[:16].any()
+    runs = []
+    for rows in (None, keep):
+        keras.utils.set_random_seed(0)
+        (user_model, network), _ = _network()
+        trainer = utpm.UTPMTrainer(user_model, network, "softmax", seed=0)
+        trainer.compile(keras.optimizers.Adam(0.01))
+        history = trainer.fit(utpm_train._tf_data(x, y, 16, None, rows), epochs=3, verbose=0,
+                              validation_data=utpm_train._tf_data(x, y, 16, None, rows)).history
+        runs.append((history, [w.numpy() for w in trainer.trainable_variables]))
+    (h_all, w_all), (h_kept, w_kept) = runs
+    for key in ("loss", "val_loss"):
+        np.testing.assert_allclose(h_kept[key], h_all[key], rtol=1e-5)
+    for a, b in zip(w_all, w_kept, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    assert h_all["loss"][-1] < h_all["loss"][0]  # it trained
+
+
 def test_padding_cuts_and_fills_each_list():
     col = pa.array([["a", "b", "c"], [], ["d"], None], pa.list_(pa.string())).slice(0, 3)
     assert utpm_train.pad(col, 2, "", object).tolist() == [["a", "b"], ["", ""], ["d", ""]]
