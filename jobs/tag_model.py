@@ -9,7 +9,9 @@ learned score, each with its interest (the user's lift on it over the average us
    with the reason.
 2. Scores: every user of D's users snapshot or profile, with fields from D's tables (the
    same definition, jobs/transforms/user_fields.py, as the examples'), scored by the new
-   model inside Spark (mapInArrow, the model loaded once per Python worker).
+   model inside Spark (mapInArrow, the model loaded once per Python worker), or, up to
+   tag_model.driver_scoring_max_users users, by the same function in the driver, which
+   has TensorFlow loaded already.
 
 Export reads ``user_tag_scores`` of D when present (jobs/export.py).
 """
@@ -20,7 +22,7 @@ import datetime as dt
 import logging
 import time
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.common.entry import Step, skipped
@@ -52,6 +54,22 @@ def score_batches(warehouse: str, version: str, m: int, popularity_weight: float
     return score
 
 
+def scores(spark: SparkSession, config: Config, fields: DataFrame, version: str, *, in_driver: bool) -> DataFrame:
+    """``SCORED`` rows of every user of ``fields`` (user_fields) by the model ``version``:
+    by Spark's Python workers, or, ``in_driver``, by the same function over the rows
+    collected to the driver as Arrow (no worker imports TensorFlow or loads the model)."""
+    cfg = config.tag_model
+    score = score_batches(config.storage.warehouse, version, cfg.top_m, cfg.interest_popularity_weight)
+    if not in_driver:
+        return fields.mapInArrow(score, SCORED)
+    import pyarrow as pa
+
+    schema = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("tag", pa.string()),
+                        ("score", pa.float64()), ("interest", pa.float64())])
+    batches = list(score(fields.toArrow().to_batches()))
+    return spark.createDataFrame(pa.Table.from_batches(batches, schema=schema))
+
+
 def skip_reason(_spark, config: Config, date: dt.date) -> str | None:
     """Disabled, or no window of examples yet (the first days of data)."""
     from models import utpm_train
@@ -75,9 +93,9 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
     version = result["version"]
     fields = user_fields(wh.read_partition("user_tag_profile", day), wh.read_partition("users", day),
                          wh.read_partition("tag_stats", day), config)
-    cfg = config.tag_model
-    scored = fields.mapInArrow(score_batches(config.storage.warehouse, version, cfg.top_m,
-                                             cfg.interest_popularity_weight), SCORED)
+    # Every user of the profile is in the users snapshot (ingest refuses events of unknown users).
+    in_driver = wh.row_count("users", day) <= config.tag_model.driver_scoring_max_users
+    scored = scores(spark, config, fields, version, in_driver=in_driver)
     wh.write_partition(scored.withColumn("model_version", F.lit(version)).select(*USER_TAG_SCORES.fieldNames()),
                        TABLE, day)
     written = wh.read_partition(TABLE, day).agg(F.count(F.lit(1)).alias("rows"),

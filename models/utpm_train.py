@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 TABLE = "tag_examples"
 SCORED_COLUMNS = ("user_id", "rank", "tag", "score", "interest")
+# Settings of where the scores are computed, not of the model: they leave its version alone.
+NOT_IN_VERSION = ("driver_scoring_max_users",)
 
 
 def window(config: Config, date: dt.date) -> Window:
@@ -127,7 +129,8 @@ def read(paths: list[Path], limit: int | None = None, seed: int = 0) -> pa.Table
 
 def model_version(config: Config, w: Window) -> str:
     files = sorted((d, f.name, f.stat().st_size) for d, p in w.parts.items() for f in p.glob("*.parquet"))
-    payload = json.dumps({"tag_model": config.to_dict()["tag_model"],
+    settings = {k: v for k, v in config.to_dict()["tag_model"].items() if k not in NOT_IN_VERSION}
+    payload = json.dumps({"tag_model": settings,
                           "user_features": config.features.user_features, "files": files},
                          sort_keys=True, default=str)
     return f"{w.day}-utpm-{config.tag_model.loss}-{hashlib.sha256(payload.encode()).hexdigest()[:10]}"

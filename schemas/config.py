@@ -473,6 +473,11 @@ class TagModelConfig:
     # 0.5 was the best of 0.25, 0.5, 0.75, 1 at recovering the planted interests of the demo's
     # synthetic feed (seed 7); the test asserts it on another feed (seed 13).
     interest_popularity_weight: float = 0.5
+    # Up to this many users (D's users snapshot), the driver, which has just trained the
+    # model and holds TensorFlow, scores them with the function Spark's Python workers run;
+    # above, the workers do, each importing TensorFlow and loading the model first (on the
+    # demo's day 12 s of a new session's 15.5 s of scoring). 0: always the workers.
+    driver_scoring_max_users: int = 20_000
 
     @property
     def input_fields(self) -> list[str]:
@@ -495,6 +500,7 @@ class TagModelConfig:
         _require(0.0 <= self.interest_popularity_weight <= 1.0, f"{where}.interest_popularity_weight",
                  "must be in [0, 1]")
         _require(self.patience >= 0, f"{where}.patience", "must be >= 0")
+        _require(self.driver_scoring_max_users >= 0, f"{where}.driver_scoring_max_users", "must be >= 0")
         _require(len(set(self.fields)) == len(self.fields), f"{where}.fields", "must not repeat a column")
 
 

@@ -91,6 +91,33 @@ def test_the_saved_model_reproduces_the_written_scores(tagged):
     np.testing.assert_allclose(got.max(axis=1), first.loc[some].score, rtol=1e-5)
 
 
+def test_the_driver_and_the_python_workers_score_the_same_table(spark, tagged):
+    """Small days are scored in the driver (tag_model.driver_scoring_max_users), big ones by
+    Spark's Python workers: both by the same function, so the same rows. Where the scores
+    are computed is not part of the model's version."""
+    import dataclasses
+
+    from jobs import tag_model
+    from jobs.common.storage import Warehouse
+    from jobs.transforms.user_fields import user_fields
+    from models import utpm_train
+
+    config, base, dates, report = tagged
+    day = dates[-1].isoformat()
+    wh = Warehouse(spark, config)
+    assert wh.row_count("users", day) <= config.tag_model.driver_scoring_max_users  # the step scored in the driver
+    fields = user_fields(wh.read_partition("user_tag_profile", day), wh.read_partition("users", day),
+                         wh.read_partition("tag_stats", day), config)
+    got = {where: tag_model.scores(spark, config, fields, report["model_version"], in_driver=where == "driver")
+           .toPandas().sort_values(["user_id", "rank"]).reset_index(drop=True) for where in ("driver", "workers")}
+    assert len(got["driver"]) == len(_pd(base, "user_tag_scores", day)) > 0
+    pd.testing.assert_frame_equal(got["driver"], got["workers"])
+    workers_only = config.replace(tag_model=dataclasses.replace(config.tag_model, driver_scoring_max_users=0))
+    window = utpm_train.window(config, dates[-1])
+    assert utpm_train.model_version(workers_only, window) == utpm_train.model_version(config, window)
+    assert report["model_version"] == utpm_train.model_version(config, window)
+
+
 def test_examples_of_d_do_not_change_when_the_tables_of_d_are_rewritten(spark, synthetic_feed, tmp_path):
     """Leakage: D's training rows describe users with D-1's tables only."""
     from pyspark.sql import functions as F
