@@ -58,16 +58,16 @@ def scores(spark: SparkSession, config: Config, fields: DataFrame, version: str,
     """``SCORED`` rows of every user of ``fields`` (user_fields) by the model ``version``:
     by Spark's Python workers, or, ``in_driver``, by the same function over the rows
     collected to the driver as Arrow (no worker imports TensorFlow or loads the model)."""
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_schema
+
     cfg = config.tag_model
     score = score_batches(config.storage.warehouse, version, cfg.top_m, cfg.interest_popularity_weight)
+    by_workers = fields.mapInArrow(score, SCORED)
     if not in_driver:
-        return fields.mapInArrow(score, SCORED)
-    import pyarrow as pa
-
-    schema = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("tag", pa.string()),
-                        ("score", pa.float64()), ("interest", pa.float64())])
+        return by_workers
     batches = list(score(fields.toArrow().to_batches()))
-    return spark.createDataFrame(pa.Table.from_batches(batches, schema=schema))
+    return spark.createDataFrame(pa.Table.from_batches(batches, schema=to_arrow_schema(by_workers.schema)))
 
 
 def skip_reason(_spark, config: Config, date: dt.date) -> str | None:

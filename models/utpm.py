@@ -344,6 +344,7 @@ def softmax_loss(positive_scores, weights, mask, click, all_scores=None, negativ
         pos = ops.where(mask, positive_scores, NEG)
         log_z = ops.logsumexp(ops.concatenate([pos, negative_scores - log_q], axis=-1), axis=-1, keepdims=True)
     nll = -ops.sum(target * (positive_scores - log_z), axis=-1)
+    # The rows in the loss: models/utpm_train.rows_in_loss gathers only these into a batch.
     clicked = ops.cast(click, "float32") * ops.cast(ops.any(mask, axis=-1), "float32")
     return ops.sum(nll * clicked) / ops.maximum(ops.sum(clicked), 1.0)
 
