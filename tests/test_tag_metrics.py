@@ -48,3 +48,41 @@ def test_a_perfect_list_scores_one():
     got = tag_metrics({"a": ["y", "x", "q"], "b": ["z"]}, clicks, ks=(2,))
     assert got["r@2"] == 1.0 and got["ndcg@2"] == 1.0 and got["click_coverage@2"] == 1.0
     assert got["p@2"] == pytest.approx((1.0 + 0.5) / 2)
+
+
+def test_users_without_a_tagged_click_are_left_out_and_a_repeated_tag_is_one_hit():
+    # evaluate's rule (jobs/evaluate.py, tag_prediction): only users with a click on a tagged
+    # article are averaged over; a tag is relevant once, whatever the list repeats.
+    got = tag_metrics({"a": ["x", "y"], "b": ["x"]}, [("a", ["x"]), ("b", [])], ks=(1,))
+    assert got["p@1"] == 1.0 and got["r@1"] == 1.0 and got["ndcg@1"] == 1.0 and got["users"] == 1.0
+    assert got["click_coverage@1"] == 0.5  # the untagged click is still a click no tag can cover
+    # [x, x, y] against {x, z}: one hit (x, position 1) in the first 3, not two.
+    got = tag_metrics({"a": ["x", "x", "y"]}, [("a", ["x", "z"])], ks=(3,))
+    ideal = 1.0 + 1.0 / math.log2(3)
+    assert got["p@3"] == pytest.approx(1 / 3) and got["r@3"] == pytest.approx(1 / 2)
+    assert got["ndcg@3"] == pytest.approx(1.0 / ideal)
+
+
+def test_the_harness_and_evaluate_give_the_same_tag_metrics(spark):
+    """The bench harness's P/R/NDCG@K equal evaluate's (its Spark computation, in a real
+    session) on random lists and clicks, some of the clicks on untagged articles."""
+    from jobs import evaluate
+
+    rng = np.random.default_rng(5)
+    vocab = [f"t{i}" for i in range(10)]
+    users = [f"u{i}" for i in range(40)]
+    lists = {u: list(rng.permutation(vocab)[:rng.integers(1, 11)]) for u in users[:32]}
+    clicks = [(users[rng.integers(0, 40)], list(rng.choice(vocab, rng.integers(0, 3), replace=False)))
+              for _ in range(120)]
+    assert any(not tags for _, tags in clicks) and {u for u, t in clicks if t} != {u for u, _ in clicks}
+    every = spark.createDataFrame([("m", u, t, i) for u, ts in lists.items() for i, t in enumerate(ts, 1)],
+                                  "method string, user_id string, tag string, rank int")
+    relevant = spark.createDataFrame(sorted({(u, t) for u, tags in clicks for t in tags}),
+                                     "user_id string, tag string")
+    n_relevant = len({u for u, tags in clicks if tags})
+    sums = evaluate.tag_prediction(every, relevant)["m"]
+    got = tag_metrics(lists, clicks, ks=evaluate.TAG_KS)
+    for k in evaluate.TAG_KS:
+        for ours, theirs in (("p", "precision"), ("r", "recall"), ("ndcg", "ndcg")):
+            assert got[f"{ours}@{k}"] == pytest.approx(sums[f"tag_{theirs}_at_{k}"] / n_relevant, rel=1e-12), \
+                (ours, k)
