@@ -241,10 +241,10 @@ def duplicate_losers(events: DataFrame, seen_ids: DataFrame | None) -> DataFrame
                 .select("_row", F.lit("repeated within the day").alias("_dup_detail")))
     if seen_ids is None:
         return repeated
-    # Only events dated before D's start can have landed on an earlier day, so the join's
-    # small side is the late events, broadcast.
-    late = valid.where(F.col("_late")).select("event_id", "_row")
-    seen = (seen_ids.join(F.broadcast(late), "event_id")
+    # Only events an earlier day could have accepted (``_early``: dated before D's start plus
+    # the clock skew D-1 allows) can have landed on one, so the join's small side is those, broadcast.
+    early = valid.where(F.col("_early")).select("event_id", "_row")
+    seen = (seen_ids.join(F.broadcast(early), "event_id")
             .select("_row", F.lit("ingested on an earlier day").alias("_dup_detail")))
     # An id seen before is refused in every copy; the earlier-day detail wins.
     return seen.unionByName(repeated).groupBy("_row").agg(F.min("_dup_detail").alias("_dup_detail"))
@@ -416,12 +416,14 @@ def balance(counts: dict[str, dict], events_written: int, rejected_written: dict
 def checked_events(records: DataFrame, cfg: IngestConfig, window: tuple[dt.datetime, dt.datetime],
                    day_start: dt.datetime, users: DataFrame, articles: DataFrame) -> DataFrame:
     """Raw event records -> typed rows with ``reason``/``detail`` of every rule but the
-    duplicate search, plus ``_late`` (dated before D) and a row id ``_row``."""
+    duplicate search, plus ``_early`` (dated early enough for an earlier day to have
+    accepted it: D-1 accepts up to D's start plus the clock skew) and a row id ``_row``."""
+    earlier_days_until = day_start + dt.timedelta(minutes=cfg.clock_skew_minutes)
     return (parse_events(records)
             .transform(with_event_checks, window_start=window[0], window_end=window[1],
                        max_dwell_ms=cfg.max_dwell_ms, max_position=cfg.max_position)
             .transform(with_known_ids, users=users, articles=articles)
-            .withColumn("_late", F.col("event_time") < F.lit(day_start))
+            .withColumn("_early", F.col("event_time") < F.lit(earlier_days_until))
             .withColumn("_row", F.monotonically_increasing_id()))
 
 

@@ -134,6 +134,30 @@ def test_duplicate_of_an_event_ingested_the_day_before(spark, tmp_path, make_con
     assert report["balance"]["events"]["balanced"]
 
 
+def test_an_event_of_the_next_days_first_minutes_is_accepted_on_one_day_only(spark, tmp_path, make_config):
+    # Day D accepts events stamped up to D+1's start plus the clock skew (5 minutes): e7,
+    # stamped 00:02 on D+1, lands on D and is accepted there; delivered again on D+1, its
+    # copy is a duplicate, although it is not dated before D+1.
+    config = make_config()
+    raw = tmp_path / "raw"
+    nxt = (D + dt.timedelta(days=1)).isoformat()
+    early_next = START_MS + 24 * HOUR + 2 * 60_000
+    write_landing(raw, "users", DAY, USERS)
+    write_landing(raw, "articles", DAY, ARTICLES)
+    write_landing(raw, "events", DAY, [event("e1"), event("e7", t=early_next)])
+    write_landing(raw, "users", nxt, [])
+    write_landing(raw, "articles", nxt, [])
+    write_landing(raw, "events", nxt, [event("e7", t=early_next), event("e8", t=early_next)])
+    ingest.run(spark, config, D)
+    report = ingest.run(spark, config, D + dt.timedelta(days=1))
+    wh = Warehouse(spark, config)
+    assert sorted(r["event_id"] for r in wh.read_partition("events", DAY).collect()) == ["e1", "e7"]
+    assert [r["event_id"] for r in wh.read_partition("events", nxt).collect()] == ["e8"]
+    (dup,) = wh.read_partition("rejected", nxt).collect()
+    assert (dup["reason"], dup["detail"]) == ("duplicate_event_id", "ingested on an earlier day")
+    assert report["balance"]["events"]["balanced"]
+
+
 def test_article_snapshot_keeps_each_articles_latest_version(spark, tmp_path, make_config):
     config = make_config()
     raw = tmp_path / "raw"
