@@ -32,7 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from sizes import parse_size  # bench/ is on sys.path when a benchmark runs as a script
+from record import append  # bench/ is on sys.path when a benchmark runs as a script
+from sizes import parse_size
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -205,6 +206,11 @@ def main() -> None:
     if tag_sec is not None:
         print(f"export with the user-tag model {users / tag_sec:,.0f} users/s vs the multi-task export "
               f"{users / export_sec:,.0f} users/s: ratio {export_sec / tag_sec:.2f}")
+    figures = {"multitask_s": round(export_sec, 1), "multitask_users_per_s": round(users / export_sec),
+               "predict_users_per_s": round(predict_users), "ratio": round(users / export_sec / predict_users, 2)}
+    if tag_sec is not None:
+        figures |= {"default_ranking_s": round(tag_sec, 1), "default_ranking_users_per_s": round(users / tag_sec)}
+    append("export", {"users": args.users, "candidates": args.candidates, "sample_users": args.sample_users}, figures)
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
 

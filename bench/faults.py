@@ -80,6 +80,8 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from record import append  # noqa: E402  (bench/ is on sys.path when a benchmark runs as a script)
+
 from jobs import evaluate, export, index, ingest, profiles, publish, tag_model, triples  # noqa: E402
 from jobs.common.session import build_session, first_tier_jit_env  # noqa: E402
 from schemas.catalog import TABLES  # noqa: E402
@@ -590,6 +592,10 @@ class Campaign:
             median = sorted(rec)[len(rec) // 2] if rec else float("nan")
             print(f"{step:<10}{fault:<18}{n:>9}{ok:>9}{median:>19.1f}")
         print(f"faults: {injected} injected, {survived} survived, {lost} rows lost, {mixed} mixed reads")
+        if not self.quick:  # the test suite's quick campaign is a test, not a benchmark run
+            append("faults", {"faults_per_step": self.per_step, "redis_kills": self.redis_kills,
+                              "executor_kills": self.executor_kills},
+                   {"injected": injected, "survived": survived, "rows_lost": lost, "mixed_reads": mixed})
         return 0 if not failed and lost == 0 and mixed == 0 else 1
 
     def close(self) -> None:

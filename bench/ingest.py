@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType
-from sizes import parse_size  # bench/ is on sys.path when a benchmark runs as a script
+from record import append, size_label  # bench/ is on sys.path when a benchmark runs as a script
+from sizes import parse_size
 
 from jobs import ingest
 from jobs.common.session import build_session
@@ -98,6 +99,9 @@ def main() -> int:
               f"{r['ingest_events_per_s']:>12,} {r['ratio']:>7.2f}")
     print(f"target: ratio <= 1.50 (medians of {args.repeat} runs each, alternating)")
     (out / "ingest.json").write_text(json.dumps(results, indent=2))
+    for r in results:
+        append("ingest", {"events": size_label(r["events"]), "events_exact": r["events"], "repeat": args.repeat},
+               {k: r[k] for k in ("bare_s", "ingest_s", "ratio")})
     return 0
 
 

@@ -42,7 +42,8 @@ from pathlib import Path
 
 import psutil
 from pyspark.sql import functions as F
-from sizes import parse_size  # bench/ is on sys.path when a benchmark runs as a script
+from record import append  # bench/ is on sys.path when a benchmark runs as a script
+from sizes import parse_size
 
 from jobs import profiles
 from jobs.common.dates import day_bounds
@@ -387,6 +388,13 @@ def main() -> int:
         print(f"day {args.days} incremental, bucketed / plain (medians of {args.repeat}): {inc:.1f}s / "
               f"{plain_s:.1f}s = {inc / plain_s:.2f}")
     print(f"Spark / DuckDB (day {args.days} incremental): {inc / duck['seconds']:.2f}x (goal <= 2x)")
+    figures = {"incremental_s": round(inc, 1), "duckdb_s": round(duck["seconds"], 1),
+               "spark_over_duckdb": round(inc / duck["seconds"], 2), "incremental_day_n_over_day_2": round(inc / day2, 2)}
+    if first_full < args.days:
+        figures["incremental_over_full_profile_median"] = round(inc / flat, 2)
+    if full_label in results:
+        figures["full_s"] = round(results[full_label]["seconds"], 1)
+    append("profiles", {"events_per_day": args.events, "days": args.days}, figures)
     return 0
 
 

@@ -22,7 +22,8 @@ import subprocess
 import tempfile
 import time
 
-from sizes import parse_size  # bench/ is on sys.path when a benchmark runs as a script
+from record import append  # bench/ is on sys.path when a benchmark runs as a script
+from sizes import parse_size
 
 from jobs import publish
 from jobs.online.keys import Keys, connection
@@ -94,6 +95,8 @@ def main() -> None:
     p, o = statistics.median(piped), statistics.median(one)
     print(f"\nmedian of {args.repeat}: pipelined writer {p:,.0f} members/s, one command per member {o:,.0f} "
           f"members/s: ratio {p / o:.1f}x (pipeline_size {config.publish.pipeline_size}, {tags} tags per ZADD)")
+    append("publish", {"users": args.users, "tags": tags, "single": args.single, "repeat": args.repeat},
+           {"pipelined_members_per_s": round(p), "single_members_per_s": round(o), "ratio": round(p / o, 1)})
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from record import append  # bench/ is on sys.path when a benchmark runs as a script
+
 from jobs.common.session import CLASS_ARCHIVE_DEFAULT, first_tier_jit_env
 from jobs.tools.class_archive import build
 
@@ -57,6 +59,8 @@ def main() -> int:
     off, auto = statistics.median(seconds["off"]), statistics.median(seconds["auto"])
     print(f"median: without the archive {off:.1f} s, with it {auto:.1f} s; ratio {auto / off:.2f} "
           f"({args.rounds} rounds, `tagrecall run --steps {args.steps}`)")
+    append("startup", {"users": args.users, "steps": args.steps, "rounds": args.rounds},
+           {"without_archive_s": round(off, 1), "with_archive_s": round(auto, 1), "ratio": round(auto / off, 2)})
     return 0
 
 

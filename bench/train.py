@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sizes import parse_size  # bench/ is on sys.path when a benchmark runs as a script
+from record import append  # bench/ is on sys.path when a benchmark runs as a script
+from sizes import parse_size
 
 from models import data, train
 from schemas.config import load_config
@@ -156,6 +157,9 @@ def main() -> int:
         print(f"| {k} | {med[k]:.1f} | {rows / med[k]:,.0f} |")
     print(f"\nParquet streaming at {ratio:.0%} of in-memory training throughput (target >= 80%)")
     print(f"inference (predict_on_batch, batch {args.batch_size}): {infer:,.0f} examples/s")
+    append("training", {"rows": args.rows, "batch_size": args.batch_size, "repeat": args.repeat},
+           {"parquet_examples_per_s": round(rows / med["parquet"]), "memory_examples_per_s": round(rows / med["memory"]),
+            "ratio": round(ratio, 2), "inference_examples_per_s": round(infer)})
     if args.first_steps:
         first_steps(spec, stats, config, mem.take(1), args.first_steps)
     shutil.rmtree(folder)
