@@ -5,12 +5,12 @@ PYTHON ?= python3
 comma  := ,
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= test,delta,bench,model,airflow
+EXTRAS ?= test,delta,bench,model,airflow,docs
 # Every resolved version (Linux x86_64, Python 3.11), installed by `make setup`; `make lock`
 # refreshes it from setup.cfg's ranges. `make setup LOCK=` installs from the ranges instead.
 LOCK   ?= requirements.lock
 
-.PHONY: setup java redis demo test faults lint lock bench dist env-archive airflow clean
+.PHONY: setup java redis demo test faults lint lock bench dist env-archive airflow docs clean
 
 # Then the driver JVM's class archive (`tagrecall class-archive`: about two minutes once,
 # a no-op while it is current; each driver started later is some 5-12 s faster with it).
@@ -77,6 +77,12 @@ test: setup redis
 faults: setup redis
 	$(BIN)/python bench/faults.py $(FAULTS_ARGS)
 
+# The documentation site (docs/, mkdocs.yml) on http://127.0.0.1:8000, rebuilt on every
+# change; its reference pages are generated from the code at each build (docs/hooks/).
+# The test suite builds it with --strict (tests/test_docs.py).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
 lint: setup
 	$(BIN)/ruff check .
 
@@ -120,4 +126,4 @@ env-archive:
 	@echo "dist/tagrecall-env.tar.gz"
 
 clean:
-	rm -rf $(VENV) dist build demo airflow-home airflow-data *.egg-info .pytest_cache
+	rm -rf $(VENV) dist build site demo airflow-home airflow-data *.egg-info .pytest_cache
