@@ -104,6 +104,59 @@ class FMCross(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tagrecall")
+class PairAttentionPooling(keras.layers.Layer):
+    """AFM's attention-based pooling of the pairwise interactions (Xiao et al., IJCAI 2017):
+    over the pairs i < j of k field vectors, p_ij = f_i * f_j (elementwise) and
+
+        a_ij = softmax_ij(h^T ReLU(W p_ij + b)),   pooled = sum_ij a_ij p_ij,
+
+    the softmax over the pairs whose fields are both present (AFM sums over the non-zero
+    features only). h starts at zero, so the pooling starts as the mean of the pairwise
+    products: FM's second-order term divided by the number of pairs.
+
+    call(fields (B, k, d), present (B, k), False where a field is empty; None: all present)
+    -> pooled (B, d); ``attention`` gives a (B, k (k - 1) / 2), the pairs in the order of
+    itertools.combinations. A row with no pair of present fields pools to zeros."""
+
+    def __init__(self, units: int = 16, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.project = keras.layers.Dense(units, activation="relu", name="project")
+
+    def build(self, fields_shape, present_shape=None):
+        if len(fields_shape) != 3 or fields_shape[1] is None or fields_shape[1] < 2:
+            raise ValueError(f"PairAttentionPooling needs fields of shape (batch, k >= 2, dim), got {fields_shape}")
+        self.project.build((fields_shape[0], None, fields_shape[-1]))
+        self.query = self.add_weight(name="query", shape=(self.units,), initializer="zeros")
+
+    @staticmethod
+    def _pairs(fields):
+        k = fields.shape[1]
+        return [i for i in range(k) for _ in range(i + 1, k)], [j for i in range(k) for j in range(i + 1, k)]
+
+    def _products(self, fields):
+        left, right = self._pairs(fields)
+        return ops.take(fields, left, axis=1) * ops.take(fields, right, axis=1)       # (B, P, d)
+
+    def attention(self, fields, present=None):
+        logits = ops.sum(self.project(self._products(fields)) * self.query, axis=-1)  # (B, P)
+        if present is None:
+            return ops.softmax(logits, axis=-1)
+        left, right = self._pairs(fields)
+        present = ops.cast(present, "bool")
+        mask = ops.cast(ops.logical_and(ops.take(present, left, axis=1), ops.take(present, right, axis=1)),
+                        logits.dtype)
+        return ops.softmax(logits + (1.0 - mask) * NEG, axis=-1) * mask               # no pair -> 0
+
+    def call(self, fields, present=None):
+        alpha = self.attention(fields, present)
+        return ops.sum(alpha[..., None] * self._products(fields), axis=1)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="tagrecall")
 class TagScores(keras.layers.Layer):
     """The label side: a tag embedding table E (T, d) and bias b (T).
     call(u (B, d)) -> u E^T + b (B, T); ``gather(u, ids)`` -> score of each id (B, L)."""
@@ -206,7 +259,8 @@ def _mlp(x, units, prefix: str):
     return x
 
 
-def _baseline_tower(tower: str, fields: list, heads: int, embedding_dim: int, units) -> object:
+def _baseline_tower(tower: str, fields: list, heads: int, embedding_dim: int, units,
+                    present: list | None = None) -> object:
     """The user representation of a baseline of the UTPM paper from the field vectors
     (each (B, d): a categorical embedding, or a tag field's weighted mean of embeddings):
 
@@ -216,7 +270,16 @@ def _baseline_tower(tower: str, fields: list, heads: int, embedding_dim: int, un
     - ``dcn``: a cross network of two keras-rs ``FeatureCross`` layers on the concatenated
       vectors (x_{l+1} = x_0 * (W x_l + b) + x_l) beside the MLP (Wang et al. 2017);
     - ``autoint``: two layers of multi-head self-attention over the fields with residual
-      connections (Song et al. 2019), flattened, through the MLP."""
+      connections (Song et al. 2019), flattened, through the MLP;
+    - ``afm``: the field vectors (the linear part) beside ``PairAttentionPooling`` of the
+      pairwise products (Xiao et al. 2017), no MLP: AFM is shallow, its projection p of the
+      pooled vector is the user_vector layer that follows;
+    - ``nfm``: the field vectors (the linear part) beside the MLP of the bi-interaction
+      pooling sum_{i<j} f_i * f_j (``FMCross``; He and Chua 2017), layer-normalised where
+      the paper batch-normalises, so a user's vector does not hang on the batch it is in.
+
+    ``present`` (B,) booleans per field, False where the field is empty (its vector is
+    zeros): AFM's attention skips the pairs of an absent field."""
     flat = keras.layers.Concatenate(name="fields_flat")(fields) if len(fields) > 1 else fields[0]
     if tower == "youtube_dnn":
         return _mlp(flat, units, "user")
@@ -236,6 +299,16 @@ def _baseline_tower(tower: str, fields: list, heads: int, embedding_dim: int, un
             attended = keras.layers.MultiHeadAttention(heads, embedding_dim, name=f"self_attention_{i}")(x, x)
             x = ops.relu(attended + keras.layers.Dense(embedding_dim, name=f"residual_{i}")(x))
         return _mlp(keras.layers.Flatten(name="attended_fields")(x), units, "user")
+    if tower in ("afm", "nfm") and len(fields) < 2:
+        return flat   # no pair to cross: the linear part alone
+    if tower == "afm":
+        mask = ops.stack(present, axis=1) if present is not None else None
+        pooled = PairAttentionPooling(embedding_dim, name="pair_attention")(ops.stack(fields, axis=1), mask)
+        return keras.layers.Concatenate(name="linear_and_pairs")([flat, pooled])
+    if tower == "nfm":
+        crossed = keras.layers.LayerNormalization(name="bi_interaction_norm")(
+            FMCross(name="bi_interaction")(ops.stack(fields, axis=1)))
+        return keras.layers.Concatenate(name="linear_and_deep")([flat, _mlp(crossed, units, "user")])
     raise ValueError(f"unknown user tower {tower!r}; known: {', '.join(TOWERS)}")
 
 
@@ -296,7 +369,9 @@ def build_network(user_features: list[str], fields: list[str], vocabularies: dic
         pooled = [e[:, 0, :] for e in categorical]
         pooled += [ops.sum(e * (w / ops.maximum(ops.sum(w, axis=-1, keepdims=True), 1e-12))[..., None], axis=1)
                    for e, w in zip(embedded, field_weights, strict=True)]
-        x = _baseline_tower(tower, pooled, heads, embedding_dim, units)
+        present = [ops.greater(ops.ones_like(e[:, 0, 0]), 0.0) for e in categorical]   # always there
+        present += [ops.greater(ops.sum(w, axis=-1), 0.0) for w in field_weights]
+        x = _baseline_tower(tower, pooled, heads, embedding_dim, units, present)
     u = keras.layers.Dense(user_dim, name="user_vector")(x)
     scores = TagScores(len(tags), user_dim, name="tag_scores")(u)
     outputs = {"user": u}

@@ -420,9 +420,9 @@ class ModelConfig:
 
 
 TAG_MODEL_LOSSES = ("joint", "split", "softmax")
-# The user tower: UTPM's attention and FM crossing, or a baseline of the UTPM paper over the
+# The user tower: UTPM's attention and FM crossing, or a baseline (of the UTPM paper, AFM, NFM) over the
 # same fields and label side (models/utpm.py).
-TAG_MODEL_TOWERS = ("utpm", "youtube_dnn", "fm", "dcn", "autoint")
+TAG_MODEL_TOWERS = ("utpm", "youtube_dnn", "fm", "dcn", "autoint", "afm", "nfm")
 TAG_MODEL_ECHOES = ("posterior", "share")
 
 

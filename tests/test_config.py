@@ -38,6 +38,8 @@ def test_printed_defaults_load_back_to_the_defaults():
     ("[ingest]\nmax_reject_ratio = 1.5\n", r"1.5 is not between 0 and 1"),
     ("[ingest\n", r"not valid TOML"),
     ("[tag_model]\necho = 'loud'\n", r"tag_model.echo: 'loud' is not one of posterior, share"),
+    ("[tag_model]\ntower = 'deepfm'\n",
+     r"tag_model.tower: 'deepfm' is not one of utpm, youtube_dnn, fm, dcn, autoint, afm, nfm"),
     ("[tag_model]\ninterest_popularity_weight = 2.0\n", r"tag_model.interest_popularity_weight: must be in \[0, 1\]"),
 ])
 def test_bad_configs_are_refused_naming_the_key(tmp_path, text, message):
@@ -45,6 +47,11 @@ def test_bad_configs_are_refused_naming_the_key(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+
+
+@pytest.mark.parametrize("tower", ["afm", "nfm"])
+def test_the_afm_and_nfm_towers_are_accepted(tower):
+    assert load_config(assignments=[f"tag_model.tower={tower}"]).tag_model.tower == tower
 
 
 def test_bad_assignment():

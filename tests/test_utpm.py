@@ -83,6 +83,61 @@ def test_the_fm_layer_equals_the_brute_force_pairwise_sum():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(utpm.FMCross()(fields)), brute, rtol=1e-4, atol=1e-5)
 
 
+# Three field vectors of one user, the pairs' elementwise products worked by hand:
+# f1 * f2 = (3, -2), f1 * f3 = (0.5, 8), f2 * f3 = (1.5, -4).
+THREE_FIELDS = np.array([[[1.0, 2.0], [3.0, -1.0], [0.5, 4.0]]], np.float32)
+PAIR_PRODUCTS = np.array([[3.0, -2.0], [0.5, 8.0], [1.5, -4.0]])
+
+
+def test_nfm_bi_interaction_pooling_of_three_vectors_equals_a_hand_computation():
+    # NFM's bi-interaction: (3, -2) + (0.5, 8) + (1.5, -4) = (5, 2); as 0.5 x ((sum f)^2 -
+    # sum f^2): sum f = (4.5, 5), squared (20.25, 25); sum f^2 = (10.25, 21); half the gap (5, 2).
+    got = keras.ops.convert_to_numpy(utpm.FMCross()(THREE_FIELDS))
+    np.testing.assert_allclose(got, [[5.0, 2.0]], rtol=1e-6)
+
+
+def _pair_attention(query=(1.0, -0.5)):
+    layer = utpm.PairAttentionPooling(units=2)
+    layer(THREE_FIELDS)
+    layer.project.kernel.assign(np.array([[1.0, 2.0], [0.0, 1.0]], np.float32))   # p W = (p1, 2 p1 + p2)
+    layer.project.bias.assign(np.array([0.0, 0.5], np.float32))
+    layer.query.assign(np.array(query, np.float32))
+    return layer
+
+
+def test_afm_pair_attention_pooling_equals_a_hand_computation():
+    layer = _pair_attention()
+    # ReLU(p W + b) per pair: (3, 4.5), (0.5, 9.5), (1.5, 0) [-0.5 cut]; h = (1, -0.5):
+    # logits 3 - 2.25 = 0.75, 0.5 - 4.75 = -4.25, 1.5.
+    e = np.exp([0.75, -4.25, 1.5])
+    alpha = e / e.sum()
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.attention(THREE_FIELDS)), [alpha], rtol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(THREE_FIELDS)), [alpha @ PAIR_PRODUCTS], rtol=1e-5)
+    # With h = 0 every pair weighs the same: the mean of the products, (5, 2) / 3.
+    flat = _pair_attention(query=(0.0, 0.0))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(flat(THREE_FIELDS)), [[5 / 3, 2 / 3]], rtol=1e-5)
+
+
+def test_afm_pair_attention_skips_the_pairs_of_an_absent_field():
+    layer = _pair_attention()
+    fields = np.repeat(THREE_FIELDS, 3, axis=0)
+    present = np.array([[True, True, False], [True, False, False], [True, True, True]])
+    alpha = keras.ops.convert_to_numpy(layer.attention(fields, present))
+    # Row 1: only the pair (1, 2) is left, all the weight on it; row 2: no pair at all.
+    np.testing.assert_allclose(alpha[0], [1.0, 0.0, 0.0], atol=1e-7)
+    assert (alpha[1] == 0).all()
+    pooled = keras.ops.convert_to_numpy(layer(fields, present))
+    np.testing.assert_allclose(pooled[0], [3.0, -2.0], rtol=1e-6)
+    np.testing.assert_allclose(pooled[1], [0.0, 0.0])
+    e = np.exp([0.75, -4.25, 1.5])
+    np.testing.assert_allclose(pooled[2], e / e.sum() @ PAIR_PRODUCTS, rtol=1e-5)
+
+
+def test_afm_pair_attention_refuses_fewer_than_two_fields():
+    with pytest.raises(ValueError, match=r"k >= 2"):
+        utpm.PairAttentionPooling(units=2)(THREE_FIELDS[:, :1])
+
+
 def _network(tower="utpm", echo="posterior"):
     tags = ["a", "b", "c", "d"]
     return utpm.build_network(["age"], ["long", "shown"], {"u_age": ["x", "y"]}, tags, 3, embedding_dim=4,
@@ -155,6 +210,42 @@ def test_a_saved_model_loads_with_safe_mode_and_scores_the_same(tmp_path, tower)
     loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
     np.testing.assert_allclose(loaded.predict_on_batch(_inputs())["scores"],
                                network.predict_on_batch(_inputs())["scores"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("tower", ["afm", "nfm"])
+def test_afm_and_nfm_networks_round_trip_with_every_weight_moved(tmp_path, tower):
+    """Every variable set away from its initial value first (AFM's attention query starts
+    at zero, NFM's layer norm at one and zero), so the loaded scores match only if each
+    variable of the new towers is saved and restored."""
+    (user_model, network), _ = _network(tower)
+    rng = np.random.default_rng(3)
+    for v in network.weights:
+        v.assign(rng.normal(0.0, 0.5, size=v.shape).astype(v.dtype))
+    before = network.predict_on_batch(_inputs())["scores"]
+    network.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_array_equal(loaded.predict_on_batch(_inputs())["scores"], before)
+    layer = {"afm": "pair_attention", "nfm": "bi_interaction_norm"}[tower]
+    for a, b in zip(network.get_layer(layer).weights, loaded.get_layer(layer).weights, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+
+
+def test_the_afm_tower_attends_only_to_pairs_of_fields_the_user_has():
+    """The second user of ``_inputs`` has an empty long field: inside the network AFM's
+    pooling over (age, long, shown) must equal the pooling of the pair (age, shown) alone."""
+    (user_model, network), _ = _network("afm")
+    layer = network.get_layer("pair_attention")
+    layer.query.assign(np.array([1.0, -2.0, 0.5, 3.0], np.float32))
+    probe = keras.Model(network.inputs, {"fields": network.get_layer("fields_flat").output,
+                                         "pooled": layer.output})
+    out = probe.predict_on_batch(_inputs())
+    fields = out["fields"].reshape(2, 3, 4)                      # (users, age long shown, dim)
+    assert (fields[1, 1] == 0).all() and not (fields[1, 0] == 0).all()
+    only_pair = keras.ops.convert_to_numpy(layer(fields[1:, [0, 2]]))
+    np.testing.assert_allclose(out["pooled"][1:], only_pair, rtol=1e-5, atol=1e-7)
+    # Without the mask the zero pairs would take a share of the attention.
+    unmasked = keras.ops.convert_to_numpy(layer(fields[1:]))
+    assert not np.allclose(unmasked, only_pair, rtol=1e-3)
 
 
 def test_every_tower_loads_in_a_fresh_interpreter(tmp_path):
