@@ -1,7 +1,10 @@
-"""tagrecall_daily: the daily chain of tagrecall for the day D = data_interval_start.
+"""tagrecall_daily: the daily chain of tagrecall for the day D = data_interval_start, as a
+date in the schedule's time zone.
 
 One run per day, on a data-interval timetable (midnight to midnight, UTC by default): the
-run for D starts once D is over. Tasks, each rewriting only its own partition of D, so
+run for D starts once D is over. Airflow keeps and hands over the interval's start in UTC,
+where a local midnight east of UTC falls on the day before: D is that start converted to
+TAGRECALL_SCHEDULE_TZ first. Tasks, each rewriting only its own partition of D, so
 retries and `airflow dags backfill` are safe:
 
     ingest -> profiles -> index -> triples -> evaluate (D-1) -> train -> tag_model -> export -> publish
@@ -81,8 +84,10 @@ CONFIG = _setting("config", "")
 CODE = _setting("code", str(REPO))
 PY_FILES = _setting("py_files", str(REPO / "dist" / "tagrecall.zip"))
 TRAIN = _setting("train", "true")
-DAY = "{{ data_interval_start | ds }}"
-DAY_BEFORE = "{{ macros.ds_add(data_interval_start | ds, -1) }}"
+# The interval's start arrives in UTC; its date there is the day before for zones east of UTC.
+LOCAL_START = f"data_interval_start.in_timezone('{SCHEDULE_TZ}')"
+DAY = f"{{{{ {LOCAL_START} | ds }}}}"
+DAY_BEFORE = f"{{{{ macros.ds_add({LOCAL_START} | ds, -1) }}}}"
 COMMON = ["--warehouse", WAREHOUSE, "--raw", RAW, "--format", FORMAT, "--config", CONFIG]
 
 

@@ -119,6 +119,42 @@ def test_dag_parses_fast_without_heavy_imports_and_has_the_chain():
     assert "tagrecall.model" in names["export"][1] and "tagrecall.redis" in names["publish"][0]
 
 
+@pytest.mark.parametrize(("zone", "utc_start"), [
+    ("Asia/Shanghai", "2026-11-04T16:00:00+00:00"),        # east of UTC: local midnight is the day before in UTC
+    ("America/Los_Angeles", "2026-11-05T08:00:00+00:00"),  # west of UTC (PST, after the 11-01 change)
+])
+def test_the_date_passed_to_every_task_is_the_local_day_of_the_schedules_time_zone(zone, utc_start, monkeypatch):
+    """The scheduled run for local day 2026-11-05 in ``zone``: its data interval from the
+    DAG's real timetable, its start as the metadata database keeps it (UTC), each task's
+    date rendered by Airflow's template engine: D = 2026-11-05, and evaluate's D-1 = 2026-11-04."""
+    import pendulum
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.execution_time import macros
+    from airflow.serialization.encoders import coerce_to_core_timetable
+    from airflow.timetables.base import TimeRestriction
+
+    monkeypatch.setenv("TAGRECALL_SCHEDULE_TZ", zone)  # read when the DAG file is parsed
+    dag = DagBag(dag_folder=str(REPO / "dags")).dags["tagrecall_daily"]
+    local_midnight = pendulum.datetime(2026, 11, 5, tz=zone)
+    run = coerce_to_core_timetable(dag.timetable).next_dagrun_info(
+        last_automated_data_interval=None, restriction=TimeRestriction(earliest=local_midnight, latest=None,
+                                                                       catchup=True))
+    start = pendulum.instance(run.data_interval.start).in_timezone("UTC")  # as stored and handed to the task
+    assert start.isoformat() == utc_start and start == local_midnight
+    context = {"data_interval_start": start, "data_interval_end": run.data_interval.end.in_timezone("UTC"),
+               "macros": macros, "dag": dag}
+
+    def rendered_date(task_id: str) -> str:
+        task = dag.get_task(task_id)
+        if task_id == "train":
+            return task.render_template(task.op_kwargs["date"], context)
+        args = task.application_args
+        return task.render_template(args[args.index("--date") + 1], context)
+
+    dates = {t: rendered_date(t) for t in CHAIN}
+    assert dates == {t: "2026-11-04" if t == "evaluate" else "2026-11-05" for t in CHAIN}
+
+
 def _packed_env(tmp_path: Path) -> tuple[Path, Path]:
     """A packed environment for --archives whose bin/python records each start (in
     ``used/``) and runs this interpreter: small enough for a test, unlike a real
