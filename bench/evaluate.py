@@ -9,7 +9,8 @@ D+1's events and articles (the KuaiRand-Pure week: README, "KuaiRand-Pure"). The
 (evaluate.evaluate, every method and metric) runs --runs times after one warm-up run. The
 reference joins each method's lists with the tag index, sums the merge scores per (user,
 article) and ranks them with a window, one query per method (evaluate before the numpy
-merge); its hits must equal the step's for every method, and the bench fails if not. The
+merge: the rank_sum merge, which the configuration must use); its hits must equal the step's
+for every method, and the bench fails if not. The
 shuffles of both recall queries are counted from their physical plans.
 """
 
@@ -94,13 +95,15 @@ def main() -> None:
     started = time.monotonic()
     expected, plans = reference_hits(every, clicks, tag_index, k, list(lists))
     reference = time.monotonic() - started
+    index = evaluate.index_of(tag_index)
     started = time.monotonic()
-    got = evaluate.recall_hits(every, clicks, tag_index, k, list(lists))
+    got = {m: sum(g.values()) for m, g in evaluate.recall_hits(every, clicks, index, k, list(lists)).items()}
     merge = time.monotonic() - started
     found = {r["method"]: r["numerator"] for r in rows if r["metric"] == "recall_at_k"}
     print(f"recall@{k} merge, {len(expected)} methods, lists computed beforehand: "
           f"join per method {reference:.1f} s ({sum(shuffles(p) for p in plans)} shuffles), "
-          f"numpy merge {merge:.1f} s ({shuffles(evaluate.recall_query(every, clicks, tag_index, k, list(lists)))} shuffles): "
+          f"numpy merge {merge:.1f} s "
+          f"({shuffles(evaluate.recall_query(every, clicks, index, k, list(lists)))} shuffles): "
           f"{reference / merge:.1f}x")
     for method in sorted(expected):
         print(f"  {method:<10} hits: join {expected[method]}, numpy {got[method]}, step {found[method]:.0f}")

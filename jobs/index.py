@@ -3,7 +3,12 @@
 For each article of D's snapshot published no later than the end T_D of D and at most
 index.max_age_days before it:
 
-    score(tag, article) = a(article, tag) x quality(article) x freshness(article)
+    score(tag, article) = a(article, tag) x value(article)
+
+with ``value`` chosen by index.ranking (jobs/transforms/item_ranking.py): ``quality``
+(quality x freshness), ``clicks`` (decayed clicks) or ``exposure`` (smoothed click-through
+rate x decayed impressions); each tag keeps its top index.top_k articles, up to
+index.new_article_slots of them reserved for new articles (the cold-start quota).
 
 freshness = 2^(-(T_D - publish_time) / index.freshness_half_life_days).
 
@@ -18,48 +23,47 @@ index.prior_strength pseudo-impressions (which bring m * p0 pseudo-clicks of mea
     quality = (ctr / p0) x (dwell / mu0)
 
 so 1.0 is an average article, and an article nobody has seen yet (n = c = k = 0) gets
-exactly the prior, 1.0, not zero: new articles enter the index on the day they are
-published, ranked by tag weight and freshness (the cold-start path of explicit recall).
+exactly the prior, 1.0, not zero. Under the volume rankings a new article without history
+gets the window's mean value instead of zero: new articles enter the index on the day they
+are published (the cold-start path of explicit recall).
 
-Each tag keeps its top index.top_k articles; ties in score are broken by article_id, so
-ranks are deterministic. ``tag_stats`` has, per tag of D's snapshot, the decayed
-impressions and clicks of articles carrying it (unweighted), its click-through rate
-smoothed the same way, its mean dwell per click, and the number of indexable articles.
+Ties in score are broken by article_id, so ranks are deterministic. ``tag_stats`` has, per
+tag of D's snapshot, the decayed impressions and clicks of articles carrying it
+(unweighted), its click-through rate smoothed the same way, its mean dwell per click, and
+the number of indexable articles.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.common.dates import day_bounds
 from jobs.common.entry import Step
 from jobs.common.storage import Warehouse
-from jobs.transforms.decay import DAY_SEC, age_seconds, decay
-from jobs.transforms.tag_lists import top_k_per_key
+from jobs.transforms.decay import DAY_SEC, age_seconds
+from jobs.transforms.item_ranking import (
+    RANKER_FEATURES,
+    article_engagement,
+    article_values,
+    fit_ranker,
+    ranked_per_tag,
+    ranker_features,
+    ranker_label,
+    ranker_values,
+    smoothed_ctr,
+)
 from schemas.config import Config, IndexConfig
 from schemas.tables import TAG_INDEX, TAG_STATS
 
 log = logging.getLogger(__name__)
 
 NAME = "index"
-
-
-def article_engagement(events: DataFrame, end: dt.datetime, cfg: IndexConfig) -> DataFrame:
-    """(article_id, impressions, clicks, dwell_sec, dwell_clicks), decayed to ``end``."""
-    d = decay(age_seconds(F.col("event_time"), end.timestamp()), cfg.quality_half_life_days)
-    is_click = F.col("event_type") == "click"
-    has_dwell = is_click & F.col("dwell_ms").isNotNull()
-    return (events.where(F.col("event_type").isin("impression", "click"))
-            .groupBy("article_id")
-            .agg(F.sum(F.when(F.col("event_type") == "impression", d).otherwise(0.0)).alias("impressions"),
-                 F.sum(F.when(is_click, d).otherwise(0.0)).alias("clicks"),
-                 F.sum(F.when(has_dwell, d * F.col("dwell_ms") / 1000.0).otherwise(0.0)).alias("dwell_sec"),
-                 F.sum(F.when(has_dwell, d).otherwise(0.0)).alias("dwell_clicks")))
 
 
 def priors(engagement: DataFrame) -> tuple[float | None, float | None]:
@@ -71,43 +75,63 @@ def priors(engagement: DataFrame) -> tuple[float | None, float | None]:
     return p0, mu0
 
 
-def smoothed_ctr(n: Column, c: Column, p0: float | None, m: float) -> Column:
-    if p0 is None:
-        return F.lit(None).cast("double")
-    return F.coalesce((c + m * p0) / F.nullif(n + m, F.lit(0.0)), F.lit(p0))
+def engagement_of(events: DataFrame, end: dt.datetime, cfg: IndexConfig) -> DataFrame:
+    return article_engagement(events, end, cfg.quality_half_life_days, cfg.clicks_half_life_days)
 
 
-def quality(n: Column, c: Column, s: Column, k: Column, p0: float | None, mu0: float | None, m: float) -> Column:
-    """Engagement relative to the average article, shrunk towards 1.0 (module docstring)."""
-    q = F.lit(1.0)
-    if p0:
-        q = q * smoothed_ctr(n, c, p0, m) / p0
-    if p0 and mu0:
-        pseudo = m * p0
-        q = q * F.coalesce((s + pseudo * mu0) / F.nullif(k + pseudo, F.lit(0.0)), F.lit(mu0)) / mu0
-    return q
+def eligible_articles(articles: DataFrame, end: dt.datetime, cfg: IndexConfig) -> DataFrame:
+    """(article_id, publish_time, tags): published before ``end``, at most index.max_age_days earlier."""
+    age_sec = age_seconds(F.col("publish_time"), end.timestamp())
+    return (articles.where((age_sec > 0) & (age_sec <= cfg.max_age_days * DAY_SEC))
+            .select("article_id", "publish_time", "tags"))
 
 
 def scored_articles(articles: DataFrame, engagement: DataFrame, end: dt.datetime, cfg: IndexConfig,
-                    p0: float | None, mu0: float | None) -> DataFrame:
-    """(article_id, tags, quality, freshness) for the articles eligible on the day ending ``end``."""
-    age_sec = age_seconds(F.col("publish_time"), end.timestamp())
-    eligible = articles.where((age_sec > 0) & (age_sec <= cfg.max_age_days * DAY_SEC))
-    e = engagement.alias("e")
-    joined = eligible.join(e, "article_id", "left")
-    n, c, s, k = (F.coalesce(F.col(f"e.{x}"), F.lit(0.0)) for x in ("impressions", "clicks", "dwell_sec", "dwell_clicks"))
-    return joined.select("article_id", "tags",
-                         quality(n, c, s, k, p0, mu0, cfg.prior_strength).alias("quality"),
-                         decay(age_sec, cfg.freshness_half_life_days).alias("freshness"))
+                    p0: float | None, mu0: float | None, learned: DataFrame | None = None) -> DataFrame:
+    """(article_id, tags, quality, freshness, new, value) for the articles eligible on the day
+    ending ``end``; ``learned``: the ranker's values under index.ranking = "learned"."""
+    return article_values(eligible_articles(articles, end, cfg), engagement, end, cfg.ranking,
+                          p0=p0, mu0=mu0, prior_strength=cfg.prior_strength,
+                          freshness_half_life_days=cfg.freshness_half_life_days,
+                          new_article_days=cfg.new_article_days, learned=learned)
+
+
+def ranker_training(wh: Warehouse, config: Config, date: dt.date) -> DataFrame | None:
+    """The learned ranker's training rows for D: D-1's features (partitions up to D-1, as of
+    the end of D-1) with D's clicks as the label; None when D-1 was not ingested."""
+    cfg, prev = config.index, date - dt.timedelta(days=1)
+    if not (wh.has_partition("articles", prev.isoformat()) and wh.has_partition("events", prev.isoformat())):
+        return None
+    _, end_prev = day_bounds(prev, config.time.timezone)
+    window_prev = [(prev - dt.timedelta(days=k)).isoformat() for k in range(cfg.quality_window_days)]
+    before = ranker_features(wh.read_partitions("events", window_prev),
+                             eligible_articles(wh.read_partition("articles", prev.isoformat()), end_prev, cfg),
+                             end_prev, cfg.prior_strength, cfg.new_article_days)
+    return ranker_label(before, wh.read_partition("events", date.isoformat()))
+
+
+def learned_values(wh: Warehouse, config: Config, date: dt.date, articles: DataFrame, events: DataFrame
+                   ) -> tuple[DataFrame, dict] | None:
+    """(article_id, value) of the ranker fitted on ``ranker_training`` and applied to D's
+    ``articles`` and window of ``events``, and what to report of it; None without D-1."""
+    cfg = config.index
+    training = ranker_training(wh, config, date)
+    if training is None:
+        return None
+    training = training.cache()
+    model = fit_ranker(training)
+    _, end = day_bounds(date, config.time.timezone)
+    now = ranker_features(events, eligible_articles(articles, end, cfg), end, cfg.prior_strength, cfg.new_article_days)
+    glm = model.stages[-1]
+    report = {"fitted_on": (date - dt.timedelta(days=1)).isoformat(), "labels_of": date.isoformat(),
+              "rows": training.count(), "intercept": glm.intercept,
+              "coefficients": dict(zip(RANKER_FEATURES, glm.coefficients.toArray().tolist(), strict=True))}
+    training.unpersist()
+    return ranker_values(model, now), report
 
 
 def tag_index(scored: DataFrame, cfg: IndexConfig) -> DataFrame:
-    exploded = scored.select("article_id", "quality", "freshness", F.explode("tags").alias("t"))
-    rows = exploded.select(F.col("t.tag").alias("tag"), "article_id", F.col("t.weight").alias("tag_weight"),
-                           "quality", "freshness")
-    rows = rows.withColumn("score", F.col("tag_weight") * F.col("quality") * F.col("freshness"))
-    ranked = top_k_per_key(rows, "tag", [F.desc("score"), "article_id"], cfg.top_k)
-    return ranked.select(*TAG_INDEX.fieldNames())
+    return ranked_per_tag(scored, cfg.top_k, cfg.new_article_slots).select(*TAG_INDEX.fieldNames())
 
 
 def tag_stats(articles: DataFrame, engagement: DataFrame, scored: DataFrame, cfg: IndexConfig,
@@ -142,16 +166,25 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
     events = wh.read_partitions("events", window)
     window_present = [d for d in window if wh.has_partition("events", d)]
     with wh.scratch(f"index-{day}") as stage:
-        engagement = stage(article_engagement(events, end, cfg), "engagement")
+        engagement = stage(engagement_of(events, end, cfg), "engagement")
         p0, mu0 = priors(engagement)
-        scored = stage(scored_articles(articles, engagement, end, cfg, p0, mu0), "scored")
+        learned, ranker = None, None
+        if cfg.ranking == "learned":
+            fitted = learned_values(wh, config, date, articles, events)
+            if fitted is None:
+                log.warning("index %s: no day before to fit the learned ranker on; ranked by clicks", day)
+                cfg = dataclasses.replace(cfg, ranking="clicks")
+            else:
+                learned, ranker = stage(fitted[0], "learned"), fitted[1]
+        scored = stage(scored_articles(articles, engagement, end, cfg, p0, mu0, learned), "scored")
         wh.write_partition(tag_index(scored, cfg), "tag_index", day)
         wh.write_partition(tag_stats(articles, engagement, scored, cfg, p0), "tag_stats", day)
         eligible = scored.count()
     index_rows = wh.row_count("tag_index", day)
     tags_indexed = wh.read_partition("tag_index", day).select("tag").distinct().count()
     stats_rows = wh.row_count("tag_stats", day)
-    report = {"step": NAME, "date": day, "status": "succeeded", "event_dates": sorted(window_present),
+    report = {"step": NAME, "date": day, "status": "succeeded", "ranking": cfg.ranking, "ranker": ranker,
+              "event_dates": sorted(window_present),
               "prior": {"ctr": p0, "mean_dwell_sec": mu0}, "articles_eligible": eligible,
               "rows_read": {"articles": wh.row_count("articles", day),
                             "events": sum(wh.row_count("events", d) for d in window_present)},

@@ -171,19 +171,39 @@ class ProfilesConfig:
                  f"({', '.join(self.half_life_days)})")
 
 
+INDEX_RANKINGS = ("quality", "clicks", "exposure", "learned")
+
+
 @dataclass(frozen=True)
 class IndexConfig:
+    # How a tag's articles are ranked (jobs/transforms/item_ranking.py): "clicks" (decayed
+    # clicks), "exposure" (smoothed CTR x decayed impressions), "quality" (smoothed CTR and
+    # dwell lift x freshness) or "learned" (the clicks a Poisson regression fitted on D-1's
+    # features and D's clicks expects tomorrow), each times the article's weight on the tag.
+    ranking: str = "clicks"
     top_k: int = 200
+    # Of each tag's top_k places, up to this many go to new articles first (the cold-start
+    # quota), ranked by tag weight x freshness.
+    new_article_slots: int = 10
+    # New: first published or first shown within this many days of the end of D.
+    new_article_days: float = 1.0
     freshness_half_life_days: float = 3.0
     max_age_days: float = 30.0
     quality_window_days: int = 14
     # Impressions, clicks and dwell in the quality window decay with this half-life.
     quality_half_life_days: float = 7.0
+    # Clicks of the "clicks" ranking and of the popular_items channel decay with this half-life.
+    clicks_half_life_days: float = 1.0
     # Pseudo-impressions of the global click-through rate added to every article.
     prior_strength: float = 50.0
 
     def validate(self, where: str) -> None:
+        _require(self.ranking in INDEX_RANKINGS, f"{where}.ranking",
+                 f"{self.ranking!r} is not one of {', '.join(INDEX_RANKINGS)}")
         _require(self.top_k > 0, f"{where}.top_k", "must be > 0")
+        _require(0 <= self.new_article_slots <= self.top_k, f"{where}.new_article_slots", "must be 0..index.top_k")
+        _require(self.new_article_days > 0, f"{where}.new_article_days", "must be > 0")
+        _require(self.clicks_half_life_days > 0, f"{where}.clicks_half_life_days", "must be > 0")
         _require(self.freshness_half_life_days > 0, f"{where}.freshness_half_life_days", "must be > 0")
         _require(self.max_age_days > 0, f"{where}.max_age_days", "must be > 0")
         _require(self.quality_window_days > 0, f"{where}.quality_window_days", "must be > 0")
@@ -269,6 +289,23 @@ class EvaluateConfig:
         _require(self.recall_k > 0, f"{where}.recall_k", "must be > 0")
         _require(self.mix_click_weight >= 0, f"{where}.mix_click_weight", "must be >= 0")
         _require(self.mix_global_tags > 0, f"{where}.mix_global_tags", "must be > 0")
+
+
+RECALL_MERGES = ("rank_sum", "probability", "quota")
+
+
+@dataclass(frozen=True)
+class RecallConfig:
+    # How a user's tag lists become one list of articles (jobs/online/recall.py): "rank_sum"
+    # (sum of 1/log2(1 + tag rank) x index score), "probability" (sum of p(tag | user) x
+    # p(article | tag), the tag's scores normalised to sum to one) or "quota" (each tag's
+    # best articles, slots in proportion to 1/log2(1 + tag rank)). Publish records it with
+    # the version, so the online recall merges as the day was evaluated.
+    merge: str = "rank_sum"
+
+    def validate(self, where: str) -> None:
+        _require(self.merge in RECALL_MERGES, f"{where}.merge",
+                 f"{self.merge!r} is not one of {', '.join(RECALL_MERGES)}")
 
 
 GUARD_METRICS = ("recall_at_k", "click_coverage", "tagged_impressions", "tag_ctr")
@@ -536,6 +573,7 @@ class Config:
     tag_model: TagModelConfig = field(default_factory=TagModelConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    recall: RecallConfig = field(default_factory=RecallConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jobs.online.bulk import Index, top_k_hits
-from jobs.online.recall import merge
+from jobs.online.recall import MERGES, merge
 
 TAGS = [f"t{i}" for i in range(6)]
 ARTICLES = [f"a{i:02d}" for i in range(25)]
@@ -22,13 +22,17 @@ lists = st.lists(st.tuples(tag_list, st.lists(st.sampled_from(ARTICLES + ["a99"]
 
 
 @settings(max_examples=300, deadline=None)
-@given(rows=index_rows, users=lists, k=st.integers(1, 30), block_cells=st.sampled_from([1, 40, 1 << 22]))
-def test_hits_equal_the_online_merge_list_by_list(rows, users, k, block_cells):
+@given(rows=index_rows, users=lists, k=st.integers(1, 30), block_cells=st.sampled_from([1, 40, 1 << 22]),
+       method=st.sampled_from(MERGES))
+def test_hits_equal_the_online_merge_list_by_list(rows, users, k, block_cells, method):
     by_tag: dict[str, list[tuple[str, float]]] = {}
     for tag, article, score in rows:
         by_tag.setdefault(tag, []).append((article, score))
-    expected = [len({a for a, _, _ in merge([(t, r) for r, t in enumerate(tags, 1)], by_tag, k)} & set(clicked))
-                for tags, clicked in users]
+    recalled = [{a for a, _, _ in merge([(t, r) for r, t in enumerate(tags, 1)], by_tag, k, method)}
+                for tags, _ in users]
+    group_of = {a: int(a[-1]) % 3 for a in ARTICLES}  # any grouping of the clicked articles
+    expected = [[sum(a in got and group_of[a] == g for a in clicked) for g in range(3)]
+                for got, (_, clicked) in zip(recalled, users, strict=True)]
 
     index = Index.build([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
     entries = [(i, tag, rank) for i, (tags, _) in enumerate(users) for rank, tag in enumerate(tags, 1)]
@@ -38,7 +42,8 @@ def test_hits_equal_the_online_merge_list_by_list(rows, users, k, block_cells):
         np.array([e[0] for e in entries], dtype=np.int64), index.rows_of([e[1] for e in entries]),
         np.array([e[2] for e in entries], dtype=np.int64),
         np.array([c[0] for c in clicks], dtype=np.int64), index.columns_of([c[1] for c in clicks]),
-        k, block_cells=block_cells)
+        k, block_cells=block_cells, method=method,
+        click_groups=np.array([group_of.get(c[1], 0) for c in clicks], dtype=np.int64), n_groups=3)
     assert got.tolist() == expected
 
 

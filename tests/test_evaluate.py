@@ -20,8 +20,9 @@ def evaluated(spark, exported_feed, tmp_path_factory):
     _, src, dates = exported_feed
     base = tmp_path_factory.mktemp("evaluated")
     shutil.copytree(src / "warehouse", base / "warehouse")
+    # The merge computed by hand below is rank_sum; the others are checked in test_recall_merge.
     config = load_config(overrides={"storage": {"warehouse": str(base / "warehouse")},
-                                    "evaluate": {"top_n": 3, "recall_k": 40}})
+                                    "evaluate": {"top_n": 3, "recall_k": 40}, "recall": {"merge": "rank_sum"}})
     report = evaluate.run(spark, config, dates[-2])
     return config, base, dates, report
 
@@ -90,8 +91,15 @@ def _by_hand(base, config, day, nxt, method):
     clicks, imps = events[events.event_type == "click"], events[events.event_type == "impression"]
     pairs = clicks[["user_id", "article_id"]].drop_duplicates()
     found = {u: recalled(u) for u in pairs.user_id.unique()}
-    hit_pairs = sum(a in found[u] for u, a in zip(pairs.user_id, pairs.article_id, strict=True))
-    got = {"recall_at_k": hit_pairs / len(pairs), "click_coverage": clicks.tagged.mean(),
+    hit = [a in found[u] for u, a in zip(pairs.user_id, pairs.article_id, strict=True)]
+    hit_pairs = sum(hit)
+    channel = _channel_by_hand(base, config, day, nxt)
+    popular = [a in channel["popular"] for a in pairs.article_id]
+    new = [a in channel["new"] for a in pairs.article_id]
+    got = {"recall_at_k": hit_pairs / len(pairs),
+           "union_recall_at_k": sum(p or h for p, h in zip(popular, hit, strict=True)) / len(pairs),
+           "new_article_recall_at_k": sum(n and h for n, h in zip(new, hit, strict=True)) / sum(new),
+           "click_coverage": clicks.tagged.mean(),
            "tagged_impressions": imps.tagged.mean(), "tag_ctr": clicks.tagged.sum() / imps.tagged.sum()}
     # Tag prediction: each user's first K tags against the tags of the articles the user
     # clicked on D+1, over the users with such tags; coverage over the vocabulary.
@@ -114,6 +122,53 @@ def _by_hand(base, config, day, nxt, method):
     return got
 
 
+def _channel_by_hand(base, config, day, nxt):
+    """popular_items@k and @2k of D (clicks decayed with index.clicks_half_life_days over the
+    index's window of D's events), and the new articles among D+1's clicked ones, in pandas."""
+    cfg, k = config.index, config.evaluate.recall_k
+    end = pd.Timestamp(day, tz="UTC") + pd.Timedelta(days=1)
+    days = [str((end - pd.Timedelta(days=i + 1)).date()) for i in range(cfg.quality_window_days)]
+    history = pd.concat([_pd(base, "events", d) for d in days if (base / "warehouse" / "events" / f"dt={d}").exists()])
+    history = history[history.event_type.isin(["impression", "click"])]
+    history_time = pd.to_datetime(history.event_time, utc=True)
+    clicked = history.event_type == "click"
+    age_days = (end - history_time[clicked]).dt.total_seconds() / 86400
+    decayed = (2.0 ** (-age_days / cfg.clicks_half_life_days)).groupby(history.article_id[clicked]).sum()
+    ranked = sorted(decayed[decayed > 0].items(), key=lambda kv: (-kv[1], kv[0]))
+    later = _pd(base, "events", nxt)
+    later = later[later.event_type.isin(["impression", "click"])]
+    first_shown = pd.concat([history_time.groupby(history.article_id).min(),
+                             pd.to_datetime(later.event_time, utc=True).groupby(later.article_id).min()]
+                            ).groupby(level=0).min()
+    art = _pd(base, "articles", nxt)
+    published = dict(zip(art.article_id, pd.to_datetime(art.publish_time, utc=True), strict=True))
+    recent = pd.Timedelta(days=cfg.new_article_days)
+    new = {a for a in later.article_id.unique()
+           if (a in published and end - published[a] <= recent) or (a in first_shown and end - first_shown[a] <= recent)}
+    return {"popular": {a for a, _ in ranked[:k]}, "popular_2k": {a for a, _ in ranked[:2 * k]}, "new": new}
+
+
+def test_popular_items_and_the_index_ceiling_equal_a_pandas_computation(evaluated):
+    config, base, dates, _ = evaluated
+    day, nxt = dates[-2].isoformat(), dates[-1].isoformat()
+    channel = _channel_by_hand(base, config, day, nxt)
+    events = _pd(base, "events", nxt)
+    pairs = events[events.event_type == "click"][["user_id", "article_id"]].drop_duplicates()
+    indexed = set(_pd(base, "tag_index", day).article_id)
+    new = pairs.article_id.isin(channel["new"])
+    assert 0 < new.sum() < len(pairs)   # the feed publishes articles every day: both kinds are clicked
+    table = _pd(base, "recall_eval", day)
+    got = {(r.method, r.metric): r.value for r in table.itertuples()
+           if r.method in ("popular_items", "all") and r.metric != "ctr"}
+    assert got == pytest.approx({
+        ("all", "index_ceiling"): pairs.article_id.isin(indexed).mean(),
+        ("all", "new_article_index_ceiling"): pairs.article_id[new].isin(indexed).mean(),
+        ("popular_items", "recall_at_k"): pairs.article_id.isin(channel["popular"]).mean(),
+        ("popular_items", "recall_at_2k"): pairs.article_id.isin(channel["popular_2k"]).mean(),
+        ("popular_items", "new_article_recall_at_k"): pairs.article_id[new].isin(channel["popular"]).mean(),
+    }, rel=1e-12)
+
+
 @pytest.mark.parametrize("method", ["export", "model", "long", "mix", "global"])
 def test_metrics_equal_a_pandas_computation_from_the_tables(evaluated, method):
     config, base, dates, report = evaluated
@@ -128,7 +183,8 @@ def test_metrics_equal_a_pandas_computation_from_the_tables(evaluated, method):
 def test_every_method_and_the_reference_ctr_are_written_once(evaluated):
     config, base, dates, report = evaluated
     table = _pd(base, "recall_eval", dates[-2].isoformat())
-    assert sorted(table.method.unique()) == ["all", "blend", "export", "global", "long", "mix", "model", "short"]
+    assert sorted(table.method.unique()) == ["all", "blend", "export", "global", "long", "mix", "model",
+                                             "popular_items", "short"]
     assert not table.duplicated(["method", "metric"]).any()
     assert ((table.numerator <= table.denominator) | (table.metric == "ctr")).all()
     assert report["against"] == dates[-1].isoformat()

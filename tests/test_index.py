@@ -33,7 +33,7 @@ def indexed(spark, tmp_path_factory):
     base = tmp_path_factory.mktemp("index")
     config = load_config(overrides={
         "storage": {"warehouse": str(base / "warehouse"), "raw": str(base / "raw")},
-        "index": {"top_k": 2, "prior_strength": 10.0, "quality_half_life_days": 7.0,
+        "index": {"ranking": "quality", "new_article_slots": 0, "top_k": 2, "prior_strength": 10.0, "quality_half_life_days": 7.0,
                   "freshness_half_life_days": 3.0, "max_age_days": 30.0}})
     seen_pub = END - dt.timedelta(days=2)
     new_pub = END - dt.timedelta(hours=6)

@@ -3,9 +3,11 @@ list's clicked articles its top k would return. ``tagrecall evaluate`` calls it 
 Spark (mapInArrow), one list per (user, method).
 
 It is the same arithmetic as ``recall.merge``: an article's score is the sum over the
-list's tags, in rank order, of ``rank_weight(rank) x score(tag, article)``, rounded to
+list's tags, in rank order, of ``rank_weight(rank) x score(tag, article)`` (under the
+``probability`` merge, the tag's scores over their sum: ``Index.normalised``), rounded to
 ``ROUND`` digits; articles are ordered by that score, then by article_id; the first k are
-returned. Instead of a dictionary per user it adds into a dense (lists x articles) block
+returned. The ``quota`` merge takes articles tag by tag, which does not vectorise: its lists
+are merged by ``recall.merge`` itself, one at a time. Instead of a dictionary per user it adds into a dense (lists x articles) block
 with ``np.bincount`` and picks the top k with ``np.partition``; blocks hold at most
 ``block_cells`` cells, so memory stays bounded whatever the number of lists. Its cost is
 the list's tags x their index lengths, plus lists x the index's distinct articles.
@@ -17,11 +19,12 @@ may round the other way. Ties between articles are only ever reordered by that.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from jobs.online.recall import ROUND, rank_weight
+from jobs.online.recall import ROUND, merge, rank_weight
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,20 @@ class Index:
                    offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
                    columns=columns[order].astype(np.int64), scores=scores[order], article_ids=articles)
 
+    def normalised(self) -> Index:
+        """The same index with each tag's scores over their sum (``recall.normalised``)."""
+        scores = self.scores.copy()
+        for lo, hi in zip(self.offsets[:-1], self.offsets[1:], strict=True):
+            total = math.fsum(scores[lo:hi].tolist())
+            scores[lo:hi] = scores[lo:hi] / total if total > 0 else 0.0
+        return Index(self.tags, self.offsets, self.columns, scores, self.article_ids)
+
+    def lists(self) -> dict[str, list[tuple[str, float]]]:
+        """{tag: [(article_id, score)]}: the index as recall.merge takes it."""
+        return {t: list(zip(self.article_ids[self.columns[self.offsets[i]:self.offsets[i + 1]]].tolist(),
+                            self.scores[self.offsets[i]:self.offsets[i + 1]].tolist(), strict=True))
+                for t, i in self.tags.items()}
+
     @property
     def width(self) -> int:
         return len(self.article_ids)
@@ -67,25 +84,32 @@ class Index:
 
 
 def top_k_hits(index: Index, n_lists: int, list_of: np.ndarray, tag_rows: np.ndarray, ranks: np.ndarray,
-               click_list: np.ndarray, click_columns: np.ndarray, k: int, block_cells: int = 1 << 22) -> np.ndarray:
-    """For ``n_lists`` lists: how many of list i's clicked articles are in its top ``k``.
+               click_list: np.ndarray, click_columns: np.ndarray, k: int, block_cells: int = 1 << 22,
+               method: str = "rank_sum", click_groups: np.ndarray | None = None, n_groups: int = 1) -> np.ndarray:
+    """For ``n_lists`` lists: how many of list i's clicked articles are in its top ``k``
+    under the merge ``method``, per group of clicks when ``click_groups`` (0..n_groups-1 per
+    click) is given: an (n_lists, n_groups) array, else (n_lists,).
 
     A list is its entries (``list_of`` = i, ``tag_rows`` from ``Index.rows_of``, ``ranks``
     from 1); a click is (``click_list``, ``click_columns`` from ``Index.columns_of``),
     each (list, article) once. Tags and articles the index does not hold (-1) are ignored:
     they reach nothing and cannot be reached."""
-    hits = np.zeros(n_lists, dtype=np.int64)
+    groups = np.zeros(len(click_list), dtype=np.int64) if click_groups is None else np.asarray(click_groups)
+    hits = np.zeros((n_lists, n_groups), dtype=np.int64)
     width = index.width
     if width == 0 or n_lists == 0:
-        return hits
+        return hits if click_groups is not None else hits[:, 0]
+    if method == "probability":
+        index = index.normalised()
     keep = tag_rows >= 0
     list_of, tag_rows, ranks = list_of[keep], tag_rows[keep], ranks[keep]
     order = np.lexsort((ranks, list_of))  # by list, then rank: recall.merge's order of summation
-    list_of, tag_rows, weights = list_of[order], tag_rows[order], _weights(ranks)[ranks[order]]
+    list_of, tag_rows, ranks = list_of[order], tag_rows[order], ranks[order]
+    weights = _weights(ranks)[ranks]
     clicked = click_columns >= 0
-    click_list, click_columns = click_list[clicked], click_columns[clicked]
+    click_list, click_columns, groups = click_list[clicked], click_columns[clicked], groups[clicked]
     corder = np.argsort(click_list, kind="stable")
-    click_list, click_columns = click_list[corder], click_columns[corder]
+    click_list, click_columns, groups = click_list[corder], click_columns[corder], groups[corder]
     step = max(1, block_cells // width)
     for first in range(0, n_lists, step):
         last = min(first + step, n_lists)
@@ -93,11 +117,31 @@ def top_k_hits(index: Index, n_lists: int, list_of: np.ndarray, tag_rows: np.nda
         clo, chi = np.searchsorted(click_list, [first, last])
         if clo == chi:
             continue
-        block = _top_k(index, last - first, list_of[lo:hi] - first, tag_rows[lo:hi], weights[lo:hi], k)
+        if method == "quota":
+            block = _quota_top_k(index, last - first, list_of[lo:hi] - first, tag_rows[lo:hi], ranks[lo:hi], k)
+        else:
+            block = _top_k(index, last - first, list_of[lo:hi] - first, tag_rows[lo:hi], weights[lo:hi], k)
         rows = click_list[clo:chi] - first
-        hits[first:last] = np.bincount(rows, weights=block[rows, click_columns[clo:chi]],
-                                       minlength=last - first).astype(np.int64)
-    return hits
+        cells = rows * n_groups + groups[clo:chi]
+        hits[first:last] = np.bincount(cells, weights=block[rows, click_columns[clo:chi]],
+                                       minlength=(last - first) * n_groups).reshape(-1, n_groups).astype(np.int64)
+    return hits if click_groups is not None else hits[:, 0]
+
+
+def _quota_top_k(index: Index, n: int, rows: np.ndarray, tag_rows: np.ndarray, ranks: np.ndarray,
+                 k: int) -> np.ndarray:
+    """(n, width) booleans: the articles each of the n lists returns under ``recall.merge``'s
+    quota merge, list by list."""
+    names = np.array(sorted(index.tags, key=index.tags.get), dtype=object)
+    lists, column = index.lists(), {a: i for i, a in enumerate(index.article_ids.tolist())}
+    out = np.zeros((n, index.width), dtype=bool)
+    bounds = np.searchsorted(rows, np.arange(n + 1))
+    for i in range(n):
+        tags = list(zip(names[tag_rows[bounds[i]:bounds[i + 1]]].tolist(),
+                        ranks[bounds[i]:bounds[i + 1]].tolist(), strict=True))
+        for article, _, _ in merge(tags, lists, k, "quota"):
+            out[i, column[article]] = True
+    return out
 
 
 def _weights(ranks: np.ndarray) -> np.ndarray:

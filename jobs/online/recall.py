@@ -5,12 +5,24 @@ layout is in jobs/online/keys.py. A reader reads ``p:current`` once and then onl
 that version, so it sees all of one day or all of another, never a mix; ``publish``
 deletes a version only two switches after it stopped being current.
 
-Merge: an article's recall score is the sum, over the user's tags whose index lists hold
-it, of ``w(rank) x score(tag, article)`` with ``w(rank) = 1 / log2(1 + rank)`` (the
-discount of DCG: the first tag counts 1, the second 0.63, the tenth 0.29). An article
-reached through several of the user's tags collects from each. Articles are ordered by
-that score (rounded to 1e-9, so that summation order cannot reorder near-ties), then by
-article_id; the top k are returned. ``jobs/evaluate.py`` computes the same merge in Spark.
+Merge (``recall.merge``, recorded in the version's meta by publish, so the service merges
+as the day was evaluated). A user's tags carry ``w(rank) = 1 / log2(1 + rank)`` (the
+discount of DCG: the first tag counts 1, the second 0.63, the tenth 0.29):
+
+- ``rank_sum``: an article's score is the sum, over the user's tags whose index lists hold
+  it, of ``w(rank) x score(tag, article)``; an article reached through several of the
+  user's tags collects from each;
+- ``probability``: p(article | user) = sum over tags of p(tag | user) p(article | tag), with
+  p(tag | user) proportional to w(rank) and p(article | tag) the tag's index scores divided
+  by their sum (math.fsum, so every reader sums alike): each tag's list weighs the same
+  whatever the scale of its scores;
+- ``quota``: the tags, best first, each take their next best articles not yet taken, up to
+  k x w(rank) / sum of w over the user's tags places (largest remainders get the rounding);
+  places a short list leaves empty go to the best of the rest by ``rank_sum``.
+
+Articles are ordered by their ``rank_sum`` (or ``probability``) score, rounded to 1e-9 so
+that summation order cannot reorder near-ties, then by article_id; the top k are returned.
+``jobs/evaluate.py`` computes the same merge for many users at once (jobs/online/bulk.py).
 """
 
 from __future__ import annotations
@@ -19,8 +31,12 @@ import math
 from dataclasses import dataclass, field
 
 from jobs.online.keys import Keys
+from schemas.config import RECALL_MERGES
 
 ROUND = 9
+
+
+MERGES = RECALL_MERGES
 
 
 def rank_weight(rank: int) -> float:
@@ -35,20 +51,56 @@ class Recalled:
     source: str  # "user" (the user's own list) or "global" (no list for this user)
     tags: list[tuple[str, int]] = field(default_factory=list)  # (tag, rank)
     articles: list[tuple[str, float, list[str]]] = field(default_factory=list)  # (article, score, via tags)
+    merge: str = "rank_sum"
 
 
-def merge(tags: list[tuple[str, int]], lists: dict[str, list[tuple[str, float]]], k: int
-          ) -> list[tuple[str, float, list[str]]]:
+def normalised(items: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """A tag's (article, score) as p(article | tag): the scores over their sum (0 when it is 0)."""
+    total = math.fsum(s for _, s in items)
+    return [(a, s / total if total > 0 else 0.0) for a, s in items]
+
+
+def quota_slots(ranks: list[int], k: int) -> list[int]:
+    """Places per tag (in the order of ``ranks``): k x w(rank) / sum of w, rounded down, the
+    remaining places to the largest remainders (then the better rank)."""
+    w = [rank_weight(r) for r in ranks]
+    total = math.fsum(w)
+    exact = [k * x / total for x in w]
+    slots = [math.floor(e) for e in exact]
+    for i in sorted(range(len(ranks)), key=lambda i: (-(exact[i] - slots[i]), ranks[i]))[:k - sum(slots)]:
+        slots[i] += 1
+    return slots
+
+
+def merge(tags: list[tuple[str, int]], lists: dict[str, list[tuple[str, float]]], k: int,
+          method: str = "rank_sum") -> list[tuple[str, float, list[str]]]:
     """The documented merge: (article_id, score, tags it came through), best first, k at most."""
+    if method not in MERGES:
+        raise ValueError(f"unknown merge {method!r}; known: {', '.join(MERGES)}")
+    ordered = sorted(tags, key=lambda t: t[1])
+    if method == "probability":
+        lists = {t: normalised(lists.get(t, [])) for t, _ in ordered}
     score: dict[str, float] = {}
     via: dict[str, list[str]] = {}
-    for tag, rank in sorted(tags, key=lambda t: t[1]):
+    for tag, rank in ordered:
         w = rank_weight(rank)
         for article, s in lists.get(tag, []):
             score[article] = score.get(article, 0.0) + w * s
             via.setdefault(article, []).append(tag)
-    ranked = sorted(score, key=lambda a: (-round(score[a], ROUND), a))[:k]
-    return [(a, round(score[a], ROUND), via[a]) for a in ranked]
+    rounded = {a: round(v, ROUND) for a, v in score.items()}
+    ranked = sorted(rounded, key=lambda a: (-rounded[a], a))
+    if method == "quota" and ordered:
+        taken: set[str] = set()
+        for (tag, _), slots in zip(ordered, quota_slots([r for _, r in ordered], k), strict=True):
+            best = sorted(lists.get(tag, []), key=lambda item: (-item[1], item[0]))
+            for article in (a for a, _ in best if a not in taken):
+                if slots == 0:
+                    break
+                taken.add(article)
+                slots -= 1
+        ranked = [a for a in ranked if a in taken] + [a for a in ranked if a not in taken]
+        ranked = sorted(ranked[:k], key=lambda a: (-rounded[a], a))
+    return [(a, rounded[a], via[a]) for a in ranked[:k]]
 
 
 def recall(client, user_id: str, k: int = 100, prefix: str = "tagrecall", attempts: int = 3) -> Recalled:
@@ -66,6 +118,7 @@ def recall(client, user_id: str, k: int = 100, prefix: str = "tagrecall", attemp
         meta, own, fallback = pipe.execute()
         if not meta:  # the version was deleted after we read the pointer: read it again
             continue
+        method = meta.get("merge", "rank_sum")  # versions published before the merge was recorded
         source = "user" if own else "global"
         tags = [(t, int(r)) for t, r in (own or fallback)]
         pipe = client.pipeline(transaction=False)
@@ -74,12 +127,12 @@ def recall(client, user_id: str, k: int = 100, prefix: str = "tagrecall", attemp
         lists = dict(zip([t for t, _ in tags], pipe.execute(), strict=True))
         if not client.exists(keys.meta(version)):
             continue
-        return Recalled(version, meta.get("date", ""), user_id, source, tags, merge(tags, lists, k))
+        return Recalled(version, meta.get("date", ""), user_id, source, tags, merge(tags, lists, k, method), method)
     raise RuntimeError(f"recall for {user_id}: the published version changed {attempts} times while reading")
 
 
 def format_recall(r: Recalled, rows: int = 20) -> str:
-    lines = [f"user {r.user_id}: version {r.version} (day {r.date}), "
+    lines = [f"user {r.user_id}: version {r.version} (day {r.date}, merge {r.merge}), "
              f"{'own tags' if r.source == 'user' else 'no list for this user: the global tags'}",
              "tags: " + ", ".join(f"{rank}. {tag}" for tag, rank in r.tags),
              f"{len(r.articles)} articles; the first {min(rows, len(r.articles))}:",
