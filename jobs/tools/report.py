@@ -14,6 +14,7 @@ import html
 import io
 import json
 import logging
+import math
 from pathlib import Path
 
 from jobs.chain import STEPS
@@ -130,6 +131,7 @@ def _ingest_section(reader: _Reader, day: str) -> str:
         ax.plot([d[5:] for d in days], landed, marker="o", label="events landed")
         ax.plot([d[5:] for d in days], accepted, marker="o", label="accepted")
         ax.tick_params(axis="x", rotation=45)
+        plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
         ax.legend()
         ax.set_title("events per day")
         out += "<div>" + _png(fig) + "</div>"
@@ -198,13 +200,25 @@ def _eval_section(reader: _Reader, day: str) -> str:
         r = by[(methods[0], m)]
         heads.append(f"{m.replace('_', ' ')} ({'k=' + str(r['k']) + ', ' if r['k'] else ''}N={r['top_n']})")
     table = _table(["method", *heads], [[m, *(_num(by[(m, k)]["value"], ".4f") for k in EVAL_METRICS)] for m in methods])
-    fig, axes = plt.subplots(1, len(EVAL_METRICS), figsize=(11, 2.9))
+    # Horizontal bars, two metrics a row: the method names sit on the y axis, one per line,
+    # so they cannot overlap however many methods there are (vertical bars' rotated x labels did).
+    cols = 2
+    rows_n = math.ceil(len(EVAL_METRICS) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(11, rows_n * (0.3 * len(methods) + 1.1)), sharey=True,
+                             squeeze=False)
     colors = ["#1d3557", "#457b9d", "#a8dadc", "#e9c46a", "#c8553d"]
-    for ax, metric, head in zip(axes, EVAL_METRICS, heads, strict=True):
-        vals = [by[(m, metric)]["value"] or 0 for m in methods]
-        ax.bar(methods, vals, color=colors[:len(methods)])
+    order = list(reversed(methods))  # the first method on top
+    for ax, metric, head in zip(axes.flat, EVAL_METRICS, heads, strict=False):
+        raw = [by[(m, metric)]["value"] for m in order]
+        vals = [v or 0 for v in raw]
+        bars = ax.barh(order, vals, color=[colors[methods.index(m) % len(colors)] for m in order])
+        ax.bar_label(bars, labels=["n/a" if v is None else f"{v:.4f}" for v in raw], padding=3, fontsize=8)
+        ax.set_xlim(0, max(vals + [1e-9]) * 1.22)
         ax.set_title(head, fontsize=9)
-        ax.tick_params(axis="x", rotation=45, labelsize=8)
+        ax.tick_params(axis="both", labelsize=8)
+    for ax in list(axes.flat)[len(EVAL_METRICS):]:
+        ax.set_visible(False)
+    fig.tight_layout()
     ctr = by.get(("all", "ctr"), {}).get("value")
     return (f"<section><h2>Recall evaluation: {e['date']}'s outputs against {e['against']}'s behaviour</h2>"
             f"<p>Model {html.escape(str(e.get('model_version')))}. <code>export</code> is the day's "
@@ -240,6 +254,7 @@ def _profile_section(reader: _Reader, wh: Warehouse, day: str) -> str:
         ax.plot([d[5:] for d in days], counts, marker="o", color="#1d3557")
         ax.set_title("profile rows per day")
         ax.tick_params(axis="x", rotation=45)
+        plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
         out += "<div>" + _png(fig) + "</div>"
     if sizes:
         fig, ax = plt.subplots(figsize=(5.4, 2.8))
