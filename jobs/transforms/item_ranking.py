@@ -115,10 +115,12 @@ def article_values(eligible: DataFrame, engagement: DataFrame, end: dt.datetime,
         is_new(age, F.col("e.first_shown"), end, new_article_days).alias("new"),
         (n > 0).alias("_shown"), value.alias("value"))
     if ranking in ("clicks", "exposure"):
-        # A new article without history enters as the window's average shown article.
-        prior = F.avg(F.when(F.col("_shown"), F.col("value"))).over(Window.partitionBy())
-        rows = rows.withColumn("value", F.when(F.col("new") & ~F.col("_shown"), F.coalesce(prior, F.lit(0.0)))
-                               .otherwise(F.col("value")))
+        # A new article without history enters as the window's average shown article (one
+        # aggregate row, broadcast: no window over every article in one partition).
+        prior = rows.agg(F.coalesce(F.avg(F.when(F.col("_shown"), F.col("value"))), F.lit(0.0)).alias("_prior"))
+        rows = (rows.crossJoin(F.broadcast(prior))
+                .withColumn("value", F.when(F.col("new") & ~F.col("_shown"), F.col("_prior")).otherwise(F.col("value")))
+                .drop("_prior"))
     return rows.drop("_shown")
 
 
@@ -146,9 +148,12 @@ def ranked_per_tag(values: DataFrame, top_k: int, new_article_slots: int) -> Dat
 def popular_items(engagement: DataFrame, k: int) -> DataFrame:
     """(rank, article_id, clicks): the ``k`` articles with the most recent (decayed) clicks,
     then by article_id: the item-popularity channel, one list for every user."""
-    ranked = engagement.where(F.col("recent_clicks") > 0).select("article_id", F.col("recent_clicks").alias("clicks"))
-    return (ranked.withColumn("rank", F.row_number().over(Window.orderBy(F.desc("clicks"), "article_id")))
-            .where(F.col("rank") <= k).select("rank", "article_id", "clicks"))
+    order = [F.desc("clicks"), "article_id"]
+    top = (engagement.where(F.col("recent_clicks") > 0).select("article_id", F.col("recent_clicks").alias("clicks"))
+           .orderBy(*order).limit(k))
+    # k rows at most: numbered in one partition of their own.
+    return top.withColumn("rank", F.row_number().over(Window.partitionBy(F.lit(0)).orderBy(*order))
+                          ).select("rank", "article_id", "clicks")
 
 
 FEATURE_HALF_LIVES = {"6h": 0.25, "1d": 1.0, "7d": 7.0}
@@ -171,8 +176,9 @@ def ranker_features(events: DataFrame, eligible: DataFrame, end: dt.datetime, pr
     per_article = shown.groupBy("article_id").agg(*sums, F.min("event_time").alias("first_shown"))
     rows = eligible.join(per_article, "article_id", "left").na.fill(
         0.0, [f"{x}_{n}" for x in "cn" for n in FEATURE_HALF_LIVES])
-    everything = Window.partitionBy()
-    p0 = F.sum("c_7d").over(everything) / F.nullif(F.sum("n_7d").over(everything), F.lit(0.0))
+    rate = rows.agg((F.sum("c_7d") / F.nullif(F.sum("n_7d"), F.lit(0.0))).alias("_p0"))
+    rows = rows.crossJoin(F.broadcast(rate))
+    p0 = F.col("_p0")
     tag_clicks = (rows.select("c_7d", F.explode("tags.tag").alias("tag")).groupBy("tag")
                   .agg(F.sum("c_7d").alias("_tag_clicks")))
     best_tag = (rows.select("article_id", F.explode("tags.tag").alias("tag")).join(tag_clicks, "tag")
