@@ -199,7 +199,9 @@ def _eval_section(reader: _Reader, day: str) -> str:
     for m in EVAL_METRICS:
         r = by[(methods[0], m)]
         heads.append(f"{m.replace('_', ' ')} ({'k=' + str(r['k']) + ', ' if r['k'] else ''}N={r['top_n']})")
-    table = _table(["method", *heads], [[m, *(_num(by[(m, k)]["value"], ".4f") for k in EVAL_METRICS)] for m in methods])
+    # popular_items (the item channel) has recall@k only: its tag metrics show as n/a.
+    table = _table(["method", *heads], [[m, *(_num(by.get((m, k), {}).get("value"), ".4f") for k in EVAL_METRICS)]
+                                        for m in methods])
     # Horizontal bars, two metrics a row: the method names sit on the y axis, one per line,
     # so they cannot overlap however many methods there are (vertical bars' rotated x labels did).
     cols = 2
@@ -209,7 +211,7 @@ def _eval_section(reader: _Reader, day: str) -> str:
     colors = ["#1d3557", "#457b9d", "#a8dadc", "#e9c46a", "#c8553d"]
     order = list(reversed(methods))  # the first method on top
     for ax, metric, head in zip(axes.flat, EVAL_METRICS, heads, strict=False):
-        raw = [by[(m, metric)]["value"] for m in order]
+        raw = [by.get((m, metric), {}).get("value") for m in order]
         vals = [v or 0 for v in raw]
         bars = ax.barh(order, vals, color=[colors[methods.index(m) % len(colors)] for m in order])
         ax.bar_label(bars, labels=["n/a" if v is None else f"{v:.4f}" for v in raw], padding=3, fontsize=8)
