@@ -4,12 +4,17 @@ date in the schedule's time zone.
 One run per day, on a data-interval timetable (midnight to midnight, UTC by default): the
 run for D starts once D is over. Airflow keeps and hands over the interval's start in UTC,
 where a local midnight east of UTC falls on the day before: D is that start converted to
-TAGRECALL_SCHEDULE_TZ first. Tasks, each rewriting only its own partition of D, so
-retries and `airflow dags backfill` are safe:
+TAGRECALL_SCHEDULE_TZ first. Tasks, each rewriting only its own partition of D:
 
     ingest -> profiles -> index -> triples -> evaluate (D-1) -> train -> tag_model -> export -> publish
 
 (evaluate for D-1 needs D's events; it runs before export, whose guard reads it).
+
+Retries are safe. A backfill of D uses nothing of later days: export and train's gate read
+the model current as of D, never a later day's (models/registry.py), and a re-trained model
+of D moves `current` only if no later day has promoted one. But publish makes the day it
+publishes live in Redis: backfill old days without the publish task (or without Redis
+configured), or the last day backfilled is what readers get.
 
 - The Spark steps go through SparkSubmitOperator against the Spark connection
   `tagrecall_spark` (a local master by default; a cluster is another connection), with the

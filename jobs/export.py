@@ -7,11 +7,14 @@ the short total), filled up to that count with the tags with the most decayed cl
 tag_stats, so a user with an empty or tiny profile still gets tags to recall through.
 
 For the multi-task score, each (user, tag) gets its features from
-jobs/transforms/features.py, as the training triples do, for the day D+1 it is served on (computed from D's tables), at the reference context
-features.reference_position, request_index 0 and features.reference_hour. The current
-model scores them inside Spark (mapInArrow; the model is loaded once per Python worker and
-applied to Arrow batches by models/scoring.py, with the input conversion training uses):
-score = p_click x E[dwell | click] in seconds. Each user keeps the top export.top_n by score (ties by tag).
+jobs/transforms/features.py, as the training triples do, for the day D+1 it is served on
+(computed from D's tables), at the reference context features.reference_position,
+request_index 0 and features.reference_hour. The model current as of D (models/registry.py:
+the latest day's promotion up to D, so a re-run or backfill of D never scores with a model
+trained on later days) scores them inside Spark
+(mapInArrow; the model is loaded once per Python worker and applied to Arrow batches by
+models/scoring.py, with the input conversion training uses): score = p_click x E[dwell |
+click] in seconds. Each user keeps the top export.top_n by score (ties by tag).
 
 Ranking (export.ranking):
 
@@ -214,7 +217,9 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
                  if cfg.mix_weight > 0 else None)
         cands = fusion_ranks(cands, learned, mixed, config.tag_model.top_m, cfg.candidate_tags)
     cands = cands.persist(StorageLevel.MEMORY_AND_DISK)
-    version = registry.current_version(config.storage.warehouse) if cfg.ranking != "profile" else None
+    # The model current as of D, not the latest: a re-run of D must not score with a model
+    # trained on D+1's triples, the clicks evaluate judges D by.
+    version = registry.version_as_of(config.storage.warehouse, day) if cfg.ranking != "profile" else None
     learned_version = (learned.select("model_version").limit(1).collect() or [[None]])[0][0] if learned else None
     if learned is not None:
         with_mt = version is not None and cfg.multitask_weight > 0

@@ -13,11 +13,14 @@ training days), ``metrics.json`` (validation metrics of this model and, when the
 of the current model on the same day), ``history.json`` and ``history.png`` (per-epoch task
 losses and task weights).
 
-The gate promotes the new version to ``current`` only if every loss is finite, the model
-has a click head (export ranks by p_click x E[dwell | click]), its validation calibration
-(mean p_click over the click rate) lies within model.min_calibration..model.max_calibration,
-and its validation CTR AUC is not below the current model's on the same validation day by
-more than model.auc_tolerance. Otherwise ``current`` stays and the report says why.
+The gate promotes the new version only if every loss is finite, the model has a click head
+(export ranks by p_click x E[dwell | click]), its validation calibration (mean p_click over
+the click rate) lies within model.min_calibration..model.max_calibration, and its
+validation CTR AUC is not below that of the model current as of D (models/registry.py:
+the latest promotion of a day up to D, a re-run's earlier promotion of D included; never a
+later day's model, which trained on D's triples) on the same validation day by more than
+model.auc_tolerance. Otherwise nothing is promoted and the report says why. A promotion is
+recorded for D; ``current`` moves to it only when no later day has promoted a model.
 
 E[dwell | click] in seconds: the dwell head predicts m = E[log1p(dwell) | click]; with
 residuals e on the training clicks, E[dwell] = exp(m) * mean(exp(e)) - 1 (Duan's smearing
@@ -229,8 +232,10 @@ def gate(new: dict, current: dict | None, tolerance: float, tasks: list[str], hi
     return True, f"validation AUC {new['auc']:.4f} vs current {current['auc']:.4f} (tolerance {tolerance})"
 
 
-def _current_on(config: Config, val_ds, spec: FeatureSpec, batch_size: int) -> dict | None:
-    version = registry.current_version(config.storage.warehouse)
+def _current_on(config: Config, date: dt.date, val_ds, spec: FeatureSpec, batch_size: int) -> dict | None:
+    """The model current as of ``date`` (never one of a later day, which trained on D's
+    triples), on D's validation data."""
+    version = registry.version_as_of(config.storage.warehouse, date.isoformat())
     if version is None:
         return None
     model, meta = registry.load(config.storage.warehouse, version)
@@ -315,7 +320,7 @@ def train_day(config: Config, date: dt.date, version: str | None = None, promote
 
     smearing = smearing_factor(network, train_ds, spec, cfg.batch_size)
     validation = evaluate(network, val_ds, spec, cfg.batch_size, smearing)
-    current = _current_on(config, val_ds, spec, cfg.batch_size) if promote else None
+    current = _current_on(config, date, val_ds, spec, cfg.batch_size) if promote else None
     ok, why = gate(validation, current, cfg.auc_tolerance, cfg.tasks, history,
                    (cfg.min_calibration, cfg.max_calibration))
     promoted = bool(ok and promote)
@@ -331,7 +336,7 @@ def train_day(config: Config, date: dt.date, version: str | None = None, promote
         "metrics.json": {"validation": validation, "current": current, "promoted": promoted, "gate": gate_note},
     }, plot=(history, f"{version}: {trainer.weighting} weighting"))
     if promoted:
-        registry.promote(config.storage.warehouse, version)
+        registry.promote(config.storage.warehouse, version, w.day)
     log.debug("train %s: %s, validation AUC %s, %s (%s)", w.day, version,
              f"{validation.get('auc'):.4f}" if validation.get("auc") is not None else "n/a",
              "promoted" if promoted else "not promoted", why)

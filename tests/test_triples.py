@@ -196,6 +196,33 @@ def test_training_promotes_then_gates_and_shuffled_labels_fall_to_chance(spark, 
     assert first["validation"]["auc"] > noise["validation"]["auc"] + 0.05
 
 
+@pytest.mark.slow
+def test_a_rerun_of_an_earlier_day_uses_the_model_current_as_of_that_day(spark, synthetic_feed, tmp_path):
+    """Day A re-run after day B > A was trained and promoted (a backfill): export scores A
+    with A's model, not with B's, which trained on A+1's triples, the clicks that judge A;
+    A's gate compares with the model current as of A (its own earlier run's), not with B's;
+    and B's model stays current."""
+    pytest.importorskip("keras")
+    from jobs import export, train
+    from models import registry
+
+    config, base, dates = synthetic_feed
+    # A gate every model passes, so that both days promote theirs.
+    model = {"window_days": 2, "epochs": 1, "batch_size": 2048, "auc_tolerance": 1.0, "min_calibration": 0.0,
+             "max_calibration": 1e6}
+    copy = _copy(base, tmp_path, model=model)
+    day_a, day_b = dates[-2], dates[-1]
+    a, b = train.run(None, copy, day_a), train.run(None, copy, day_b)
+    assert a["promoted"] and b["promoted"] and a["version"] != b["version"]
+    assert a["current"] is None and b["current"]["version"] == a["version"]
+    exported = export.run(spark, copy, day_a)
+    rerun = train.run(None, copy, day_a)
+    got = {"export scored with": exported["model_version"], "gate compared with": (rerun["current"] or {}).get("version"),
+           "current": registry.current_version(copy.storage.warehouse)}
+    assert got == {"export scored with": a["version"], "gate compared with": a["version"], "current": b["version"]}
+    assert set(_pd(tmp_path, "user_top_tags", day_a.isoformat()).model_version) == {a["version"]}
+
+
 def test_export_without_a_model_ranks_by_the_profile_and_serves_every_user(spark, synthetic_feed, tmp_path):
     from jobs import export
 
