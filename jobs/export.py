@@ -8,10 +8,10 @@ tag_stats, so a user with an empty or tiny profile still gets tags to recall thr
 
 For the multi-task score, each (user, tag) gets its features from
 jobs/transforms/features.py, as the training triples do, for the day D+1 it is served on
-(computed from D's tables), at the reference context features.reference_position,
-request_index 0 and features.reference_hour. The model current as of D (models/registry.py:
-the latest day's promotion up to D, so a re-run or backfill of D never scores with a model
-trained on later days) scores them inside Spark
+(computed from D's tables), at the reference context features.reference_position (-1: no
+position, for a feed that records none), request_index 0 and features.reference_hour. The
+model current as of D (models/registry.py: the latest day's promotion up to D, so a re-run
+or backfill of D never scores with a model trained on later days) scores them inside Spark
 (mapInArrow; the model is loaded once per Python worker and applied to Arrow batches by
 models/scoring.py, with the input conversion training uses): score = p_click x E[dwell |
 click] in seconds. Each user keeps the top export.top_n by score (ties by tag).
@@ -113,8 +113,12 @@ def unscored(cands: DataFrame) -> DataFrame:
 
 
 def at_reference_context(cands: DataFrame, config: Config) -> DataFrame:
-    """Candidates as pairs of the day they are served on, at the reference context."""
-    return cands.select("user_id", "tag", "prior", F.lit(config.features.reference_position).alias("position"),
+    """Candidates as pairs of the day they are served on, at the reference context; a
+    reference position of -1 is no position, which the feature builder encodes as training
+    encodes an impression without one."""
+    ref = config.features.reference_position
+    position = (F.lit(None) if ref < 0 else F.lit(ref)).cast("int")
+    return cands.select("user_id", "tag", "prior", position.alias("position"),
                         F.lit(0).alias("request_index"), F.lit(config.features.reference_hour).alias("hour"))
 
 

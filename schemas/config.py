@@ -358,6 +358,7 @@ class FeaturesConfig:
     # pseudo-impressions.
     user_ctr_prior: float = 5.0
     # Export scores every candidate at this context (see DESIGN.md, no train/serve skew).
+    # reference_position -1: no position, what training sees on a feed without positions.
     reference_position: int = 0
     reference_hour: int = 20
 
@@ -365,7 +366,8 @@ class FeaturesConfig:
         _require(all(f and f.replace("_", "").isalnum() for f in self.user_features), f"{where}.user_features",
                  "names must be letters, digits and underscores (they become column names)")
         _require(self.user_ctr_prior >= 0, f"{where}.user_ctr_prior", "must be >= 0")
-        _require(self.reference_position >= 0, f"{where}.reference_position", "must be >= 0")
+        _require(self.reference_position >= -1, f"{where}.reference_position",
+                 "must be >= 0, or -1 for no position (a feed that records none)")
         _require(0 <= self.reference_hour <= 23, f"{where}.reference_hour", "must be 0..23")
 
 

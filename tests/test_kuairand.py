@@ -146,3 +146,38 @@ def test_every_log_file_is_read_random_exposures_are_marked_and_overlapping_rele
         path.unlink()
     with pytest.raises(FileNotFoundError, match="no log_standard_"):
         import_kuairand(src, tmp_path / "none")
+
+
+def test_export_scores_at_a_context_the_training_triples_hold_on_a_feed_without_positions(spark, imported, tmp_path):
+    """No train/serve skew on the real week, which records no positions: the model's
+    categorical context values at export (position, hour) are values the training triples
+    hold, not one whose embedding training never updated."""
+    from jobs import export, index, profiles, triples
+    from jobs.common.inputs import feature_tables
+    from jobs.transforms.features import with_features
+
+    config = load_config(REPO / "jobs" / "conf" / "kuairand.toml",
+                         overrides={"storage": {"raw": str(imported), "warehouse": str(tmp_path / "wh")}})
+    days = (dt.date(2022, 4, 25), dt.date(2022, 4, 26))
+    for day in days:
+        ingest.run(spark, config, day)
+        profiles.run(spark, config, day)
+        index.run(spark, config, day)
+    triples.run(spark, config, days[-1])
+    wh = Warehouse(spark, config)
+    d = days[-1].isoformat()
+
+    def values(df, column: str) -> set[str]:
+        return {r[0] for r in df.select(column).distinct().collect()}
+
+    trained = wh.read_partition("training_triples", d)
+    assert values(trained, "position") == {"none"}  # the feed has no positions
+    # What export's multi-task scoring feeds the model: D's candidates at the reference
+    # context, their features from D's tables (jobs/export.py, multitask_scores).
+    cands = export.candidates(wh.read_partition("user_tag_profile", d), wh.read_partition("users", d),
+                              wh.read_partition("tag_stats", d), config.export.candidate_tags)
+    scored = with_features(export.at_reference_context(cands, config),
+                           feature_tables(wh, days[-1] + dt.timedelta(days=1)), config)
+    for column in ("position", "hour"):
+        served, seen = values(scored, column), values(trained, column)
+        assert served <= seen, f"export scores at {column} {sorted(served - seen)}; training saw {sorted(seen)}"
