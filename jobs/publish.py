@@ -1,18 +1,25 @@
 """Publish step: D's ``tag_index`` and ``user_top_tags`` -> Redis, switched in atomically.
 
 1. PING the server first (nothing is read or written when it is down).
-2. Name a new version ``D@<epoch ms>`` and add it to ``p:versions`` before writing, so a
+2. Take ``p:lock``, one publish at a time under the prefix, and hold it through step 6: the
+   step lock is per day, so a manual ``publish --date`` can overlap the scheduled publish
+   of another day, whose clean-up would delete this one's keys while they are written. A
+   daemon thread renews it (it lapses LOCK_TTL_SEC after a killed publish); a publish
+   waits up to LOCK_WAIT_SEC for it, then stops with PublishLocked.
+3. Name a new version ``D@<epoch ms>`` and add it to ``p:versions`` before writing, so a
    publish killed half-way leaves keys that the next publish finds and deletes.
-3. Write every user's tags and every tag's articles as sorted sets from the Spark
+4. Write every user's tags and every tag's articles as sorted sets from the Spark
    executors (foreachPartition, one connection per partition, ``publish.pipeline_size``
    commands per round trip), then the global list for users without tags; count the keys
-   and members Redis accepted and compare them with the tables. Nothing is switched on a
-   mismatch. Members are counted as sent once their pipeline succeeded, not by ZADD's
-   reply (the number *added*), so a retried Spark task that rewrites members already
-   there counts them again instead of zero.
-4. Write the version's meta hash, then in one MULTI/EXEC (under WATCH, so two publishers
-   cannot interleave) set ``p:current`` to the new version and ``p:previous`` to the old.
-5. Delete every other version (meta hash first, so a reader that still holds its name
+   and members sent and then those Redis holds (SCAN and ZCARD), and compare both with
+   the tables. Nothing is switched on a mismatch. Members are counted as sent once their
+   pipeline succeeded, not by ZADD's reply (the number *added*), so a retried Spark task
+   that rewrites members already there counts them again instead of zero; what Redis holds
+   catches keys lost after they were sent.
+5. Write the version's meta hash, then in one MULTI/EXEC (under WATCH of the pointer and
+   the lock, so two publishers cannot interleave and a publish that lost its lock cannot
+   switch) set ``p:current`` to the new version and ``p:previous`` to the old.
+6. Delete every other version (meta hash first, so a reader that still holds its name
    notices and re-reads the pointer).
 
 ``--rollback`` swaps ``p:current`` and ``p:previous`` in one transaction (run it again to
@@ -22,9 +29,14 @@ with their scores, in one command each. The key layout is in jobs/online/keys.py
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import os
+import socket
+import threading
 import time
+import uuid
 
 import redis
 from pyspark.sql import DataFrame, SparkSession
@@ -47,6 +59,67 @@ from schemas.config import Config, redact_url
 log = logging.getLogger(__name__)
 
 NAME = "publish"
+
+LOCK_TTL_SEC = 30.0  # renewed every third of it while held; a killed publish's lapses after it
+LOCK_WAIT_SEC = 300.0  # how long a publish waits for another to finish before giving up
+
+
+class PublishLocked(RuntimeError):
+    """Another publish holds the prefix's lock, or this one lost it."""
+
+
+class PublishLock:
+    """``p:lock`` holding a token of this publish (SET NX PX), renewed by a daemon thread
+    until released; released only by its holder (compare and delete in a transaction)."""
+
+    def __init__(self, client, keys: Keys, owner: str, ttl_sec: float = LOCK_TTL_SEC):
+        self.client, self.key, self.owner, self.ttl_ms = client, keys.lock, owner, int(ttl_sec * 1000)
+        self.token = f"{owner} on {socket.gethostname()} pid {os.getpid()} {uuid.uuid4().hex[:8]}"
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def acquire(self, wait_sec: float) -> None:
+        deadline = time.monotonic() + wait_sec
+        while not self.client.set(self.key, self.token, nx=True, px=self.ttl_ms):
+            if time.monotonic() >= deadline:
+                raise PublishLocked(f"{self.owner}: another publish is already publishing under {self.key} "
+                                    f"({self.client.get(self.key) or 'it has just ended'}); waited "
+                                    f"{wait_sec:g} s for it. Re-run this publish once it is done")
+            time.sleep(0.2)
+        self._renewer = threading.Thread(target=self._renew, name=f"renew {self.key}", daemon=True)
+        self._renewer.start()
+
+    def _if_held(self, action) -> bool:
+        """``action(pipe)`` in a transaction, if the lock still holds our token."""
+        with self.client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(self.key)
+                if pipe.get(self.key) != self.token:
+                    return False
+                pipe.multi()
+                action(pipe)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl_ms / 3000):
+            try:
+                if not self._if_held(lambda pipe: pipe.set(self.key, self.token, px=self.ttl_ms)):
+                    return  # lost: the switch sees it and refuses
+            except redis.RedisError:
+                continue  # the publish itself meets the error and reports it
+
+    def held(self) -> bool:
+        return self.client.get(self.key) == self.token
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=10)
+        with contextlib.suppress(redis.RedisError):  # else it lapses after its time to live
+            self._if_held(lambda pipe: pipe.delete(self.key))
 
 
 def _writer(conn: Connection, keys: Keys, version: str, kind: str, batch: int, written, members):
@@ -111,12 +184,16 @@ def delete_version(client, keys: Keys, version: str, batch: int = 1000) -> int:
     return deleted
 
 
-def switch(client, keys: Keys, version: str) -> str | None:
-    """Make ``version`` current and the old current previous, atomically; returns the old one."""
+def switch(client, keys: Keys, version: str, lock: PublishLock | None = None) -> str | None:
+    """Make ``version`` current and the old current previous, atomically; returns the old one.
+    With ``lock``, only while it is held (PublishLocked otherwise)."""
     with client.pipeline(transaction=True) as pipe:
         while True:
             try:
-                pipe.watch(keys.current)
+                pipe.watch(keys.current, *([keys.lock] if lock else []))
+                if lock is not None and pipe.get(keys.lock) != lock.token:
+                    raise PublishLocked(f"this publish lost {keys.lock} before switching to {version} "
+                                        f"(its holder now: {pipe.get(keys.lock) or 'none'})")
                 old = pipe.get(keys.current)
                 pipe.multi()
                 pipe.set(keys.current, version)
@@ -145,6 +222,23 @@ def rollback(client, keys: Keys) -> tuple[str, str]:
                 return prev, cur
             except redis.WatchError:
                 continue
+
+
+def counts_in_redis(client, keys: Keys, version: str, batch: int = 1000) -> dict[str, int]:
+    """Keys and members of ``version`` as Redis holds them (SCAN, then ZCARD per key)."""
+    held = {}
+    for kind, name in (("user", "users"), ("tag", "tags")):
+        n_keys = n_members = 0
+        names = list(client.scan_iter(match=keys.version_pattern(version, kind), count=batch))
+        for start in range(0, len(names), batch):
+            pipe = client.pipeline(transaction=False)
+            for key in names[start:start + batch]:
+                pipe.zcard(key)
+            cards = pipe.execute()
+            n_keys, n_members = n_keys + len(cards), n_members + sum(cards)
+        held[name], held[f"{kind}_members"] = n_keys, n_members
+    held["global_tags"] = client.zcard(keys.global_tags(version))
+    return held
 
 
 def skip_reason(_spark, config: Config, _date: dt.date) -> str | None:
@@ -191,10 +285,21 @@ def publish_version(spark: SparkSession, config: Config, client, day: str, wh: W
     expected, model_version = expected_counts(served, index)
     fallback = global_tags(wh.read_partition("tag_stats", day), config.export.top_n)
     users, tags = sorted_sets(served, index)
+    lock = PublishLock(client, keys, f"publish {day}")
+    lock.acquire(LOCK_WAIT_SEC)
+    try:
+        return _write_and_switch(spark, client, conn, keys, lock, day, (users, tags, fallback),
+                                 expected, model_version, config.publish.pipeline_size)
+    finally:
+        lock.release()
 
+
+def _write_and_switch(spark: SparkSession, client, conn: Connection, keys: Keys, lock: PublishLock, day: str,
+                      sets: tuple, expected: dict[str, int], model_version: str, batch: int) -> dict:
+    """Steps 3-6 of the module docstring, under the lock."""
+    users, tags, fallback = sets
     version = f"{day}@{int(time.time() * 1000)}"
     client.sadd(keys.versions, version)
-    batch = config.publish.pipeline_size
     log.info("publish %s: writing version %s to %s", day, version, redact_url(conn.url))
     t0 = time.monotonic()
     n_users, user_members = _write_sets(spark, users, conn, keys, version, "user", batch)
@@ -207,11 +312,22 @@ def publish_version(spark: SparkSession, config: Config, client, day: str, wh: W
         delete_version(client, keys, version)
         raise RuntimeError(f"publish {day}: Redis received {got} but the tables hold {expected}; "
                            f"version {version} was deleted and {keys.current} left as it was")
+    held, want = counts_in_redis(client, keys, version, batch), {**expected, "global_tags": len(fallback)}
+    if held != want:
+        delete_version(client, keys, version)
+        raise RuntimeError(f"publish {day}: Redis holds {held} of version {version} but the tables hold {want}; "
+                           f"version {version} was deleted and {keys.current} left as it was")
     client.hset(keys.meta(version), mapping={
         "date": day, "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "model_version": model_version, "global_tags": len(fallback), **{k: str(v) for k, v in got.items()}})
-    old = switch(client, keys, version)
-    stale = sorted(set(client.smembers(keys.versions)) - ({version, old} - {None}))
+    try:
+        old = switch(client, keys, version, lock)
+    except PublishLocked:
+        delete_version(client, keys, version)
+        raise
+    # Under the lock no other publish is writing: every other version is complete and old, or
+    # was left by a killed publish. (A publish that lost the lock leaves them to the next.)
+    stale = sorted(set(client.smembers(keys.versions)) - ({version, old} - {None})) if lock.held() else []
     deleted = {v: delete_version(client, keys, v) for v in stale}
     members = got["user_members"] + got["tag_members"] + len(fallback)
     return {"version": version, "previous": old, "deleted_versions": deleted, "written": got,

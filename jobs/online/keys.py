@@ -4,6 +4,7 @@ writes with and what the online recall (jobs/online/recall.py) reads with. redis
 Key layout (``p`` = publish.key_prefix; a version is one publish of one day, ``D@<ms>``):
 
     p:current                  string: the version readers use
+    p:lock                     string: the token of the publish writing now (one at a time)
     p:previous                 string: the version kept back for --rollback
     p:versions                 set: every version with keys in Redis (complete or not)
     p:v:<version>:meta         hash: date, published_at, model_version, counts; written last
@@ -59,8 +60,13 @@ class Keys:
     def versions(self) -> str:
         return f"{self.prefix}:versions"
 
-    def version_pattern(self, version: str) -> str:
-        return f"{self.prefix}:v:{version}:*"
+    @property
+    def lock(self) -> str:
+        return f"{self.prefix}:lock"
+
+    def version_pattern(self, version: str, kind: str = "") -> str:
+        """Every key of ``version``, or with ``kind`` (user, tag) its keys of that kind."""
+        return f"{self.prefix}:v:{version}:{kind + ':' if kind else ''}*"
 
     def meta(self, version: str) -> str:
         return f"{self.prefix}:v:{version}:meta"
@@ -88,7 +94,7 @@ ROLES = ("writer", "reader")
 # a database other than 0. SCAN lists key names of the whole database: Redis does not
 # filter it by the key pattern.
 COMMANDS = {
-    "writer": ("ping", "select", "get", "set", "exists", "sadd", "srem", "smembers", "zadd", "hset",
+    "writer": ("ping", "select", "get", "set", "exists", "sadd", "srem", "smembers", "zadd", "zcard", "hset",
                "del", "unlink", "scan", "watch", "unwatch", "multi", "exec", "discard"),
     "reader": ("ping", "select", "get", "exists", "hgetall", "zrange", "multi", "exec", "discard"),
 }
