@@ -88,26 +88,23 @@ class Day:
         window = [(date - dt.timedelta(days=i)).isoformat() for i in range(config.index.quality_window_days)]
         self.events = wh.read_partitions("events", window).cache()
         self.end = day_bounds(date, config.time.timezone)[1]
-        self._clicked: dict = {}
+        self._clicked: dict = {}  # filled on first use
 
     def clicked(self, config, k: int):
+        """D+1's clicked articles (new or not, rank in popular_items): the same for every option."""
         from jobs import evaluate
 
-        key = config.index.clicks_half_life_days
-        if key not in self._clicked:
-            self._clicked[key] = evaluate.clicked_articles(self.wh, config, self.date, self.clicks, k)
-        return self._clicked[key]
+        if not self._clicked:
+            self._clicked = evaluate.clicked_articles(self.wh, config, self.date, self.clicks, k)
+        return self._clicked
 
     def index(self, config):
         from jobs import index as index_step
         from jobs.online.bulk import Index
 
-        cfg = config.index
+        cfg, learned, _ = index_step.ranking_inputs(self.wh, config, self.date, self.articles, self.events)
         engagement = index_step.engagement_of(self.events, self.end, cfg).cache()
         p0, mu0 = index_step.priors(engagement)
-        learned = None
-        if cfg.ranking == "learned":
-            learned = index_step.learned_values(self.wh, config, self.date, self.articles, self.events)[0].cache()
         scored = index_step.scored_articles(self.articles, engagement, self.end, cfg, p0, mu0, learned)
         rows = index_step.tag_index(scored, cfg).select("tag", "article_id", "score").collect()
         engagement.unpersist()
@@ -116,11 +113,11 @@ class Day:
 
 def measure(day: Day, config, index, merge: str, k: int) -> dict:
     from jobs import evaluate
-    from jobs.online.bulk import top_k_hits
+    from jobs.online.bulk import click_groups_of, top_k_hits
 
     channel = evaluate.item_channel(day.clicked(config, k), index, k)
     columns = index.columns_of(day.click_articles)
-    groups = np.where(columns >= 0, channel.groups[columns], 0)
+    groups = click_groups_of(channel.groups, columns)
     hits = top_k_hits(index, day.n_users, day.list_of, index.rows_of(day.tags), day.ranks, day.click_list, columns,
                       k, method=merge, click_groups=groups, n_groups=evaluate.IN_POPULAR + evaluate.NEW + 1).sum(axis=0)
     outside = sum(int(h) for g, h in enumerate(hits) if not g & evaluate.IN_POPULAR)
@@ -161,6 +158,8 @@ def main() -> None:
     parser.add_argument("--lists", default="export", help="the method of evaluate whose tags are merged")
     parser.add_argument("--label", default="kuairand", help="the data set's name in the results")
     parser.add_argument("--results", default="bench/results/recall_channel.jsonl")
+    parser.add_argument("--merges", default="rank_sum,probability,quota",
+                        help="the merges of the second stage (quota merges list by list in Python: the slow one)")
     args = parser.parse_args()
 
     from jobs.common.session import build_session
@@ -207,9 +206,9 @@ def main() -> None:
         key = json.dumps(option, sort_keys=True)
         best_of[key] = max(best_of.get(key, 0.0), mean(rows, "recall"))
     best = [json.loads(o) for o in sorted(best_of, key=lambda o: -best_of[o])[:3]]
-    for option, slots, merge in product(best, SLOTS, ("rank_sum", "probability", "quota")):
+    for option, slots, merge in product(best, SLOTS, args.merges.split(",")):
         option = {**option, "new_article_slots": slots}
-        if any(o == option and m == merge for o, m, _ in results):
+        if any({**TODAY, **o} == {**TODAY, **option} and m == merge for o, m, _ in results):
             continue
         results.append((option, merge, run(option, merge, validate)))
         print(f"{label(option, merge):<52} validation recall@{k} {mean(results[-1][2], 'recall'):.4f} "

@@ -18,7 +18,7 @@ method has no tags for gets the global list, as the online recall does (jobs/onl
 - ``global``: the export.top_n tags with the most decayed clicks in D's tag_stats (the list
   served to users without tags);
 - ``popular_items``: not a tag method but the channel every feed already has: D's k articles
-  with the most decayed clicks (half-life index.clicks_half_life_days, over the index's
+  with the most decayed clicks (half-life evaluate.popular_half_life_days, over the index's
   window of events), the same list for every user (jobs/transforms/item_ranking.py).
 
 Metrics (numerator and denominator are kept beside each value):
@@ -68,7 +68,7 @@ from pyspark.sql import functions as F
 from jobs.common.dates import day_bounds
 from jobs.common.entry import Step
 from jobs.common.storage import Warehouse
-from jobs.online.bulk import Index, top_k_hits
+from jobs.online.bulk import Index, click_groups_of, top_k_hits
 from jobs.transforms.decay import age_seconds
 from jobs.transforms.item_ranking import article_engagement, is_new, popular_items
 from jobs.transforms.tag_lists import BASELINES, baseline, filled, global_tags
@@ -141,7 +141,7 @@ def _hits_of_batches(index: Index, groups: np.ndarray, methods: list[str], k: in
             method = pc.index_in(entries.field("method"), value_set=pa.array(methods)).to_numpy().astype(np.int64)
             click_user = pc.list_parent_indices(clicked).to_numpy()
             click_columns = index.columns_of(clicked.flatten().to_pylist())
-            click_groups = np.where(click_columns >= 0, groups[click_columns], 0)
+            click_groups = click_groups_of(groups, click_columns)
             n = len(methods)
             per_list = top_k_hits(  # list i is user i // n under method i % n
                 index, batch.num_rows * n, user * n + method, index.rows_of(entries.field("tag").to_pylist()),
@@ -308,7 +308,7 @@ def clicked_articles(wh: Warehouse, config: Config, date: dt.date, clicks: DataF
     _, end = day_bounds(date, config.time.timezone)
     window = [(date - dt.timedelta(days=i)).isoformat() for i in range(cfg.quality_window_days)]
     engagement = article_engagement(wh.read_partitions("events", window), end, cfg.quality_half_life_days,
-                                    cfg.clicks_half_life_days)
+                                    config.evaluate.popular_half_life_days)
     popular = popular_items(engagement, 2 * k).select("article_id", F.col("rank").alias("popular"))
     nxt = (date + dt.timedelta(days=1)).isoformat()
     later = wh.read_partition("events", nxt).where(F.col("event_type").isin("impression", "click"))

@@ -113,21 +113,42 @@ def ranker_training(wh: Warehouse, config: Config, date: dt.date) -> DataFrame |
 def learned_values(wh: Warehouse, config: Config, date: dt.date, articles: DataFrame, events: DataFrame
                    ) -> tuple[DataFrame, dict] | None:
     """(article_id, value) of the ranker fitted on ``ranker_training`` and applied to D's
-    ``articles`` and window of ``events``, and what to report of it; None without D-1."""
+    ``articles`` and window of ``events``, and what to report of it; None without D-1 or
+    without a click on D to learn from."""
     cfg = config.index
     training = ranker_training(wh, config, date)
     if training is None:
         return None
     training = training.cache()
+    totals = training.agg(F.count(F.lit(1)).alias("rows"), F.sum("label").alias("clicks")).first()
+    if not totals["clicks"]:
+        training.unpersist()
+        return None  # nothing to learn from: no row, or no click on D
     model = fit_ranker(training)
     _, end = day_bounds(date, config.time.timezone)
     now = ranker_features(events, eligible_articles(articles, end, cfg), end, cfg.prior_strength, cfg.new_article_days)
     glm = model.stages[-1]
     report = {"fitted_on": (date - dt.timedelta(days=1)).isoformat(), "labels_of": date.isoformat(),
-              "rows": training.count(), "intercept": glm.intercept,
+              "rows": totals["rows"], "intercept": glm.intercept,
               "coefficients": dict(zip(RANKER_FEATURES, glm.coefficients.toArray().tolist(), strict=True))}
     training.unpersist()
     return ranker_values(model, now), report
+
+
+def ranking_inputs(wh: Warehouse, config: Config, date: dt.date, articles: DataFrame, events: DataFrame
+                   ) -> tuple[IndexConfig, DataFrame | None, dict | None]:
+    """The index settings to rank D with, the learned ranker's values and its report: under
+    index.ranking = "learned" without a ranker to fit (the first day, no click on D), the
+    articles are ranked by "clicks" instead, with a warning."""
+    cfg = config.index
+    if cfg.ranking != "learned":
+        return cfg, None, None
+    fitted = learned_values(wh, config, date, articles, events)
+    if fitted is None:
+        log.warning("index %s: no day before with clicks on D to fit the learned ranker on; ranked by clicks",
+                    date.isoformat())
+        return dataclasses.replace(cfg, ranking="clicks"), None, None
+    return cfg, fitted[0], fitted[1]
 
 
 def tag_index(scored: DataFrame, cfg: IndexConfig) -> DataFrame:
@@ -168,14 +189,8 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
     with wh.scratch(f"index-{day}") as stage:
         engagement = stage(engagement_of(events, end, cfg), "engagement")
         p0, mu0 = priors(engagement)
-        learned, ranker = None, None
-        if cfg.ranking == "learned":
-            fitted = learned_values(wh, config, date, articles, events)
-            if fitted is None:
-                log.warning("index %s: no day before to fit the learned ranker on; ranked by clicks", day)
-                cfg = dataclasses.replace(cfg, ranking="clicks")
-            else:
-                learned, ranker = stage(fitted[0], "learned"), fitted[1]
+        cfg, learned, ranker = ranking_inputs(wh, config, date, articles, events)
+        learned = stage(learned, "learned") if learned is not None else None
         scored = stage(scored_articles(articles, engagement, end, cfg, p0, mu0, learned), "scored")
         wh.write_partition(tag_index(scored, cfg), "tag_index", day)
         wh.write_partition(tag_stats(articles, engagement, scored, cfg, p0), "tag_stats", day)

@@ -4,10 +4,10 @@ list, on random indexes built to tie: few distinct scores, shared articles, shor
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from jobs.online.bulk import Index, top_k_hits
+from jobs.online.bulk import Index, click_groups_of, top_k_hits
 from jobs.online.recall import MERGES, merge
 
 TAGS = [f"t{i}" for i in range(6)]
@@ -22,6 +22,8 @@ lists = st.lists(st.tuples(tag_list, st.lists(st.sampled_from(ARTICLES + ["a99"]
 
 
 @settings(max_examples=300, deadline=None)
+@example(rows=[("t0", "a01", 0.25), ("t1", "a00", 0.25), ("t3", "a00", 0.25)],
+         users=[(["t4", "t0", "t1", "t3"], ["a00"])], k=1, block_cells=1 << 22, method="quota")  # t4: no list
 @given(rows=index_rows, users=lists, k=st.integers(1, 30), block_cells=st.sampled_from([1, 40, 1 << 22]),
        method=st.sampled_from(MERGES))
 def test_hits_equal_the_online_merge_list_by_list(rows, users, k, block_cells, method):
@@ -52,3 +54,13 @@ def test_an_empty_index_recalls_nothing():
     got = top_k_hits(index, 2, np.array([0]), index.rows_of(["t0"]), np.array([1]),
                      np.array([0]), index.columns_of(["a00"]), 5)
     assert got.tolist() == [0, 0]
+
+
+def test_clicks_on_articles_outside_an_empty_index_fall_in_group_zero():
+    index = Index.build([], [], [])
+    columns = index.columns_of(["a00", "a01"])
+    groups = click_groups_of(np.zeros(index.width, dtype=np.int64), columns)
+    assert groups.tolist() == [0, 0]
+    got = top_k_hits(index, 1, np.array([0]), index.rows_of(["t0"]), np.array([1]), np.array([0, 0]), columns, 5,
+                     click_groups=groups, n_groups=2)
+    assert got.tolist() == [[0, 0]]

@@ -37,11 +37,21 @@ def test_quota_gives_each_tag_its_share_of_places():
 
 
 def test_quota_places_a_short_list_leaves_go_to_the_best_of_the_rest():
-    lists = {"A": [("x", 1.0)], "B": [("y", 1.0), ("z", 0.5), ("v", 0.4)]}
-    assert quota_slots([1, 2], 4) == [2, 2]   # 2.45 and 1.55: the remainder .55 wins
-    got = merge(TAGS, lists, 4, "quota")
-    assert [a for a, _, _ in got] == ["x", "y", "z", "v"]   # A's empty place went to v
+    lists = {"A": [("x", 0.1)], "B": [("y", 5.0), ("z", 4.0), ("v", 3.0)]}
+    assert quota_slots([1, 2], 3) == [2, 1]
+    # A takes x (its second place stays empty), B takes y; the empty place goes to the best
+    # of the rest by rank_sum, z (4 x 0.63 against v's 3 x 0.63). rank_sum alone returns y, z, v.
+    got = merge(TAGS, lists, 3, "quota")
+    assert [a for a, _, _ in got] == ["y", "z", "x"]
+    assert [a for a, _, _ in merge(TAGS, lists, 3, "rank_sum")] == ["y", "z", "v"]
     assert quota_slots([1, 2, 3], 0) == [0, 0, 0]
+
+
+def test_quota_places_go_to_the_tags_with_a_list():
+    # B (rank 2) has no list: A and C share the 2 places by their weights 1 and 0.5 -> 1 and 1.
+    lists = {"A": [("x", 4.0), ("y", 3.0)], "C": [("z", 1.0)]}
+    assert quota_slots([1, 3], 2) == [1, 1]
+    assert [a for a, _, _ in merge([("A", 1), ("B", 2), ("C", 3)], lists, 2, "quota")] == ["x", "z"]
 
 
 def test_an_unknown_merge_is_refused():

@@ -110,6 +110,7 @@ def top_k_hits(index: Index, n_lists: int, list_of: np.ndarray, tag_rows: np.nda
     click_list, click_columns, groups = click_list[clicked], click_columns[clicked], groups[clicked]
     corder = np.argsort(click_list, kind="stable")
     click_list, click_columns, groups = click_list[corder], click_columns[corder], groups[corder]
+    quota = _QuotaLists(index) if method == "quota" else None
     step = max(1, block_cells // width)
     for first in range(0, n_lists, step):
         last = min(first + step, n_lists)
@@ -118,7 +119,7 @@ def top_k_hits(index: Index, n_lists: int, list_of: np.ndarray, tag_rows: np.nda
         if clo == chi:
             continue
         if method == "quota":
-            block = _quota_top_k(index, last - first, list_of[lo:hi] - first, tag_rows[lo:hi], ranks[lo:hi], k)
+            block = quota.top_k(last - first, list_of[lo:hi] - first, tag_rows[lo:hi], ranks[lo:hi], k)
         else:
             block = _top_k(index, last - first, list_of[lo:hi] - first, tag_rows[lo:hi], weights[lo:hi], k)
         rows = click_list[clo:chi] - first
@@ -128,19 +129,33 @@ def top_k_hits(index: Index, n_lists: int, list_of: np.ndarray, tag_rows: np.nda
     return hits if click_groups is not None else hits[:, 0]
 
 
-def _quota_top_k(index: Index, n: int, rows: np.ndarray, tag_rows: np.ndarray, ranks: np.ndarray,
-                 k: int) -> np.ndarray:
-    """(n, width) booleans: the articles each of the n lists returns under ``recall.merge``'s
-    quota merge, list by list."""
-    names = np.array(sorted(index.tags, key=index.tags.get), dtype=object)
-    lists, column = index.lists(), {a: i for i, a in enumerate(index.article_ids.tolist())}
-    out = np.zeros((n, index.width), dtype=bool)
-    bounds = np.searchsorted(rows, np.arange(n + 1))
-    for i in range(n):
-        tags = list(zip(names[tag_rows[bounds[i]:bounds[i + 1]]].tolist(),
-                        ranks[bounds[i]:bounds[i + 1]].tolist(), strict=True))
-        for article, _, _ in merge(tags, lists, k, "quota"):
-            out[i, column[article]] = True
+class _QuotaLists:
+    """The index as recall.merge takes it, built once, for the quota merge's lists."""
+
+    def __init__(self, index: Index):
+        self.width = index.width
+        self.names = np.array(sorted(index.tags, key=index.tags.get), dtype=object)
+        self.lists = index.lists()
+        self.column = {a: i for i, a in enumerate(index.article_ids.tolist())}
+
+    def top_k(self, n: int, rows: np.ndarray, tag_rows: np.ndarray, ranks: np.ndarray, k: int) -> np.ndarray:
+        """(n, width) booleans: the articles each of the n lists returns, list by list."""
+        out = np.zeros((n, self.width), dtype=bool)
+        bounds = np.searchsorted(rows, np.arange(n + 1))
+        for i in range(n):
+            tags = list(zip(self.names[tag_rows[bounds[i]:bounds[i + 1]]].tolist(),
+                            ranks[bounds[i]:bounds[i + 1]].tolist(), strict=True))
+            for article, _, _ in merge(tags, self.lists, k, "quota"):
+                out[i, self.column[article]] = True
+        return out
+
+
+def click_groups_of(groups: np.ndarray, click_columns: np.ndarray) -> np.ndarray:
+    """Each click's group from its article's column (``groups`` per column); 0 for a click on
+    an article the index does not hold (it can never be a hit)."""
+    out = np.zeros(len(click_columns), dtype=np.int64)
+    held = click_columns >= 0
+    out[held] = groups[click_columns[held]]
     return out
 
 

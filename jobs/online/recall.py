@@ -16,9 +16,9 @@ discount of DCG: the first tag counts 1, the second 0.63, the tenth 0.29):
   p(tag | user) proportional to w(rank) and p(article | tag) the tag's index scores divided
   by their sum (math.fsum, so every reader sums alike): each tag's list weighs the same
   whatever the scale of its scores;
-- ``quota``: the tags, best first, each take their next best articles not yet taken, up to
-  k x w(rank) / sum of w over the user's tags places (largest remainders get the rounding);
-  places a short list leaves empty go to the best of the rest by ``rank_sum``.
+- ``quota``: the tags with a list, best first, each take their next best articles not yet
+  taken, up to k x w(rank) / sum of w over those tags places (largest remainders get the
+  rounding); places a short list leaves empty go to the best of the rest by ``rank_sum``.
 
 Articles are ordered by their ``rank_sum`` (or ``probability``) score, rounded to 1e-9 so
 that summation order cannot reorder near-ties, then by article_id; the top k are returned.
@@ -89,9 +89,11 @@ def merge(tags: list[tuple[str, int]], lists: dict[str, list[tuple[str, float]]]
             via.setdefault(article, []).append(tag)
     rounded = {a: round(v, ROUND) for a, v in score.items()}
     ranked = sorted(rounded, key=lambda a: (-rounded[a], a))
-    if method == "quota" and ordered:
+    # The quota's places go to the tags with a list: an empty one would hand its places on anyway.
+    listed = [(t, r) for t, r in ordered if lists.get(t)]
+    if method == "quota" and listed:
         taken: set[str] = set()
-        for (tag, _), slots in zip(ordered, quota_slots([r for _, r in ordered], k), strict=True):
+        for (tag, _), slots in zip(listed, quota_slots([r for _, r in listed], k), strict=True):
             best = sorted(lists.get(tag, []), key=lambda item: (-item[1], item[0]))
             for article in (a for a, _ in best if a not in taken):
                 if slots == 0:

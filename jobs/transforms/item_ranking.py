@@ -26,7 +26,7 @@ it enters as an average article would (under ``quality`` the prior already does 
 
 Cold-start quota: up to ``index.new_article_slots`` of each tag's ``index.top_k`` places go to
 new articles first, ranked by tag weight x freshness, then article_id; the rest of the places go
-to the best-scored other articles. Every row keeps its own score, which the merge across a
+to the best-scored other articles (the fresher first among equal scores). Every row keeps its own score, which the merge across a
 user's tags uses (jobs/online/recall.py), and ranks are by score, then article_id.
 """
 
@@ -138,7 +138,9 @@ def ranked_per_tag(values: DataFrame, top_k: int, new_article_slots: int) -> Dat
         cold = F.row_number().over(by_tag.orderBy(F.desc("new"), F.desc(F.col("tag_weight") * F.col("freshness")),
                                                   "article_id"))
         reserved = F.col("new") & (cold <= new_article_slots)
-    place = F.row_number().over(by_tag.orderBy(F.desc("_reserved"), F.desc("score"), "article_id"))
+    # Among equal scores (e.g. articles without a click under "clicks") the fresher is kept.
+    place = F.row_number().over(by_tag.orderBy(F.desc("_reserved"), F.desc("score"), F.desc("freshness"),
+                                               "article_id"))
     kept = rows.withColumn("_reserved", reserved).withColumn("_place", place).where(F.col("_place") <= top_k)
     rank = F.row_number().over(by_tag.orderBy(F.desc("score"), "article_id"))
     return kept.withColumn("rank", rank).select("tag", "rank", "article_id", "score", "tag_weight", "quality",
@@ -196,9 +198,10 @@ def ranker_features(events: DataFrame, eligible: DataFrame, end: dt.datetime, pr
 
 
 def ranker_label(features: DataFrame, next_day_events: DataFrame) -> DataFrame:
-    """``features`` with ``label``: the article's clicks in ``next_day_events`` (0 if none)."""
+    """``features`` with ``label``: the distinct users who clicked the article in
+    ``next_day_events`` (0 if none), as recall counts a click: once per (user, article)."""
     clicks = (next_day_events.where(F.col("event_type") == "click").groupBy("article_id")
-              .agg(F.count(F.lit(1)).cast("double").alias("label")))
+              .agg(F.countDistinct("user_id").cast("double").alias("label")))
     return features.join(clicks, "article_id", "left").na.fill(0.0, ["label"])
 
 
