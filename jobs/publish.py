@@ -289,14 +289,15 @@ def publish_version(spark: SparkSession, config: Config, client, day: str, wh: W
     lock.acquire(LOCK_WAIT_SEC)
     try:
         return _write_and_switch(spark, client, conn, keys, lock, day, (users, tags, fallback),
-                                 expected, model_version, config.publish.pipeline_size)
+                                 expected, model_version, config.publish.pipeline_size, config.recall.merge)
     finally:
         lock.release()
 
 
 def _write_and_switch(spark: SparkSession, client, conn: Connection, keys: Keys, lock: PublishLock, day: str,
-                      sets: tuple, expected: dict[str, int], model_version: str, batch: int) -> dict:
-    """Steps 3-6 of the module docstring, under the lock."""
+                      sets: tuple, expected: dict[str, int], model_version: str, batch: int, merge: str) -> dict:
+    """Steps 3-6 of the module docstring, under the lock; ``merge`` (recall.merge) goes into
+    the meta hash, so the online recall merges as the day was evaluated."""
     users, tags, fallback = sets
     version = f"{day}@{int(time.time() * 1000)}"
     client.sadd(keys.versions, version)
@@ -319,7 +320,8 @@ def _write_and_switch(spark: SparkSession, client, conn: Connection, keys: Keys,
                            f"version {version} was deleted and {keys.current} left as it was")
     client.hset(keys.meta(version), mapping={
         "date": day, "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "model_version": model_version, "global_tags": len(fallback), **{k: str(v) for k, v in got.items()}})
+        "model_version": model_version, "global_tags": len(fallback), "merge": merge,
+        **{k: str(v) for k, v in got.items()}})
     try:
         old = switch(client, keys, version, lock)
     except PublishLocked:

@@ -333,3 +333,29 @@ def test_what_redis_must_receive_is_counted_from_the_tables(spark):
                          [("u1", [("t1", 1.0), ("t2", 2.0)]), ("u2", [("t1", 1.0)])])
     assertDataFrameEqual(tags.selectExpr("key", "array_sort(items) as items").orderBy(*sort),
                          [("t1", [("a1", 0.9), ("a2", 0.5)]), ("t2", [("a1", 0.3)])])
+
+
+def test_the_online_recall_merges_as_the_published_version_was_configured(spark, exported_feed, redis_server):
+    """recall.merge travels with the version (its meta), so the service merges as the day was
+    evaluated: published under "probability", a user's recall is p(tag | user) x p(article |
+    tag) summed, computed here from the tables."""
+    import dataclasses
+
+    _, base, dates = exported_feed
+    day = dates[-1].isoformat()
+    config = _config(base, redis_server())
+    config = config.replace(recall=dataclasses.replace(config.recall, merge="probability"))
+    publish.run(spark, config, dates[-1])
+    client = redis_keys.connect(config)
+    user, tags = sorted(_expected_tags(base, day).items())[0]
+    got = recall.recall(client, user, k=30, prefix=config.publish.key_prefix)
+    index = _pd(base, "tag_index", day)
+    total: dict[str, float] = {}
+    for tag, rank in tags:
+        rows = index[index.tag == tag]
+        for article, score in zip(rows.article_id, rows.score / rows.score.sum(), strict=True):
+            total[article] = total.get(article, 0.0) + score / math.log2(1 + rank)
+    expected = sorted(total, key=lambda a: (-round(total[a], 9), a))[:30]
+    assert got.merge == "probability"
+    assert [a for a, _, _ in got.articles] == expected
+    assert expected != _expected_recall(base, day, tags, 30), "the two merges must differ for this test to mean anything"
