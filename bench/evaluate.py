@@ -64,7 +64,9 @@ def main() -> None:
     from jobs.common.storage import Warehouse
     from schemas.config import load_config
 
-    config = load_config(args.config, overrides={"storage": {"warehouse": args.warehouse}})
+    # The reference join computes the rank_sum merge.
+    config = load_config(args.config, overrides={"storage": {"warehouse": args.warehouse},
+                                                 "recall": {"merge": "rank_sum"}})
     spark = build_session(config, "bench-evaluate")
     date = dt.date.fromisoformat(args.date)
     evaluate.evaluate(spark, config, date)  # warm-up: JIT, Python workers

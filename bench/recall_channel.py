@@ -34,12 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-TODAY = {"ranking": "quality", "clicks_half_life_days": 1.0, "quality_half_life_days": 7.0, "top_k": 200,
+TODAY = {"ranking": "quality", "recent_half_life_days": 1.0, "top_k": 200,
          "new_article_slots": 0}
 STAGE_ONE = [  # index settings searched without the quota
     *({"ranking": "quality", "top_k": k} for k in (200, 1000)),
-    *({"ranking": "clicks", "clicks_half_life_days": h, "top_k": k} for h in (0.25, 0.5, 1.0, 3.0) for k in (200, 1000)),
-    *({"ranking": "exposure", "quality_half_life_days": h, "top_k": k} for h in (1.0, 7.0) for k in (200, 1000)),
+    *({"ranking": "clicks", "recent_half_life_days": h, "top_k": k} for h in (0.25, 0.5, 1.0, 3.0) for k in (200, 1000)),
+    *({"ranking": "exposure", "recent_half_life_days": h, "top_k": k} for h in (0.5, 1.0, 7.0) for k in (200, 1000)),
     *({"ranking": "learned", "top_k": k} for k in (200, 1000)),
 ]
 SLOTS = (0, 10, 30)
@@ -165,7 +165,7 @@ def main() -> None:
     from jobs.common.session import build_session
     from schemas.config import load_config
 
-    base = load_config(args.config, overrides={"storage": {"warehouse": args.warehouse}})
+    base = load_config(args.config or None, overrides={"storage": {"warehouse": args.warehouse}})
     spark = build_session(base, "bench-recall-channel")
     k = base.evaluate.recall_k
     validate = [dt.date.fromisoformat(d) for d in args.validate.split(",")]
@@ -192,7 +192,7 @@ def main() -> None:
 
     def label(option, merge):
         o = {**TODAY, **option}
-        half = {"clicks": f" h={o['clicks_half_life_days']:g}", "exposure": f" h={o['quality_half_life_days']:g}"}
+        half = {r: f" h={o['recent_half_life_days']:g}" for r in ("clicks", "exposure")}
         return f"{o['ranking']}{half.get(o['ranking'], '')} top_k={o['top_k']} slots={o['new_article_slots']} {merge}"
 
     results = []  # (option, merge, validation rows)

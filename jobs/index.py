@@ -76,7 +76,7 @@ def priors(engagement: DataFrame) -> tuple[float | None, float | None]:
 
 
 def engagement_of(events: DataFrame, end: dt.datetime, cfg: IndexConfig) -> DataFrame:
-    return article_engagement(events, end, cfg.quality_half_life_days, cfg.clicks_half_life_days)
+    return article_engagement(events, end, cfg.quality_half_life_days, cfg.recent_half_life_days)
 
 
 def eligible_articles(articles: DataFrame, end: dt.datetime, cfg: IndexConfig) -> DataFrame:

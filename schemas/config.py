@@ -180,11 +180,12 @@ class IndexConfig:
     # clicks), "exposure" (smoothed CTR x decayed impressions), "quality" (smoothed CTR and
     # dwell lift x freshness) or "learned" (the clicks a Poisson regression fitted on D-1's
     # features and D's clicks expects tomorrow), each times the article's weight on the tag.
-    ranking: str = "clicks"
+    # The default was chosen on KuaiRand-Pure's validation days (docs: decisions, 2026-12-07).
+    ranking: str = "exposure"
     top_k: int = 200
     # Of each tag's top_k places, up to this many go to new articles first (the cold-start
     # quota), ranked by tag weight x freshness.
-    new_article_slots: int = 10
+    new_article_slots: int = 30
     # New: first published or first shown within this many days of the end of D.
     new_article_days: float = 1.0
     freshness_half_life_days: float = 3.0
@@ -192,8 +193,8 @@ class IndexConfig:
     quality_window_days: int = 14
     # Impressions, clicks and dwell in the quality window decay with this half-life.
     quality_half_life_days: float = 7.0
-    # Clicks of the "clicks" ranking decay with this half-life.
-    clicks_half_life_days: float = 1.0
+    # The volume rankings ("clicks", "exposure") decay each event with this half-life.
+    recent_half_life_days: float = 1.0
     # Pseudo-impressions of the global click-through rate added to every article.
     prior_strength: float = 50.0
 
@@ -203,7 +204,7 @@ class IndexConfig:
         _require(self.top_k > 0, f"{where}.top_k", "must be > 0")
         _require(self.new_article_slots >= 0, f"{where}.new_article_slots", "must be >= 0")
         _require(self.new_article_days > 0, f"{where}.new_article_days", "must be > 0")
-        _require(self.clicks_half_life_days > 0, f"{where}.clicks_half_life_days", "must be > 0")
+        _require(self.recent_half_life_days > 0, f"{where}.recent_half_life_days", "must be > 0")
         _require(self.freshness_half_life_days > 0, f"{where}.freshness_half_life_days", "must be > 0")
         _require(self.max_age_days > 0, f"{where}.max_age_days", "must be > 0")
         _require(self.quality_window_days > 0, f"{where}.quality_window_days", "must be > 0")
@@ -306,7 +307,7 @@ class RecallConfig:
     # p(article | tag), the tag's scores normalised to sum to one) or "quota" (each tag's
     # best articles, slots in proportion to 1/log2(1 + tag rank)). Publish records it with
     # the version, so the online recall merges as the day was evaluated.
-    merge: str = "rank_sum"
+    merge: str = "probability"
 
     def validate(self, where: str) -> None:
         _require(self.merge in RECALL_MERGES, f"{where}.merge",

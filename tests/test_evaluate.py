@@ -123,7 +123,7 @@ def _by_hand(base, config, day, nxt, method):
 
 
 def _channel_by_hand(base, config, day, nxt):
-    """popular_items@k and @2k of D (clicks decayed with index.clicks_half_life_days over the
+    """popular_items@k and @2k of D (clicks decayed with evaluate.popular_half_life_days over the
     index's window of D's events), and the new articles among D+1's clicked ones, in pandas."""
     cfg, k = config.index, config.evaluate.recall_k
     end = pd.Timestamp(day, tz="UTC") + pd.Timedelta(days=1)
@@ -133,7 +133,7 @@ def _channel_by_hand(base, config, day, nxt):
     history_time = pd.to_datetime(history.event_time, utc=True)
     clicked = history.event_type == "click"
     age_days = (end - history_time[clicked]).dt.total_seconds() / 86400
-    decayed = (2.0 ** (-age_days / cfg.clicks_half_life_days)).groupby(history.article_id[clicked]).sum()
+    decayed = (2.0 ** (-age_days / config.evaluate.popular_half_life_days)).groupby(history.article_id[clicked]).sum()
     ranked = sorted(decayed[decayed > 0].items(), key=lambda kv: (-kv[1], kv[0]))
     later = _pd(base, "events", nxt)
     later = later[later.event_type.isin(["impression", "click"])]

@@ -71,8 +71,8 @@ def test_the_quota_lets_new_articles_in_by_tag_weight_and_freshness(tables):
 
 
 def test_exposure_is_the_smoothed_rate_times_decayed_impressions(tables):
-    n = {a: i * _decay(d, H_QUALITY) for a, (d, i, _) in SHOWN.items()}
-    c = {a: k * _decay(d, H_QUALITY) for a, (d, _, k) in SHOWN.items()}
+    n = {a: i * _decay(d, H_CLICKS) for a, (d, i, _) in SHOWN.items()}   # the recent half-life
+    c = {a: k * _decay(d, H_CLICKS) for a, (d, _, k) in SHOWN.items()}
     p0 = sum(c.values()) / sum(n.values())
     value = {a: (c[a] + M * p0) / (n[a] + M) * n[a] for a in n}
     got = _index(tables, "exposure", top_k=10, slots=0, p0=p0)

@@ -20,8 +20,9 @@ from jobs.online import recall  # noqa: E402
 
 
 def _config(base: Path, url: str, **publish_settings):
+    # _expected_recall computes the rank_sum merge by hand; one test publishes another.
     return load_config(overrides={"storage": {"warehouse": str(base / "warehouse")},
-                                  "publish": {"redis_url": url, **publish_settings}})
+                                  "publish": {"redis_url": url, **publish_settings}, "recall": {"merge": "rank_sum"}})
 
 
 def _pd(base: Path, name: str, day: str) -> pd.DataFrame:
@@ -107,7 +108,8 @@ def test_spark_evaluation_recalls_what_the_online_recall_returns(spark, exported
     lists = (wh.read_partition("user_top_tags", day).where(F.col("user_id").isin(users))
              .select(F.col("user_id").alias("method"), "user_id", "tag", "rank"))
     clicks = spark.createDataFrame([(u, a) for u in users for a in sorted(clicked[u])], "user_id string, article_id string")
-    got = evaluate.recall_hits(lists, clicks, evaluate.index_of(wh.read_partition("tag_index", day)), 50, users)
+    got = evaluate.recall_hits(lists, clicks, evaluate.index_of(wh.read_partition("tag_index", day)), 50, users,
+                               config.recall.merge)
     assert {u: sum(by_group.values()) for u, by_group in got.items()} == expected
 
 

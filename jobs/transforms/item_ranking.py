@@ -7,11 +7,10 @@ Every ranking scores (tag, article) as ``a(article, tag) x value(article)``; ``v
   article (``quality`` below) times 2^(-age / index.freshness_half_life_days). It ignores how
   much an article is being shown and clicked;
 - ``clicks``: the article's decayed clicks, each click counting 2^(-age /
-  index.clicks_half_life_days): the volume of clicks it is drawing now, the best single
-  predictor of tomorrow's;
-- ``exposure``: smoothed click-through rate x decayed impressions (half-life
-  index.quality_half_life_days): the rate, shrunk towards the window's, times how much the feed
-  is showing the article;
+  index.recent_half_life_days): the volume of clicks it is drawing now;
+- ``exposure``: smoothed click-through rate x decayed impressions, both decayed with
+  index.recent_half_life_days, the rate shrunk towards the window's by index.prior_strength
+  pseudo-impressions: how much the feed is showing the article times how well it is clicked;
 - ``learned``: the clicks a Poisson regression (Spark ML) expects the article to draw on the
   next day, from ``ranker_features``: decayed clicks and impressions at several half-lives,
   the smoothed click-through rate, age, newness and the popularity of its best tag. It is
@@ -41,15 +40,15 @@ from jobs.transforms.decay import DAY_SEC, age_seconds, decay
 from schemas.config import INDEX_RANKINGS
 
 RANKINGS = INDEX_RANKINGS
-ENGAGEMENT = ("impressions", "clicks", "dwell_sec", "dwell_clicks", "recent_clicks")
+ENGAGEMENT = ("impressions", "clicks", "dwell_sec", "dwell_clicks", "recent_impressions", "recent_clicks")
 
 
 def article_engagement(events: DataFrame, end: dt.datetime, quality_half_life_days: float,
-                       clicks_half_life_days: float) -> DataFrame:
-    """(article_id, impressions, clicks, dwell_sec, dwell_clicks, recent_clicks, first_shown):
-    impressions, clicks and dwell decayed to ``end`` with ``quality_half_life_days``,
-    ``recent_clicks`` the clicks decayed with ``clicks_half_life_days``, and the time of the
-    article's first impression or click in ``events``."""
+                       recent_half_life_days: float) -> DataFrame:
+    """(article_id, impressions, clicks, dwell_sec, dwell_clicks, recent_impressions,
+    recent_clicks, first_shown): impressions, clicks and dwell decayed to ``end`` with
+    ``quality_half_life_days``, the recent ones decayed with ``recent_half_life_days``, and
+    the time of the article's first impression or click in ``events``."""
     age = age_seconds(F.col("event_time"), end.timestamp())
     d = decay(age, quality_half_life_days)
     is_click = F.col("event_type") == "click"
@@ -60,7 +59,9 @@ def article_engagement(events: DataFrame, end: dt.datetime, quality_half_life_da
                  F.sum(F.when(is_click, d).otherwise(0.0)).alias("clicks"),
                  F.sum(F.when(has_dwell, d * F.col("dwell_ms") / 1000.0).otherwise(0.0)).alias("dwell_sec"),
                  F.sum(F.when(has_dwell, d).otherwise(0.0)).alias("dwell_clicks"),
-                 F.sum(F.when(is_click, decay(age, clicks_half_life_days)).otherwise(0.0)).alias("recent_clicks"),
+                 F.sum(F.when(F.col("event_type") == "impression", decay(age, recent_half_life_days))
+                       .otherwise(0.0)).alias("recent_impressions"),
+                 F.sum(F.when(is_click, decay(age, recent_half_life_days)).otherwise(0.0)).alias("recent_clicks"),
                  F.min("event_time").alias("first_shown")))
 
 
@@ -103,13 +104,18 @@ def article_values(eligible: DataFrame, engagement: DataFrame, end: dt.datetime,
         raise ValueError("index.ranking 'learned', and only it, takes its values from a fitted ranker")
     age = age_seconds(F.col("publish_time"), end.timestamp())
     e = engagement.alias("e")
-    n, c, s, k, recent = (F.coalesce(F.col(f"e.{x}"), F.lit(0.0)) for x in ENGAGEMENT)
+    n, c, s, k, recent_n, recent_c = (F.coalesce(F.col(f"e.{x}"), F.lit(0.0)) for x in ENGAGEMENT)
     q = quality(n, c, s, k, p0, mu0, prior_strength)
     if learned is not None:
         eligible = eligible.join(learned.withColumnRenamed("value", "_learned"), "article_id", "left")
-    value = {"quality": q * decay(age, freshness_half_life_days), "clicks": recent,
-             "exposure": F.coalesce(smoothed_ctr(n, c, p0, prior_strength), F.lit(0.0)) * n,
-             "learned": F.coalesce(F.col("_learned"), F.lit(0.0))}[ranking]
+    if ranking == "exposure":  # the recent window's own click-through rate, one aggregate row
+        rate = engagement.agg((F.sum("recent_clicks") / F.nullif(F.sum("recent_impressions"), F.lit(0.0)))
+                              .alias("_p_recent"))
+        eligible = eligible.crossJoin(F.broadcast(rate))
+    value = {"quality": lambda: q * decay(age, freshness_half_life_days), "clicks": lambda: recent_c,
+             "exposure": lambda: F.coalesce((recent_c + prior_strength * F.col("_p_recent"))
+                                            / F.nullif(recent_n + prior_strength, F.lit(0.0)), F.lit(0.0)) * recent_n,
+             "learned": lambda: F.coalesce(F.col("_learned"), F.lit(0.0))}[ranking]()
     rows = eligible.join(e, "article_id", "left").select(
         "article_id", "tags", q.alias("quality"), decay(age, freshness_half_life_days).alias("freshness"),
         is_new(age, F.col("e.first_shown"), end, new_article_days).alias("new"),
