@@ -78,13 +78,13 @@ def merge(tags: list[tuple[str, int]], lists: dict[str, list[tuple[str, float]]]
     if method not in MERGES:
         raise ValueError(f"unknown merge {method!r}; known: {', '.join(MERGES)}")
     ordered = sorted(tags, key=lambda t: t[1])
-    if method == "probability":
-        lists = {t: normalised(lists.get(t, [])) for t, _ in ordered}
     score: dict[str, float] = {}
     via: dict[str, list[str]] = {}
     for tag, rank in ordered:
-        w = rank_weight(rank)
-        for article, s in lists.get(tag, []):
+        w, items = rank_weight(rank), lists.get(tag, [])
+        if method == "probability":  # w x p(article | tag)
+            items = normalised(items)
+        for article, s in items:
             score[article] = score.get(article, 0.0) + w * s
             via.setdefault(article, []).append(tag)
     rounded = {a: round(v, ROUND) for a, v in score.items()}
