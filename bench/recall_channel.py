@@ -158,6 +158,10 @@ def main() -> None:
     parser.add_argument("--lists", default="export", help="the method of evaluate whose tags are merged")
     parser.add_argument("--label", default="kuairand", help="the data set's name in the results")
     parser.add_argument("--results", default="bench/results/recall_channel.jsonl")
+    parser.add_argument("--report-option", default="",
+                        help='also report this option on every day, as JSON, e.g. \'{"ranking": "exposure", '
+                             '"merge": "probability"}\' (the defaults of another data set); --search none skips the search')
+    parser.add_argument("--search", default="yes", choices=("yes", "none"))
     parser.add_argument("--merges", default="rank_sum,probability,quota",
                         help="the merges of the second stage (quota merges list by list in Python: the slow one)")
     args = parser.parse_args()
@@ -197,7 +201,7 @@ def main() -> None:
 
     results = []  # (option, merge, validation rows)
     started = time.monotonic()
-    for option, merge in product(STAGE_ONE, ("rank_sum", "probability")):
+    for option, merge in product(STAGE_ONE if args.search == "yes" else [TODAY], ("rank_sum", "probability")):
         results.append((option, merge, run(option, merge, validate)))
         print(f"{label(option, merge):<52} validation recall@{k} {mean(results[-1][2], 'recall'):.4f} "
               f"new {mean(results[-1][2], 'new_recall') or 0:.4f} ({time.monotonic() - started:.0f} s)", flush=True)
@@ -206,7 +210,7 @@ def main() -> None:
         key = json.dumps(option, sort_keys=True)
         best_of[key] = max(best_of.get(key, 0.0), mean(rows, "recall"))
     best = [json.loads(o) for o in sorted(best_of, key=lambda o: -best_of[o])[:3]]
-    for option, slots, merge in product(best, SLOTS, args.merges.split(",")):
+    for option, slots, merge in product(best if args.search == "yes" else [], SLOTS, args.merges.split(",")):
         option = {**option, "new_article_slots": slots}
         if any({**TODAY, **o} == {**TODAY, **option} and m == merge for o, m, _ in results):
             continue
@@ -220,6 +224,9 @@ def main() -> None:
     print(f"\nchosen on validation: {label(winner[0], winner[1])} (new-article recall floor {floor:.4f})")
 
     chosen = [("today's default", TODAY, "rank_sum"), ("chosen", winner[0], winner[1])]
+    if args.report_option:
+        extra = json.loads(args.report_option)
+        chosen.append(("reported", {k: v for k, v in extra.items() if k != "merge"}, extra.get("merge", "rank_sum")))
     records = []
     for name, option, merge in chosen:
         for split, dates in (("validation", validate), ("test", test)):
@@ -239,11 +246,11 @@ def main() -> None:
               f"{r['popular_new'] or 0:>10.4f}{r['ceiling']:>9.4f}")
     for name, ms in latency.items():
         print(f"merge latency, {name}: median {ms:.2f} ms per user (Python, k={k})")
-    for split in ("validation", "test"):
-        a = [r for r in records if r["option"] == "chosen" and r["split"] == split]
+    for split, name in product(("validation", "test"), [n for n, _, _ in chosen[1:]]):
+        a = [r for r in records if r["option"] == name and r["split"] == split]
         b = [r for r in records if r["option"] == "today's default" and r["split"] == split]
-        print(f"{split}: chosen / today's recall@{k} = {mean(a, 'recall') / mean(b, 'recall'):.2f}x; "
-              f"chosen / popular@k = {mean(a, 'recall') / mean(a, 'popular'):.2f}x")
+        print(f"{split}: {name} / today's recall@{k} = {mean(a, 'recall') / mean(b, 'recall'):.2f}x; "
+              f"{name} / popular@k = {mean(a, 'recall') / mean(a, 'popular'):.2f}x")
 
     meta = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "commit": _commit(),
             "machine": f"{platform.node()} {os.cpu_count()} cores", "data": args.label, "lists": args.lists,

@@ -254,7 +254,7 @@ def redis_page() -> str:
     prefix = Config().publish.key_prefix
     k = Keys(prefix)
     # Placeholders made of letters only, so escape() keeps them, then shown as <...>.
-    layout = {"current": k.current, "previous": k.previous, "versions": k.versions,
+    layout = {"current": k.current, "lock": k.lock, "previous": k.previous, "versions": k.versions,
               "meta": k.meta("VERSION"), "user": k.user("VERSION", "USERID"),
               "tag": k.tag("VERSION", "TAGNAME"), "global": k.global_tags("VERSION")}
     described = {}

@@ -7,7 +7,7 @@ Key layout (``p`` = publish.key_prefix; a version is one publish of one day, ``D
     p:lock                     string: the token of the publish writing now (one at a time)
     p:previous                 string: the version kept back for --rollback
     p:versions                 set: every version with keys in Redis (complete or not)
-    p:v:<version>:meta         hash: date, published_at, model_version, counts; written last
+    p:v:<version>:meta         hash: date, published_at, model_version, merge, counts; written last
     p:v:<version>:user:<id>    sorted set: tag -> rank (1 = best) of user_top_tags
     p:v:<version>:tag:<tag>    sorted set: article_id -> tag_index score
     p:v:<version>:global       sorted set: tag -> rank, the list for users without tags
