@@ -34,6 +34,12 @@ def _source_counts():
     return rows, per_day, flags
 
 
+def _kuairand_config(imported, tmp_path):
+    """The KuaiRand configuration over the imported week, with a warehouse of the test's own."""
+    return load_config(REPO / "jobs" / "conf" / "kuairand.toml",
+                       overrides={"storage": {"raw": str(imported), "warehouse": str(tmp_path / "wh")}})
+
+
 def test_import_gives_one_impression_per_log_row_and_a_click_per_is_click(imported):
     rows, per_day, flags = _source_counts()
     assert len(rows) == 115_574
@@ -51,8 +57,7 @@ def test_import_gives_one_impression_per_log_row_and_a_click_per_is_click(import
 
 
 def test_two_real_days_ingest_with_every_row_accounted_for(spark, imported, tmp_path):
-    config = load_config(REPO / "jobs" / "conf" / "kuairand.toml",
-                         overrides={"storage": {"raw": str(imported), "warehouse": str(tmp_path / "wh")}})
+    config = _kuairand_config(imported, tmp_path)
     wh = Warehouse(spark, config)
     for day in (dt.date(2022, 4, 25), dt.date(2022, 4, 26)):
         report = ingest.run(spark, config, day)
@@ -70,8 +75,7 @@ def test_real_days_profile_every_user_with_a_tagged_event(spark, imported, tmp_p
     video over 04-25..04-26 (counted here from the landing files), and each of their tags."""
     from jobs import index, profiles
 
-    config = load_config(REPO / "jobs" / "conf" / "kuairand.toml",
-                         overrides={"storage": {"raw": str(imported), "warehouse": str(tmp_path / "wh")}})
+    config = _kuairand_config(imported, tmp_path)
     days = (dt.date(2022, 4, 25), dt.date(2022, 4, 26))
     for day in days:
         ingest.run(spark, config, day)
@@ -156,8 +160,7 @@ def test_export_scores_at_a_context_the_training_triples_hold_on_a_feed_without_
     from jobs.common.inputs import feature_tables
     from jobs.transforms.features import with_features
 
-    config = load_config(REPO / "jobs" / "conf" / "kuairand.toml",
-                         overrides={"storage": {"raw": str(imported), "warehouse": str(tmp_path / "wh")}})
+    config = _kuairand_config(imported, tmp_path)
     days = (dt.date(2022, 4, 25), dt.date(2022, 4, 26))
     for day in days:
         ingest.run(spark, config, day)

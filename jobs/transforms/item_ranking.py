@@ -65,8 +65,9 @@ def article_engagement(events: DataFrame, end: dt.datetime, quality_half_life_da
                  F.min("event_time").alias("first_shown")))
 
 
-def smoothed_ctr(n: Column, c: Column, p0: float | None, m: float) -> Column:
-    """(clicks + m p0) / (impressions + m): m pseudo-impressions at the window's rate p0."""
+def smoothed_ctr(n: Column, c: Column, p0: float | Column | None, m: float) -> Column:
+    """(clicks + m p0) / (impressions + m): m pseudo-impressions at the window's rate p0 (a
+    number, or a column holding it)."""
     if p0 is None:
         return F.lit(None).cast("double")
     return F.coalesce((c + m * p0) / F.nullif(n + m, F.lit(0.0)), F.lit(p0))
@@ -113,8 +114,8 @@ def article_values(eligible: DataFrame, engagement: DataFrame, end: dt.datetime,
                               .alias("_p_recent"))
         eligible = eligible.crossJoin(F.broadcast(rate))
     value = {"quality": lambda: q * decay(age, freshness_half_life_days), "clicks": lambda: recent_c,
-             "exposure": lambda: F.coalesce((recent_c + prior_strength * F.col("_p_recent"))
-                                            / F.nullif(recent_n + prior_strength, F.lit(0.0)), F.lit(0.0)) * recent_n,
+             "exposure": lambda: F.coalesce(smoothed_ctr(recent_n, recent_c, F.col("_p_recent"), prior_strength),
+                                            F.lit(0.0)) * recent_n,
              "learned": lambda: F.coalesce(F.col("_learned"), F.lit(0.0))}[ranking]()
     rows = eligible.join(e, "article_id", "left").select(
         "article_id", "tags", q.alias("quality"), decay(age, freshness_half_life_days).alias("freshness"),
@@ -196,8 +197,7 @@ def ranker_features(events: DataFrame, eligible: DataFrame, end: dt.datetime, pr
         "article_id",
         *(F.log1p(F.col(f"c_{n}")).alias(f"log_clicks_{n}") for n in FEATURE_HALF_LIVES),
         *(F.log1p(F.col(f"n_{n}")).alias(f"log_impressions_{n}") for n in FEATURE_HALF_LIVES),
-        F.coalesce((F.col("c_7d") + prior_strength * p0) / (F.col("n_7d") + prior_strength), F.lit(0.0)
-                   ).alias("ctr_7d"),
+        F.coalesce(smoothed_ctr(F.col("n_7d"), F.col("c_7d"), p0, prior_strength), F.lit(0.0)).alias("ctr_7d"),
         (age_sec / DAY_SEC).alias("age_days"),
         is_new(age_sec, F.col("first_shown"), end, new_article_days).cast("double").alias("new"),
         F.log1p(F.coalesce(F.col("_tag_clicks"), F.lit(0.0))).alias("log_tag_clicks_7d"))
