@@ -608,7 +608,9 @@ class Campaign:
 
 
 class RecallReader(threading.Thread):
-    """The online recall in a loop: every answer must hold the tags of the day its version names."""
+    """The online recall in a loop (the merge in Redis, FCALL_RO: publish loads the function, the
+    append-only file keeps it across a restart): every answer must hold the tags of the day its
+    version names."""
 
     def __init__(self, config, expected: dict[str, dict[str, list[str]]]):
         super().__init__(daemon=True)
@@ -620,7 +622,7 @@ class RecallReader(threading.Thread):
         import redis
 
         from jobs.online.keys import connect
-        from jobs.online.recall import recall
+        from jobs.online.recall import recall_in_redis
 
         client = connect(self.config, "reader")
         users = sorted({u for day in self.expected.values() for u in day})
@@ -629,7 +631,7 @@ class RecallReader(threading.Thread):
             user = users[i % len(users)]
             i += 1
             try:
-                got = recall(client, user, prefix=self.config.publish.key_prefix)
+                got = recall_in_redis(client, user, prefix=self.config.publish.key_prefix)  # never the Python path
             except (LookupError, RuntimeError):
                 self.counts["absent"] += 1
                 continue

@@ -6,11 +6,15 @@
    of another day, whose clean-up would delete this one's keys while they are written. A
    daemon thread renews it (it lapses LOCK_TTL_SEC after a killed publish); a publish
    waits up to LOCK_WAIT_SEC for it, then stops with PublishLocked.
+   Under the lock, load the online recall's Redis function (jobs/online/redis_merge.py:
+   FUNCTION LOAD REPLACE of the versioned library ``tagrecall_v<N>``), before any key is
+   written: a writer whose ACL lacks ``+function|load`` stops here with what to do.
 3. Name a new version ``D@<epoch ms>`` and add it to ``p:versions`` before writing, so a
    publish killed half-way leaves keys that the next publish finds and deletes.
 4. Write every user's tags and every tag's articles as sorted sets from the Spark
    executors (foreachPartition, one connection per partition, ``publish.pipeline_size``
-   commands per round trip), then the global list for users without tags; count the keys
+   commands per round trip), with each tag's score sum (math.fsum) in ``p:v:<version>:sums``
+   for the probability merge, then the global list for users without tags; count the keys
    and members sent and then those Redis holds (SCAN and ZCARD), and compare both with
    the tables. Nothing is switched on a mismatch. Members are counted as sent once their
    pipeline succeeded, not by ZADD's reply (the number *added*), so a retried Spark task
@@ -32,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import math
 import os
 import socket
 import threading
@@ -53,6 +58,7 @@ from jobs.online.keys import (
     connection,
     redis_url,
 )
+from jobs.online.redis_merge import load_library
 from jobs.transforms.tag_lists import global_tags
 from schemas.config import Config, redact_url
 
@@ -133,6 +139,8 @@ def _writer(conn: Connection, keys: Keys, version: str, kind: str, batch: int, w
             mapping = {m: float(s) for m, s in row["items"]}
             key = keys.user(version, row["key"]) if kind == "user" else keys.tag(version, row["key"])
             pipe.zadd(key, mapping)
+            if kind == "tag":  # the probability merge's denominator, summed as recall.normalised sums it
+                pipe.hset(keys.sums(version), row["key"], repr(math.fsum(mapping.values())))
             pending += 1
             sent += len(mapping)
             if pending >= batch:
@@ -238,6 +246,7 @@ def counts_in_redis(client, keys: Keys, version: str, batch: int = 1000) -> dict
             n_keys, n_members = n_keys + len(cards), n_members + sum(cards)
         held[name], held[f"{kind}_members"] = n_keys, n_members
     held["global_tags"] = client.zcard(keys.global_tags(version))
+    held["tag_sums"] = client.hlen(keys.sums(version))
     return held
 
 
@@ -288,6 +297,7 @@ def publish_version(spark: SparkSession, config: Config, client, day: str, wh: W
     lock = PublishLock(client, keys, f"publish {day}")
     lock.acquire(LOCK_WAIT_SEC)
     try:
+        load_library(client)  # before any key is written: a writer refused FUNCTION LOAD costs nothing
         return _write_and_switch(spark, client, conn, keys, lock, day, (users, tags, fallback),
                                  expected, model_version, config.publish.pipeline_size, config.recall.merge)
     finally:
@@ -313,7 +323,8 @@ def _write_and_switch(spark: SparkSession, client, conn: Connection, keys: Keys,
         delete_version(client, keys, version)
         raise RuntimeError(f"publish {day}: Redis received {got} but the tables hold {expected}; "
                            f"version {version} was deleted and {keys.current} left as it was")
-    held, want = counts_in_redis(client, keys, version, batch), {**expected, "global_tags": len(fallback)}
+    held = counts_in_redis(client, keys, version, batch)
+    want = {**expected, "global_tags": len(fallback), "tag_sums": expected["tags"]}
     if held != want:
         delete_version(client, keys, version)
         raise RuntimeError(f"publish {day}: Redis holds {held} of version {version} but the tables hold {want}; "

@@ -11,6 +11,11 @@ Key layout (``p`` = publish.key_prefix; a version is one publish of one day, ``D
     p:v:<version>:user:<id>    sorted set: tag -> rank (1 = best) of user_top_tags
     p:v:<version>:tag:<tag>    sorted set: article_id -> tag_index score
     p:v:<version>:global       sorted set: tag -> rank, the list for users without tags
+    p:v:<version>:sums         hash: tag -> math.fsum of its articles' scores (the probability
+                               merge's denominators; versions published before it lack it)
+
+The online recall's merge runs in Redis as the function of jobs/online/redis_merge.py,
+which ``publish`` loads (FUNCTION LOAD REPLACE, library ``tagrecall_v<N>``).
 
 A user id or a tag in a key is percent-encoded (:func:`escape`): every character but
 letters, digits and ``-._~@`` becomes ``%XX`` of its UTF-8 bytes, ``%`` included, so ids
@@ -20,8 +25,11 @@ ids of a tag) are stored as they are.
 
 Access: ``publish`` connects as the writer, the online recall as the reader
 (:func:`connection`). :func:`acl_rules` gives each its least privilege under the prefix:
-the writer the commands publish and rollback send, on ``p:*`` keys only; the reader
-read-only commands on ``p:*`` keys, read-only (``%R~``) even if a command were added.
+the writer the commands publish and rollback send, on ``p:*`` keys only, and FUNCTION LOAD
+(the recall's library); the reader read-only commands on ``p:*`` keys, read-only (``%R~``)
+even if a command were added, and FCALL_RO (the recall's function, whose commands Redis
+checks against the reader's rules as if the reader sent them: GET, HGETALL, HMGET, ZRANGE,
+ZUNION, ZMSCORE, ZCARD).
 ``tagrecall redis-acl`` prints them as ACL-file lines or applies them.
 """
 
@@ -80,6 +88,9 @@ class Keys:
     def global_tags(self, version: str) -> str:
         return f"{self.prefix}:v:{version}:global"
 
+    def sums(self, version: str) -> str:
+        return f"{self.prefix}:v:{version}:sums"
+
 
 NOT_CONFIGURED = "Redis is not configured (publish.redis_url or TAGRECALL_REDIS_URL)"
 
@@ -95,8 +106,9 @@ ROLES = ("writer", "reader")
 # filter it by the key pattern.
 COMMANDS = {
     "writer": ("ping", "select", "get", "set", "exists", "sadd", "srem", "smembers", "zadd", "zcard", "hset",
-               "del", "unlink", "scan", "watch", "unwatch", "multi", "exec", "discard"),
-    "reader": ("ping", "select", "get", "exists", "hgetall", "zrange", "multi", "exec", "discard"),
+               "del", "unlink", "scan", "watch", "unwatch", "multi", "exec", "discard", "hlen", "function|load"),
+    "reader": ("ping", "select", "get", "exists", "hgetall", "zrange", "multi", "exec", "discard", "fcall_ro",
+               "hmget", "zunion", "zmscore", "zcard"),
 }
 
 

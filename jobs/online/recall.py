@@ -27,11 +27,15 @@ that summation order cannot reorder near-ties, then by article_id; the top k are
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
-from jobs.online.keys import Keys
+from jobs.online import redis_merge
+from jobs.online.keys import Keys, escape
 from schemas.config import RECALL_MERGES
+
+log = logging.getLogger(__name__)
 
 ROUND = 9
 
@@ -106,8 +110,59 @@ def merge(tags: list[tuple[str, int]], lists: dict[str, list[tuple[str, float]]]
 
 
 def recall(client, user_id: str, k: int = 100, prefix: str = "tagrecall", attempts: int = 3) -> Recalled:
-    """The user's recall from the current version. Users without a published list get the
-    version's global tags. Raises LookupError when nothing has been published."""
+    """The user's recall from the current version, merged by Redis in one read-only call
+    (jobs/online/redis_merge.py). Users without a published list get the version's global
+    tags. Raises LookupError when nothing has been published.
+
+    Where the function cannot run (its library is not loaded: nothing was published by this
+    release yet; the reader's ACL lacks ``+fcall_ro``: re-apply ``tagrecall redis-acl``; a
+    rank past its weight table) the recall reads the lists and merges in Python
+    (:func:`recall_python`, same answer, slower) and logs why, once per process and reason."""
+    import redis
+
+    try:
+        return recall_in_redis(client, user_id, k, prefix)
+    except redis.exceptions.NoPermissionError as exc:
+        _fall_back(f"the Redis user may not run FCALL_RO ({exc}): re-apply the reader's rules "
+                   "(`tagrecall redis-acl --apply`)")
+    except redis.ResponseError as exc:
+        text = str(exc)
+        if "Function not found" in text:
+            _fall_back(f"Redis holds no library {redis_merge.LIBRARY} (publish loads it: publish once with "
+                       "this release)")
+        elif "beyond the library's weights" in text:
+            _fall_back(text)
+        else:
+            raise
+    return recall_python(client, user_id, k, prefix, attempts)
+
+
+def recall_in_redis(client, user_id: str, k: int = 100, prefix: str = "tagrecall") -> Recalled:
+    """:func:`recall` by the Redis function alone (FCALL_RO): raises what Redis answers."""
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    reply = client.fcall_ro(redis_merge.FUNCTION, 1, Keys(prefix).current, prefix, escape(user_id), k)
+    if not reply:
+        raise LookupError(f"nothing published under prefix {prefix!r}: run `tagrecall publish --date D` first")
+    version, date, method, source, flat_tags, flat = reply
+    tags = [(flat_tags[i], int(float(flat_tags[i + 1]))) for i in range(0, len(flat_tags), 2)]
+    names = [t for t, _ in tags]
+    articles = [(flat[i], float(flat[i + 1]), redis_merge.via_tags(names, flat[i + 2])) for i in range(0, len(flat), 3)]
+    return Recalled(version, date, user_id, source, tags, articles, method)
+
+
+_FALLBACKS_LOGGED: set[str] = set()
+
+
+def _fall_back(reason: str) -> None:
+    if reason not in _FALLBACKS_LOGGED:
+        _FALLBACKS_LOGGED.add(reason)
+        log.warning("recall: merging in Python, not in Redis: %s", reason)
+
+
+def recall_python(client, user_id: str, k: int = 100, prefix: str = "tagrecall", attempts: int = 3) -> Recalled:
+    """:func:`recall` read into Python and merged by :func:`merge`: what the online recall did
+    before the merge ran in Redis, and what it does when the Redis function cannot run."""
     keys = Keys(prefix)
     for _ in range(attempts):
         version = client.get(keys.current)
