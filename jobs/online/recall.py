@@ -144,10 +144,15 @@ def recall_in_redis(client, user_id: str, k: int = 100, prefix: str = "tagrecall
     reply = client.fcall_ro(redis_merge.FUNCTION, 1, Keys(prefix).current, prefix, escape(user_id), k)
     if not reply:
         raise LookupError(f"nothing published under prefix {prefix!r}: run `tagrecall publish --date D` first")
-    version, date, method, source, flat_tags, flat = reply
-    tags = [(flat_tags[i], int(float(flat_tags[i + 1]))) for i in range(0, len(flat_tags), 2)]
+    version, date, method, source, packed_tags, packed_articles = reply
+    tags = [(tag, int(float(rank))) for tag, rank in redis_merge.unpack(packed_tags)]
     names = [t for t, _ in tags]
-    articles = [(flat[i], float(flat[i + 1]), redis_merge.via_tags(names, flat[i + 2])) for i in range(0, len(flat), 3)]
+    via: dict[str, list[str]] = {}  # most articles share a handful of masks
+    articles = []
+    for a, score, mask in redis_merge.unpack(packed_articles):
+        if mask not in via:
+            via[mask] = redis_merge.via_tags(names, mask)
+        articles.append((a, float(score), list(via[mask])))
     return Recalled(version, date, user_id, source, tags, articles, method)
 
 
