@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 from jobs.online import redis_merge
 from jobs.online.keys import Keys, escape
+from jobs.online.weights import rank_weight
 from schemas.config import RECALL_MERGES
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,6 @@ ROUND = 9
 
 
 MERGES = RECALL_MERGES
-
-
-def rank_weight(rank: int) -> float:
-    return 1.0 / math.log2(1.0 + rank)
 
 
 @dataclass

@@ -51,6 +51,8 @@ pointer, which Redis Cluster would refuse (they are not declared in KEYS).
 
 from __future__ import annotations
 
+from jobs.online.weights import rank_weight
+
 VERSION = 1
 LIBRARY = f"tagrecall_v{VERSION}"
 FUNCTION = f"tagrecall_recall_v{VERSION}"
@@ -368,8 +370,6 @@ redis.register_function{function_name = "@FUNCTION@", callback = recall, flags =
 
 def library_source() -> str:
     """The library's Lua source, its rank weights written from Python's floats."""
-    from jobs.online.recall import rank_weight  # recall imports this module
-
     weights = ", ".join(repr(rank_weight(r)) for r in range(1, MAX_RANK + 1))
     return (_SOURCE.replace("@LIBRARY@", LIBRARY).replace("@FUNCTION@", FUNCTION)
             .replace("@WEIGHTS@", weights).replace("@MASK_BITS@", str(MASK_BITS)))
