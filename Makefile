@@ -12,9 +12,14 @@ LOCK   ?= requirements.lock
 
 .PHONY: setup java redis demo test faults lint lock bench dist env-archive airflow docs clean
 
-# Then the driver JVM's class archive (`tagrecall class-archive`: about two minutes once,
-# a no-op while it is current; each driver started later is some 5-12 s faster with it).
+# Then Delta Lake's jars (`tagrecall delta-jars`: resolved from Maven Central once, about
+# 30 s, into the virtualenv; a no-op while they are there; every later session, test and
+# spark-submit uses them offline), and the driver JVM's class archive (`tagrecall
+# class-archive`: about two minutes once, a no-op while it is current; each driver started
+# later is some 5-12 s faster with it).
 setup: java $(VENV)/.installed
+	@$(BIN)/tagrecall delta-jars || \
+		echo "warning: Delta Lake's jars could not be fetched (see above): --format delta and its tests fail until \`tagrecall delta-jars\` succeeds"
 	@$(BIN)/tagrecall class-archive >/dev/null || \
 		echo "warning: the JVM class archive was not recorded (see above); Spark starts without it"
 

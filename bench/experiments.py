@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models import data, metrics, registry, scoring, train
+from models import metrics, registry, scoring, tables, train
 from schemas.config import load_config
 from schemas.features import feature_spec
 
@@ -64,7 +64,7 @@ def score_test(config, version: str, test_day: str) -> dict:
     model, meta = registry.load(config.storage.warehouse, version)
     spec = feature_spec(config)
     parts = train.triple_partitions(config, [dt.date.fromisoformat(test_day)])
-    ds = data.dataset([parts[test_day]])
+    ds = tables.dataset([parts[test_day]])
     p = train.predict(model, ds, spec, 4096)
     tags = ds.to_table(columns=["tag"]).column("tag").to_numpy(zero_copy_only=False)
     dwell = None if p["dwell_pred"] is None else scoring.dwell_seconds(p["dwell_pred"], meta["dwell_smearing"])

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from record import append  # bench/ is on sys.path when a benchmark runs as a script
 from sizes import parse_size
 
-from models import data, train
+from models import data, tables, train
 from schemas.config import load_config
 from schemas.features import feature_spec
 
@@ -109,7 +109,7 @@ def main() -> int:
         shutil.rmtree(folder)
     t0 = time.monotonic()
     write_triples(folder, rows, spec)
-    ds = data.dataset([folder])
+    ds = tables.dataset([tables.parquet_folder(folder)])
     stats = data.statistics(ds, spec)
     print(f"{rows:,} triples written and scanned for vocabularies in {time.monotonic() - t0:.1f}s; "
           f"{os.cpu_count()} cores, batch {args.batch_size}", flush=True)

@@ -7,8 +7,11 @@ where a local midnight east of UTC falls on the day before: D is that start conv
 TAGRECALL_SCHEDULE_TZ first. Tasks, each rewriting only its own partition of D:
 
     ingest -> profiles -> index -> triples -> evaluate (D-1) -> train -> tag_model -> export -> publish
+    -> vacuum
 
-(evaluate for D-1 needs D's events; it runs before export, whose guard reads it).
+(evaluate for D-1 needs D's events; it runs before export, whose guard reads it; vacuum
+deletes the files of Delta tables no version within storage.vacuum_retain_hours needs,
+and does nothing on a Parquet warehouse).
 
 Retries are safe. A backfill of D uses nothing of later days: export and train's gate read
 the model current as of D, never a later day's (models/registry.py), and a re-trained model
@@ -43,14 +46,16 @@ step files are the applications submitted), `tagrecall_py_files` / TAGRECALL_PY_
 (dist/tagrecall.zip there), `tagrecall_train` / TAGRECALL_TRAIN (true). Deployment
 settings read when the file is parsed: TAGRECALL_SPARK_CONN, TAGRECALL_SCHEDULE_TZ,
 TAGRECALL_ARCHIVES (with TAGRECALL_ARCHIVE_PYTHON, the executors' Python inside it, and
-TAGRECALL_DRIVER_PYTHON, the driver's in client mode), TAGRECALL_DRIVER_JAVA_OPTIONS (the
+TAGRECALL_DRIVER_PYTHON, the driver's in client mode), TAGRECALL_JARS (jars for every
+Spark task's --jars; by default Delta Lake's, when `tagrecall delta-jars` has fetched them,
+so `tagrecall_format = delta` works), TAGRECALL_DRIVER_JAVA_OPTIONS (the
 driver JVM's spark.driver.extraJavaOptions, e.g. ``-XX:SharedArchiveFile=`` the class
 archive `tagrecall class-archive` records in the workers' environment: each task's driver
 starts seconds faster). Redis: TAGRECALL_REDIS_URL and TAGRECALL_REDIS_PASSWORD in the
 workers' environment, or publish.redis_url in the config.
 
-This file imports Airflow and tagrecall's table catalog (pure Python) only: no Spark, no
-TensorFlow, no step module at parse time.
+This file imports Airflow, tagrecall's table catalog and the list of Delta's jars (pure
+Python) only: no Spark, no TensorFlow, no step module at parse time.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ from pathlib import Path
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
 
+from jobs.common import delta
 from schemas.catalog import TABLES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,6 +79,9 @@ ARCHIVE_PYTHON = os.environ.get("TAGRECALL_ARCHIVE_PYTHON", "./environment/bin/p
 # In client deploy mode the driver runs beside Airflow, where the archive is not unpacked.
 DRIVER_PYTHON = os.environ.get("TAGRECALL_DRIVER_PYTHON", sys.executable)
 DRIVER_JAVA_OPTIONS = os.environ.get("TAGRECALL_DRIVER_JAVA_OPTIONS", "")
+# The driver's JVM has started when a step runs under spark-submit: Delta's jars go on
+# --jars (to the driver and, through Spark's file server, the executors).
+JARS = os.environ.get("TAGRECALL_JARS", ",".join(map(str, delta.jars())) if delta.fetched() else "")
 
 
 def _setting(name: str, default: str) -> str:
@@ -115,6 +124,7 @@ READS = {
     "export": ["user_tag_profile", "users", "tag_stats", "tag_index", "articles", "user_tag_scores", "recall_eval",
                MODEL],
     "publish": ["user_top_tags", "tag_index", "tag_stats"],
+    "vacuum": [],
     "evaluate": ["user_top_tags", "model_top_tags", "user_tag_scores", "user_tag_profile", "tag_stats",
                  "tag_index", "events", "articles"],
 }
@@ -129,17 +139,20 @@ def outlets(step: str) -> list[Asset]:
     return [table_asset(t.name) for t in TABLES.values() if t.written_by == step] + extra
 
 
-def spark_step(step: str, date: str = DAY, extra: tuple[str, ...] = (), **kwargs) -> SparkSubmitOperator:
+def spark_step(step: str, date: str = DAY, extra: tuple[str, ...] = (), application: str = "",
+               **kwargs) -> SparkSubmitOperator:
     conf = {"spark.pyspark.python": ARCHIVE_PYTHON, "spark.pyspark.driver.python": DRIVER_PYTHON} if ARCHIVES else {}
     if DRIVER_JAVA_OPTIONS:
         conf["spark.driver.extraJavaOptions"] = DRIVER_JAVA_OPTIONS
     packed = {"archives": ARCHIVES} if ARCHIVES else {}
+    if JARS:
+        packed["jars"] = JARS
     return SparkSubmitOperator(
         task_id=step,
         conn_id=SPARK_CONN,
-        application=f"{CODE}/jobs/{step}.py",
+        application=application or f"{CODE}/jobs/{step}.py",
         py_files=PY_FILES,
-        application_args=["--date", date, *extra, *COMMON],
+        application_args=[*(["--date", date] if date else []), *extra, *COMMON],
         name=f"tagrecall-{step}-{date}",
         inlets=inlets(step),
         outlets=outlets(step),
@@ -186,8 +199,9 @@ def tagrecall_daily():
     export = spark_step("export")
     publish = spark_step("publish", extra=("--if-ready",))
     evaluate = spark_step("evaluate", date=DAY_BEFORE, extra=("--if-ready",))
+    vacuum = spark_step("vacuum", date="", extra=("vacuum",), application=f"{CODE}/jobs/common/maintenance.py")
 
-    ingest >> profiles >> index >> triples >> evaluate >> trained >> tag_model >> export >> publish
+    ingest >> profiles >> index >> triples >> evaluate >> trained >> tag_model >> export >> publish >> vacuum
 
 
 tagrecall_daily()

@@ -13,6 +13,9 @@ It holds no logic of its own: the same ``run()`` functions serve spark-submit an
     tagrecall profile-eval --date D [--until D2] [--top-n 1,3,5]
     tagrecall config                    print the built-in defaults as TOML
     tagrecall class-archive [--out FILE] [--force]  record the driver JVM's class archive
+    tagrecall delta-jars [--print] [--force]  fetch Delta Lake's jars once (Maven Central)
+    tagrecall vacuum [--retain-hours H] [--tables a,b]  Delta: delete files no version needs
+    tagrecall compact --date D [--tables a,b]  Delta: rewrite a day's small files as few
 
 Common options: --config FILE --warehouse URI --raw URI --format parquet|delta --master URL
 --set section.key=value (repeatable).
@@ -56,6 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="the archive to write (default: in this environment, where "
                                             "spark.class_archive = \"auto\" finds it)")
     p.add_argument("--force", action="store_true", help="record it even when a current one is there")
+
+    p = sub.add_parser("delta-jars", help="fetch Delta Lake's jars from Maven once, for every later session")
+    p.add_argument("--print", action="store_true", dest="print_only",
+                   help="print the fetched jars as one comma-separated list (for spark-submit --jars) and exit")
+    p.add_argument("--force", action="store_true", help="fetch again even when the jars are there")
+    p.add_argument("--repositories", default="", help="Maven mirrors to try first (spark.jars.repositories)")
+
+    p = sub.add_parser("vacuum", help="Delta: delete the files no table version within the retention needs")
+    p.add_argument("--retain-hours", type=float, help="keep what versions of the last H hours need "
+                                                      "(default storage.vacuum_retain_hours)")
+    p.add_argument("--tables", help="comma-separated tables (default: every table of the warehouse)")
+    add_common_options(p)
+
+    p = sub.add_parser("compact", help="Delta: rewrite day D's partitions of small files as few large ones")
+    p.add_argument("--date", type=date_arg, required=True)
+    p.add_argument("--tables", help="comma-separated tables (default: every table of the warehouse)")
+    add_common_options(p)
 
     p = sub.add_parser("generate", help="write a synthetic feed's raw landing")
     p.add_argument("--raw", required=True, help="landing directory to write")
@@ -140,6 +160,39 @@ def cmd_class_archive(args) -> int:
     from jobs.tools.class_archive import build
 
     print(build(args.out or CLASS_ARCHIVE_DEFAULT, force=args.force))  # RuntimeError: main() reports it
+    return 0
+
+
+def cmd_delta_jars(args) -> int:
+    from jobs.common import delta
+
+    found = delta.jars() if args.print_only else delta.fetch(repositories=args.repositories, force=args.force)
+    if args.print_only:
+        print(",".join(map(str, found)))
+    else:
+        print(f"{len(found)} jars for {delta.DELTA_SPARK} in {delta.delta_home() / 'jars'}")
+    return 0
+
+
+def _tables_arg(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def cmd_vacuum(args) -> int:
+    from jobs.common.maintenance import vacuum
+
+    config = config_from_args(args)
+    for line in vacuum(_session(config, "tagrecall-vacuum"), config, args.retain_hours, _tables_arg(args.tables)):
+        print(line)
+    return 0
+
+
+def cmd_compact(args) -> int:
+    from jobs.common.maintenance import compact
+
+    config = config_from_args(args)
+    for line in compact(_session(config, "tagrecall-compact"), config, args.date, _tables_arg(args.tables)):
+        print(line)
     return 0
 
 
@@ -275,7 +328,8 @@ def cmd_report(args) -> int:
     return 0
 
 
-COMMANDS = {"class-archive": cmd_class_archive, "demo": cmd_demo, "generate": cmd_generate,
+COMMANDS = {"class-archive": cmd_class_archive, "compact": cmd_compact, "delta-jars": cmd_delta_jars,
+            "demo": cmd_demo, "generate": cmd_generate, "vacuum": cmd_vacuum,
             "import-kuairand": cmd_import_kuairand, "run": cmd_run,
             "profile-eval": cmd_profile_eval, "recall": cmd_recall, "redis-acl": cmd_redis_acl,
             "report": cmd_report,

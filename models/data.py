@@ -17,7 +17,6 @@ import collections
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -27,13 +26,6 @@ import pyarrow.dataset as pds
 from schemas.features import FeatureSpec
 
 LABELS = ("click", "dwell_sec")
-
-
-def dataset(paths: list[str | Path]) -> pds.Dataset:
-    files = [str(f) for p in paths for f in sorted(Path(p).glob("*.parquet"))]
-    if not files:
-        raise FileNotFoundError(f"no Parquet files under {', '.join(map(str, paths))}")
-    return pds.dataset(files, format="parquet")
 
 
 def to_inputs(batch: pa.RecordBatch | pa.Table, spec: FeatureSpec) -> dict[str, np.ndarray]:

@@ -51,9 +51,9 @@ from pathlib import Path
 
 import numpy as np
 
-from models import data, metrics, registry
+from models import data, metrics, registry, tables
 from models.scoring import dwell_seconds
-from schemas.catalog import absolute_uri, table
+from schemas.catalog import table
 from schemas.config import Config
 from schemas.features import FeatureSpec, feature_spec
 
@@ -62,23 +62,8 @@ log = logging.getLogger(__name__)
 SMEARING_ROWS = 200_000
 
 
-def _local(uri: str) -> Path:
-    uri = absolute_uri(uri)
-    return Path(uri.removeprefix("file://").removeprefix("file:"))
-
-
-def partitions(config: Config, name: str, dates: list[dt.date]) -> dict[str, Path]:
-    """The partitions of table ``name`` that exist among ``dates``, by day, in date order."""
-    out = {}
-    for d in dates:
-        p = _local(table(name).partition_location(config.storage.warehouse, d.isoformat()))
-        if p.exists():
-            out[d.isoformat()] = p
-    return out
-
-
-def triple_partitions(config: Config, dates: list[dt.date]) -> dict[str, Path]:
-    return partitions(config, "training_triples", dates)
+def triple_partitions(config: Config, dates: list[dt.date]) -> dict[str, tables.Partition]:
+    return tables.partitions(config, "training_triples", dates)
 
 
 @dataclass(frozen=True)
@@ -86,7 +71,7 @@ class Window:
     """The training window of day D: the partitions of training data found, D validating."""
 
     day: str
-    parts: dict[str, Path]
+    parts: dict[str, tables.Partition]
 
     @property
     def train_days(self) -> list[str]:
@@ -103,7 +88,7 @@ def skip_reason(config: Config, date: dt.date) -> str | None:
     w, cfg = window(config, date), config.model
     if w.day not in w.parts:
         return (f"no training_triples for {w.day} (the validation day) under "
-                f"{_local(table('training_triples').location(config.storage.warehouse))}: "
+                f"{tables.local_path(table('training_triples').location(config.storage.warehouse))}: "
                 f"run `tagrecall triples --date {w.day}`")
     if not w.train_days:
         return (f"no training_triples in the {cfg.window_days - 1} days before {w.day} "
@@ -113,7 +98,7 @@ def skip_reason(config: Config, date: dt.date) -> str | None:
 
 def model_version(config: Config, spec: FeatureSpec, w: Window) -> str:
     """``<D>-<weighting>-<fingerprint>``: the same settings and data give the same name."""
-    files = sorted((d, f.name, f.stat().st_size) for d, p in w.parts.items() for f in p.glob("*.parquet"))
+    files = [(d, name, size) for d, p in w.parts.items() for name, size in p.fingerprint]
     payload = json.dumps({"model": config.to_dict()["model"], "features": spec.to_dict(), "files": files},
                          sort_keys=True, default=str)
     return f"{w.day}-{config.model.loss_weighting}-{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
@@ -312,7 +297,7 @@ def train_day(config: Config, date: dt.date, version: str | None = None, promote
     if reason:
         raise ValueError(f"train {date}: {reason}")
     cfg, spec, w = config.model, feature_spec(config), window(config, date)
-    train_ds, val_ds = data.dataset([w.parts[d] for d in w.train_days]), data.dataset([w.parts[w.day]])
+    train_ds, val_ds = tables.dataset([w.parts[d] for d in w.train_days]), tables.dataset([w.parts[w.day]])
     stats = data.statistics(train_ds, spec)
     log.info("train %s: %s rows (%s clicked) from %s; validating on %s", w.day, f"{stats.rows:,}",
              f"{stats.clicks:,}", ", ".join(w.train_days), w.day)

@@ -23,14 +23,12 @@ import json
 import logging
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pds
 
-from models import registry
-from models.train import Window, partitions, write_version
+from models import registry, tables
+from models.train import Window, write_version
 from schemas.config import Config, TagModelConfig
 
 log = logging.getLogger(__name__)
@@ -43,7 +41,7 @@ NOT_IN_VERSION = ("driver_scoring_max_users",)
 
 def window(config: Config, date: dt.date) -> Window:
     days = [date - dt.timedelta(days=k) for k in range(config.tag_model.window_days - 1, -1, -1)]
-    return Window(date.isoformat(), partitions(config, TABLE, days))
+    return Window(date.isoformat(), tables.partitions(config, TABLE, days))
 
 
 def skip_reason(config: Config, date: dt.date) -> str | None:
@@ -118,9 +116,8 @@ def vocabularies(tbl: pa.Table, user_features: list[str], fields: list[str]) -> 
 
 # ---- training ----------------------------------------------------------------------------
 
-def read(paths: list[Path], limit: int | None = None, seed: int = 0) -> pa.Table:
-    files = [str(f) for p in paths for f in sorted(p.glob("*.parquet"))]
-    tbl = pds.dataset(files, format="parquet").to_table()
+def read(parts: list[tables.Partition], limit: int | None = None, seed: int = 0) -> pa.Table:
+    tbl = tables.dataset(parts).to_table()
     if limit is not None and tbl.num_rows > limit:
         keep = np.sort(np.random.default_rng(seed).choice(tbl.num_rows, limit, replace=False))
         tbl = tbl.take(pa.array(keep))
@@ -128,7 +125,7 @@ def read(paths: list[Path], limit: int | None = None, seed: int = 0) -> pa.Table
 
 
 def model_version(config: Config, w: Window) -> str:
-    files = sorted((d, f.name, f.stat().st_size) for d, p in w.parts.items() for f in p.glob("*.parquet"))
+    files = [(d, name, size) for d, p in w.parts.items() for name, size in p.fingerprint]
     settings = {k: v for k, v in config.to_dict()["tag_model"].items() if k not in NOT_IN_VERSION}
     payload = json.dumps({"tag_model": settings,
                           "user_features": config.features.user_features, "files": files},

@@ -11,6 +11,9 @@ import re
 from dataclasses import dataclass
 
 PARTITION_COLUMN = "dt"
+# A Delta table records each day it holds as a file here, once the day's commit is in
+# (jobs/common/storage.py): the Delta log keeps no day whose rows are all gone.
+DELTA_DAYS = "_tagrecall_days"
 
 # event_type of the events table: a click carries dwell_ms, the others count as signals.
 EVENT_TYPES = ("impression", "click", "like", "comment", "favorite", "share")

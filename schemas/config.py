@@ -37,6 +37,9 @@ class StorageConfig:
     raw: str = "raw"
     format: str = "parquet"
     raw_format: str = "json"
+    # Delta: `tagrecall vacuum` (and the DAG's vacuum task) deletes files that no version of
+    # the last this-many hours needs; time travel reaches back as far. Delta's own default (7 days).
+    vacuum_retain_hours: float = 168.0
 
     def validate(self, where: str) -> None:
         _require(self.format in TABLE_FORMATS, f"{where}.format",
@@ -45,6 +48,7 @@ class StorageConfig:
                  f"{self.raw_format!r} is not one of {', '.join(RAW_FORMATS)}")
         _require(bool(self.warehouse), f"{where}.warehouse", "must not be empty")
         _require(bool(self.raw), f"{where}.raw", "must not be empty")
+        _require(self.vacuum_retain_hours >= 0, f"{where}.vacuum_retain_hours", "must be >= 0")
 
 
 @dataclass(frozen=True)

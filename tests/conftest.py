@@ -68,11 +68,18 @@ def pytest_collection_modifyitems(config, items):
 def spark(tmp_path_factory):
     from pyspark.sql import SparkSession
 
+    from jobs.common import delta
     from jobs.common.session import ENGINE_SETTINGS, class_archive_option
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     local_dir = tmp_path_factory.mktemp("spark-local")
+    # Delta Lake's jars and SQL when `make setup` fetched them (tests that need Delta fail
+    # with the fetch command otherwise: the `delta` fixture), so that one session serves
+    # the tests of both table formats.
+    with_delta = {"spark.jars": ",".join(map(str, delta.jars())), **delta.DELTA_SESSION_SETTINGS} \
+        if delta.fetched() else {}
     session = (SparkSession.builder.master("local[2]").appName("tagrecall-tests")
+               .config(map=with_delta)
                .config("spark.sql.shuffle.partitions", "2")
                .config("spark.default.parallelism", "2")
                .config("spark.ui.enabled", "false")
@@ -87,6 +94,27 @@ def spark(tmp_path_factory):
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def delta(spark):
+    """The shared session, which must have Delta Lake (fails, naming the command that
+    fetches its jars, when it has not)."""
+    from jobs.common.session import check_delta_available
+
+    check_delta_available(spark)
+    return spark
+
+
+FORMATS = ("parquet", "delta")
+
+
+@pytest.fixture(params=FORMATS)
+def table_format(request):
+    """Each table format in turn (Delta through the `delta` fixture)."""
+    if request.param == "delta":
+        request.getfixturevalue("delta")
+    return request.param
 
 
 @pytest.fixture

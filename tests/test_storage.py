@@ -1,15 +1,18 @@
-"""Partition storage: exact partition replacement, atomic swaps, clear errors."""
+"""Partition storage, in both table formats where the format matters: exact partition
+replacement, atomic writes, clear errors; Delta's day records, concurrent commits, time
+travel, VACUUM and compaction; readers outside Spark through the Delta log."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 from pyspark.sql import functions as F
 
-from jobs.common.session import DeltaUnavailableError, check_delta_available
 from jobs.common.storage import MissingPartitionError, Warehouse
 from schemas.config import load_config
 
@@ -23,7 +26,19 @@ def wh(spark, make_config):
     return Warehouse(spark, make_config())
 
 
-def test_write_replaces_exactly_its_partition(spark, wh, tmp_path):
+@pytest.fixture
+def any_wh(spark, make_config, table_format):
+    """A warehouse in each table format in turn."""
+    return Warehouse(spark, make_config(storage={"format": table_format}))
+
+
+@pytest.fixture
+def delta_wh(delta, make_config):
+    return Warehouse(delta, make_config(storage={"format": "delta"}))
+
+
+def test_write_replaces_exactly_its_partition(spark, any_wh, tmp_path):
+    wh = any_wh
     wh.write_partition(spark.range(3), "events", "2026-11-01")
     wh.write_partition(spark.range(5), "events", "2026-11-02")
     other = tmp_path / "warehouse" / "events" / "dt=2026-11-01"
@@ -34,7 +49,8 @@ def test_write_replaces_exactly_its_partition(spark, wh, tmp_path):
     assert wh.partitions("events") == ["2026-11-01", "2026-11-02"]
 
 
-def test_a_write_that_fails_midway_leaves_the_old_partition(spark, wh):
+def test_a_write_that_fails_midway_leaves_the_old_partition(spark, any_wh):
+    wh = any_wh
     wh.write_partition(spark.range(4), "events", "2026-11-01")
     # Division by zero raises under ANSI mode once the job reaches id 50_000, after
     # other tasks may already have written files.
@@ -64,13 +80,15 @@ def test_a_job_killed_between_the_renames_is_recovered(spark, wh, monkeypatch):
     assert _ids(wh, "2026-11-01") == [100, 101, 102]
 
 
-def test_missing_partition_names_the_path_and_the_step(wh):
+def test_missing_partition_names_the_path_and_the_step(any_wh):
+    wh = any_wh
     with pytest.raises(MissingPartitionError,
                        match=r"events for 2026-11-05 not found at .*/events/dt=2026-11-05: run `tagrecall ingest --date 2026-11-05`"):
         wh.read_partition("events", "2026-11-05")
 
 
-def test_partition_column_is_refused(spark, wh):
+def test_partition_column_is_refused(spark, any_wh):
+    wh = any_wh
     with pytest.raises(ValueError, match="drop the 'dt' column"):
         wh.write_partition(spark.range(1).withColumn("dt", F.lit("x")), "events", "2026-11-01")
 
@@ -144,62 +162,135 @@ def test_row_count_of_a_truncated_file_names_the_file(spark, wh, tmp_path):
     assert found is not None and found[0].endswith(victim.name) and found[1:] == ("table", "events", "2026-11-01")
 
 
-def test_run_reports_round_trip(wh):
+def test_run_reports_round_trip(any_wh):
+    wh = any_wh
     wh.write_run_report("ingest", "2026-11-01", {"rows": 3, "nested": {"a": [1, 2]}})
     assert wh.read_run_report("ingest", "2026-11-01") == {"rows": 3, "nested": {"a": [1, 2]}}
 
 
-def _delta_probe(tmp_path) -> str | None:
-    """Start a Delta session in a child process; None when it works, else why not."""
+def test_delta_without_its_jars_fails_at_once_naming_the_command_that_fetches_them(tmp_path):
     code = ("from schemas.config import load_config\n"
             "from jobs.common.session import build_session\n"
-            "c = load_config(overrides={{'storage': {{'format': 'delta'}}, 'spark': {{'master': 'local[1]'}}}})\n"
-            "s = build_session(c, 'delta-probe')\n"
-            "s.range(1).write.format('delta').save({!r})\n".format(str(tmp_path / "probe")))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYSPARK_PYTHON": sys.executable})
-    return None if proc.returncode == 0 else proc.stderr
+            "build_session(load_config(overrides={'storage': {'format': 'delta'}}), 'no-jars')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TAGRECALL_DELTA_HOME": str(tmp_path / "nothing-fetched")})
+    assert proc.returncode != 0
+    assert "DeltaUnavailableError" in proc.stderr and "io.delta:delta-spark_4.2_2.13" in proc.stderr
+    assert "`tagrecall delta-jars`" in proc.stderr and "--format parquet" in proc.stderr
+    assert "Java gateway" not in proc.stderr  # refused before a JVM starts
 
 
-@pytest.fixture(scope="module")
-def delta_unavailable(tmp_path_factory):
-    return _delta_probe(tmp_path_factory.mktemp("delta"))
+def test_an_empty_day_is_written_and_read_back_empty(spark, any_wh):
+    wh = any_wh
+    wh.write_partition(spark.range(3), "events", "2026-11-01")
+    wh.write_partition(spark.range(0), "events", "2026-11-02")
+    assert wh.has_partition("events", "2026-11-02") and not wh.has_partition("events", "2026-11-03")
+    assert wh.row_count("events", "2026-11-02") == 0 and wh.read_partition("events", "2026-11-02").count() == 0
+    wh.write_partition(spark.range(0), "events", "2026-11-01")  # a day emptied by its re-run
+    assert wh.partitions("events") == ["2026-11-01", "2026-11-02"] and wh.row_count("events", "2026-11-01") == 0
 
 
-def test_delta_fails_clearly_when_its_jars_cannot_be_resolved(delta_unavailable):
-    if delta_unavailable is None:
-        pytest.skip("Delta's jars resolved here: the failure path cannot be observed")
-    assert "DeltaUnavailableError" in delta_unavailable
-    assert "--format delta needs the Delta Lake jars" in delta_unavailable
-    assert "--format parquet" in delta_unavailable
+def _rows(df) -> list[int]:
+    return sorted(r[0] for r in df.collect())
 
 
-def test_delta_check_refuses_a_session_without_delta(spark):
-    with pytest.raises(DeltaUnavailableError, match="io.delta.tables.DeltaTable is not on the classpath"):
-        check_delta_available(spark)
+def test_readers_outside_spark_read_exactly_the_current_rows_of_a_day_written_twice(spark, make_config, table_format):
+    """Training's reader (models/tables.py): on Delta the first write's files stay on disk
+    until VACUUM, and must not be read."""
+    import pyarrow.compute as pc
+
+    from models import tables
+
+    config = make_config(storage={"format": table_format})
+    wh = Warehouse(spark, config)
+    days = [dt.date(2026, 11, 1), dt.date(2026, 11, 2)]
+    wh.write_partition(spark.range(0, 50, numPartitions=2), "training_triples", "2026-11-01")
+    wh.write_partition(spark.range(100, 130, numPartitions=3), "training_triples", "2026-11-02")
+    wh.write_partition(spark.range(200, 207, numPartitions=2), "training_triples", "2026-11-02")  # re-run
+    found = tables.partitions(config, "training_triples", days + [dt.date(2026, 11, 3)])
+    assert list(found) == ["2026-11-01", "2026-11-02"]
+    ids = pc.sort_indices(tables.dataset([found["2026-11-02"]]).to_table(), [("id", "ascending")])
+    assert tables.dataset([found["2026-11-02"]]).to_table().column("id").take(ids).to_pylist() == list(range(200, 207))
+    assert tables.dataset(list(found.values())).count_rows() == 57
+    day2 = wh.location("training_triples").removeprefix("file://") + "/dt=2026-11-02"
+    on_disk = [f for f in os.listdir(day2) if f.endswith(".parquet")]
+    assert len(on_disk) == (5 if table_format == "delta" else 2)  # Delta keeps the replaced files until VACUUM
 
 
-def test_delta_partitions_round_trip(delta_unavailable, tmp_path):
-    if delta_unavailable is not None:
-        pytest.skip("Delta's jars cannot be resolved from Maven on this machine "
-                    "(no network access to Maven Central); see test above for the error users get")
-    code = f"""
-from schemas.config import load_config
-from jobs.common.session import build_session
-from jobs.common.storage import Warehouse
-c = load_config(overrides={{'storage': {{'format': 'delta', 'warehouse': {str(tmp_path / 'wh')!r}}},
-                           'spark': {{'master': 'local[1]'}}}})
-s = build_session(c, 'delta-test')
-wh = Warehouse(s, c)
-wh.write_partition(s.range(3), 'events', '2026-11-01')
-wh.write_partition(s.range(5), 'events', '2026-11-02')
-wh.write_partition(s.range(10, 12), 'events', '2026-11-02')
-assert sorted(r.id for r in wh.read_partition('events', '2026-11-01').collect()) == [0, 1, 2]
-assert sorted(r.id for r in wh.read_partition('events', '2026-11-02').collect()) == [10, 11]
-assert wh.partitions('events') == ['2026-11-01', '2026-11-02']
-"""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_delta_writes_of_two_days_at_once_both_land(delta_wh, delta):
+    """Two commits racing on one table, the first of them creating it: both land."""
+    errors = []
+
+    def write(day, start):
+        try:
+            delta_wh.write_partition(delta.range(start, start + 20, numPartitions=2), "events", day)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    for _ in range(2):  # the first round creates the table, the second replaces both days
+        threads = [threading.Thread(target=write, args=(d, s)) for d, s in (("2026-11-01", 0), ("2026-11-02", 100))]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+    assert errors == []
+    assert _rows(delta_wh.read_partition("events", "2026-11-01")) == list(range(20))
+    assert _rows(delta_wh.read_partition("events", "2026-11-02")) == list(range(100, 120))
+
+
+def test_delta_writes_of_one_day_at_once_never_leave_a_mixed_day(delta_wh, delta):
+    delta_wh.write_partition(delta.range(5), "events", "2026-11-01")
+    outcomes = {}
+
+    def write(label, start):
+        try:
+            delta_wh.write_partition(delta.range(start, start + 300, numPartitions=3), "events", "2026-11-01")
+            outcomes[label] = "ok"
+        except Exception as exc:  # noqa: BLE001 - a refused commit is allowed, a mixed day is not
+            outcomes[label] = type(exc).__name__
+
+    threads = [threading.Thread(target=write, args=(label, s)) for label, s in (("a", 1000), ("b", 5000))]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert "ok" in outcomes.values()
+    assert _rows(delta_wh.read_partition("events", "2026-11-01")) in (list(range(1000, 1300)), list(range(5000, 5300)))
+
+
+def test_delta_time_travel_reads_a_day_as_an_earlier_version_held_it(delta_wh, delta):
+    delta_wh.write_partition(delta.range(3), "events", "2026-11-01")
+    first = delta_wh.table_version("events")
+    delta_wh.write_partition(delta.range(7, 9), "events", "2026-11-01")
+    assert delta_wh.table_version("events") == first + 1
+    assert _rows(delta_wh.read_partition("events", "2026-11-01", version=first)) == [0, 1, 2]
+    assert _rows(delta_wh.read_partition("events", "2026-11-01")) == [7, 8]
+
+
+def test_time_travel_is_refused_on_parquet(wh):
+    with pytest.raises(ValueError, match="needs a Delta table"):
+        wh.read_partition("events", "2026-11-01", version=0)
+
+
+def test_vacuum_deletes_the_replaced_files_and_compaction_keeps_the_rows(delta_wh, delta, make_config, tmp_path):
+    from jobs.common.maintenance import compact, vacuum
+
+    config = make_config(storage={"format": "delta"})
+    delta_wh.write_partition(delta.range(0, 40, numPartitions=8), "events", "2026-11-01")
+    delta_wh.write_partition(delta.range(50, 90, numPartitions=8), "events", "2026-11-01")
+    folder = tmp_path / "warehouse" / "events" / "dt=2026-11-01"
+    assert len(list(folder.glob("*.parquet"))) == 16
+    assert compact(delta, config, dt.date(2026, 11, 1), ["events"]) == ["events 2026-11-01: 8 files rewritten as 1"]
+    assert _rows(delta_wh.read_partition("events", "2026-11-01")) == list(range(50, 90))
+    assert vacuum(delta, config, retain_hours=0)[0].startswith("events: vacuumed")
+    assert len(list(folder.glob("*.parquet"))) == 1  # the first write's 8, the compacted 8: gone
+    assert _rows(delta_wh.read_partition("events", "2026-11-01")) == list(range(50, 90))
+    assert delta_wh.partitions("events") == ["2026-11-01"]
+
+
+def test_vacuum_and_compact_refuse_a_parquet_warehouse(spark, make_config):
+    from jobs.common.maintenance import compact, vacuum
+
+    with pytest.raises(ValueError, match="for Delta tables.*--format delta"):
+        vacuum(spark, make_config())
+    with pytest.raises(ValueError, match="for Delta tables"):
+        compact(spark, make_config(), dt.date(2026, 11, 1))
 
 
 def test_config_format_delta_is_accepted_by_the_config():

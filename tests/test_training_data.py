@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from models import data
+from models import data, tables
 from schemas.config import load_config
 from schemas.features import FeatureSpec
 
@@ -39,7 +39,7 @@ def _feed(folder, files=3, rows=300):
         pq.write_table(pa.table({"tag": [f"t{i}" for i in part], "x": part.astype("float64"),
                                  "click": (part % 2).astype("int32"), "dwell_sec": part.astype("float64")}),
                        folder / f"part-{f:05d}.parquet")
-    return data.dataset([folder]), ids
+    return tables.dataset([tables.parquet_folder(folder)]), ids
 
 
 def _order(ds, seed, batch_size=50):
@@ -83,14 +83,17 @@ def test_model_version_is_a_function_of_settings_and_data(tmp_path):
     part = tmp_path / "wh" / "training_triples" / "dt=2026-11-02"
     part.mkdir(parents=True)
     (part / "part-0.parquet").write_bytes(b"x" * 10)
-    w = Window("2026-11-02", {"2026-11-01": part, "2026-11-02": part})
+    def window():
+        found = tables.parquet_folder(part)
+        return Window("2026-11-02", {"2026-11-01": found, "2026-11-02": found})
+
     spec = feature_spec(config)
-    v = model_version(config, spec, w)
-    assert v.startswith("2026-11-02-uncertainty-") and v == model_version(config, spec, w)
+    v = model_version(config, spec, window())
+    assert v.startswith("2026-11-02-uncertainty-") and v == model_version(config, spec, window())
     other = load_config(overrides={"storage": {"warehouse": str(tmp_path / "wh")}, "model": {"epochs": 3}})
-    assert model_version(other, spec, w) != v
+    assert model_version(other, spec, window()) != v
     (part / "part-0.parquet").write_bytes(b"x" * 11)  # the data changed
-    assert model_version(config, spec, w) != v
+    assert model_version(config, spec, window()) != v
 
 
 def test_writing_a_version_again_replaces_it_in_one_folder(tmp_path):

@@ -15,18 +15,12 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from jobs.common.delta import DELTA_SESSION_SETTINGS, DeltaUnavailableError, unavailable  # noqa: F401
 from schemas.config import Config
 
 log = logging.getLogger(__name__)
 
 LOG4J2_CONF = Path(__file__).resolve().parents[1] / "conf" / "log4j2.properties"
-
-DELTA_PACKAGE_HINT = "io.delta:delta-spark_2.13"
-
-
-class DeltaUnavailableError(RuntimeError):
-    """Delta Lake was asked for but its jars cannot be loaded."""
-
 
 # Settings the steps rely on, also used by the test suite's session.
 ENGINE_SETTINGS = {
@@ -126,16 +120,6 @@ def class_archive_option(setting: str) -> str:
     return f"-XX:SharedArchiveFile={archive}" if archive else ""
 
 
-def _delta_error(cause: str) -> DeltaUnavailableError:
-    return DeltaUnavailableError(
-        f"--format delta needs the Delta Lake jars ({DELTA_PACKAGE_HINT}), and they could not be "
-        f"loaded: {cause}. delta-spark resolves them from Maven Central when the session starts. "
-        "Either give this machine access to Maven (or a mirror via spark.jars.repositories), "
-        "put the jars on the classpath yourself (spark.jars / spark-submit --jars), "
-        "install the extra with `pip install tagrecall[delta]`, or use --format parquet."
-    )
-
-
 def session_builder(config: Config, app_name: str, *, set_master: bool):
     """A configured builder; ``set_master`` is False under spark-submit."""
     from pyspark.sql import SparkSession
@@ -167,19 +151,23 @@ def session_builder(config: Config, app_name: str, *, set_master: bool):
     for key, value in settings.items():
         builder = builder.config(key, value)
     if config.storage.format == "delta":
-        builder = _with_delta(builder)
+        builder = _with_delta(builder, config, with_jars=set_master)
     return builder
 
 
-def _with_delta(builder):
-    try:
-        from delta import configure_spark_with_delta_pip
-    except ImportError:
-        raise _delta_error("the delta-spark Python package is not installed") from None
-    builder = builder.config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
-    builder = builder.config("spark.sql.catalog.spark_catalog",
-                             "org.apache.spark.sql.delta.catalog.DeltaCatalog")
-    return configure_spark_with_delta_pip(builder)
+def _with_delta(builder, config: Config, with_jars: bool):
+    """Delta's SQL extension and catalog, and with ``with_jars`` (the driver JVM starts
+    here) the jars `tagrecall delta-jars` fetched on spark.jars, beside any the user gives
+    there. Under spark-submit the driver has started: the jars come with --jars."""
+    from jobs.common import delta
+
+    if with_jars:
+        listed = [str(j) for j in delta.jars()]
+        own = config.spark.conf.get("spark.jars", "")
+        builder = builder.config("spark.jars", ",".join([*listed, *filter(None, own.split(","))]))
+    for key, value in DELTA_SESSION_SETTINGS.items():
+        builder = builder.config(key, value)
+    return builder
 
 
 def build_session(config: Config, app_name: str = "tagrecall", *, set_master: bool = True):
@@ -193,7 +181,7 @@ def build_session(config: Config, app_name: str = "tagrecall", *, set_master: bo
     except Exception as exc:  # the JVM's failure to resolve packages surfaces as many types
         if config.storage.format == "delta":
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise _delta_error(first_line) from exc
+            raise unavailable(f"the session could not start with them ({first_line})") from exc
         raise
     if config.storage.format == "delta":
         check_delta_available(spark)
@@ -204,9 +192,11 @@ def build_session(config: Config, app_name: str = "tagrecall", *, set_master: bo
 def check_delta_available(spark) -> None:
     """Raise DeltaUnavailableError unless Delta's classes are on the session's classpath."""
     try:
-        spark._jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")
+        # Through Spark's class loader, which holds spark.jars (py4j's Class.forName does not).
+        spark._jvm.org.apache.spark.util.Utils.classForName("io.delta.tables.DeltaTable", True, False)
     except Exception as exc:
-        raise _delta_error("io.delta.tables.DeltaTable is not on the classpath") from exc
+        raise unavailable("io.delta.tables.DeltaTable is not on this session's classpath (under spark-submit, "
+                          "pass them with --jars $(tagrecall delta-jars --print))") from exc
 
 
 # What the steps that build features set while they run (export, triples): every per-user

@@ -9,7 +9,16 @@ dies between the two renames, the next read or write of that partition puts the 
 back. Renames are atomic on local and HDFS file systems; on object stores, where they are
 copies, use Delta.
 
-Delta writes go through ``replaceWhere`` on the ``dt`` column: one transaction per partition.
+Delta writes go through ``replaceWhere`` on the ``dt`` column: one transaction per
+partition, atomic through the Delta log, so Delta needs none of the Parquet path's staging
+and renames (a killed write leaves no commit, and the previous version stays the current
+one). Writes of different days of one table commit side by side (Delta retries a commit that
+raced one on another day; tagrecall retries the rare conflict of two first writes creating
+a table). After its commit, a write records its day in ``<table>/_tagrecall_days/<D>``:
+the Delta log keeps no day whose rows are all gone, and tagrecall's steps tell "written,
+empty" from "not written" (a killed run between commit and record only leaves the day to
+be written again, with the same rows). Readers outside Spark (models/tables.py) list a
+day's files from the Delta log, never from its folder.
 
 A Parquet partition is read with the schema Spark recorded in its first data file's footer,
 and counted (``Warehouse.row_count``, for run reports) from its files' footers, both read in
@@ -42,7 +51,14 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from schemas.catalog import PARTITION_COLUMN, TABLES, absolute_uri, run_report_location, table
+from schemas.catalog import (
+    DELTA_DAYS,
+    PARTITION_COLUMN,
+    TABLES,
+    absolute_uri,
+    run_report_location,
+    table,
+)
 from schemas.config import Config
 
 log = logging.getLogger(__name__)
@@ -55,6 +71,11 @@ LANDED_SOURCES = ("events", "articles", "users")  # jobs/common/landing.py's lay
 FOOTER_COUNT_MAX_FILES = 64
 # Where Spark's Parquet writer records the schema it wrote (ParquetReadSupport.SPARK_METADATA_KEY).
 SPARK_SCHEMA_KEY = "org.apache.spark.sql.parquet.row.metadata"
+# Delta: how often a write that raced another commit of the same table is tried again
+# (Delta itself retries the commits it can reconcile: writes of other days).
+DELTA_WRITE_ATTEMPTS = 4
+_DELTA_RETRYABLE = ("ConcurrentAppend", "ProtocolChanged", "MetadataChanged", "ConcurrentTransaction",
+                    "DELTA_CONCURRENT", "DELTA_PROTOCOL_CHANGED", "DELTA_METADATA_CHANGED")
 
 
 def _sql_string(text: str) -> str:
@@ -433,35 +454,72 @@ class Warehouse:
                       self.spark.conf.get("spark.sql.catalogImplementation"))
             bucketing = None
         if self.format == "delta":
-            (df.withColumn(PARTITION_COLUMN, F.lit(date))
-               .write.format("delta").mode("overwrite")
-               .option("replaceWhere", f"{PARTITION_COLUMN} = '{date}'")
-               .partitionBy(PARTITION_COLUMN)
-               .save(self.location(name)))
+            self._write_delta(df, name, date)
         else:
             self._write_parquet(df, name, date, bucketing)
 
+    # -- Delta -------------------------------------------------------------------------------
+    def is_delta_table(self, name: str) -> bool:
+        return self.fs.exists(f"{self.location(name)}/_delta_log")
+
+    def _day_marker(self, name: str, date: str) -> str:
+        return f"{self.location(name)}/{DELTA_DAYS}/{date}"
+
+    def _write_delta(self, df: DataFrame, name: str, date: str) -> None:
+        """One commit replacing day ``date`` (module docstring), then its day record."""
+        writer = (df.withColumn(PARTITION_COLUMN, F.lit(date))
+                  .write.format("delta").mode("overwrite")
+                  .option("replaceWhere", f"{PARTITION_COLUMN} = '{date}'")
+                  .option("userMetadata", json.dumps({"tagrecall_day": date}))
+                  # Columns a newer tagrecall adds join the table (older days read them as
+                  # null), as each Parquet day keeps its own schema; a changed type is refused.
+                  .option("mergeSchema", "true")
+                  .partitionBy(PARTITION_COLUMN))
+        for attempt in range(1, DELTA_WRITE_ATTEMPTS + 1):
+            try:
+                writer.save(self.location(name))
+                break
+            except Exception as exc:  # py4j / captured: Delta's concurrency exceptions by name
+                if attempt == DELTA_WRITE_ATTEMPTS or not any(k in str(exc) for k in _DELTA_RETRYABLE):
+                    raise
+                log.warning("%s %s: the Delta commit raced another (%s); writing again (%d/%d)", name, date,
+                            str(exc).strip().splitlines()[0][:200], attempt + 1, DELTA_WRITE_ATTEMPTS)
+        self.fs.write_text(self._day_marker(name, date), json.dumps({"day": date}))
+
+    def table_version(self, name: str) -> int | None:
+        """The current version of Delta table ``name`` (None for Parquet or no table yet):
+        what ``read_partition(..., version=)`` reads back later (time travel, within
+        storage.vacuum_retain_hours)."""
+        if self.format != "delta" or not self.is_delta_table(name):
+            return None
+        return int(self.spark.sql(f"DESCRIBE HISTORY delta.`{self.location(name)}` LIMIT 1").first()["version"])
+
     def has_partition(self, name: str, date: str) -> bool:
         if self.format == "delta":
-            if not self.fs.exists(f"{self.location(name)}/_delta_log"):
-                return False
-            return bool(self._read_delta(name).where(F.col(PARTITION_COLUMN) == date).limit(1).count())
+            return self.fs.exists(self._day_marker(name, date))
         self._recover(name, date)
         return self.fs.exists(self.partition_location(name, date))
 
-    def _read_delta(self, name: str) -> DataFrame:
-        return self.spark.read.format("delta").load(self.location(name))
+    def _read_delta(self, name: str, version: int | None = None) -> DataFrame:
+        reader = self.spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        return reader.load(self.location(name))
 
-    def read_partition(self, name: str, date: str, hint: str = "") -> DataFrame:
+    def read_partition(self, name: str, date: str, hint: str = "", version: int | None = None) -> DataFrame:
         """Partition ``date`` of ``name``, without the ``dt`` column; MissingPartitionError
-        naming the path when it does not exist."""
+        naming the path when it does not exist. ``version`` (Delta only) reads the day as
+        that version of the table held it (``table_version``)."""
+        if version is not None and self.format != "delta":
+            raise ValueError(f"{name}: reading version {version} needs a Delta table (storage.format is "
+                             f"{self.format!r}, which keeps only each day's current rows)")
         if not self.has_partition(name, date):
             writer = table(name).written_by
             raise MissingPartitionError(
                 f"{name} for {date} not found at {self.partition_location(name, date)}: "
                 f"run `tagrecall {writer} --date {date}` first{hint}")
         if self.format == "delta":
-            return self._read_delta(name).where(F.col(PARTITION_COLUMN) == date).drop(PARTITION_COLUMN)
+            return self._read_delta(name, version).where(F.col(PARTITION_COLUMN) == date).drop(PARTITION_COLUMN)
         return self.fs.read_parquet(self.partition_location(name, date))
 
     def row_count(self, name: str, date: str) -> int:
@@ -493,10 +551,7 @@ class Warehouse:
     def partitions(self, name: str) -> list[str]:
         """Dates of the partitions of ``name`` that exist, sorted."""
         if self.format == "delta":
-            if not self.fs.exists(f"{self.location(name)}/_delta_log"):
-                return []
-            rows = self._read_delta(name).select(PARTITION_COLUMN).distinct().collect()
-            return sorted(r[0] for r in rows)
+            return self.fs.list_names(f"{self.location(name)}/{DELTA_DAYS}")
         prefix = f"{PARTITION_COLUMN}="
         return [n[len(prefix):] for n in self.fs.list_names(self.location(name)) if n.startswith(prefix)]
 
