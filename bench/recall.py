@@ -9,12 +9,13 @@ Starts its own redis-server on a loopback port (or uses --url; the database is f
 never point it at a server in use). For each size (users; 20 tags each, ranks 1-20, out of
 the synthetic feed's 200 tags of 200 articles each, from 3,000 articles at the demo's 2,000
 users and 30,000 at a million) one day is published by the publish step's own code
-(jobs.publish: the lock, FUNCTION LOAD of the recall's library, the partition writer, the
-count checks, the meta, the switch), with its Spark DataFrames replaced by the same rows held
+(jobs.publish: the lock, the partition writer, the count checks, the meta, the switch; the
+recall's library is loaded first as the administrator, as ``tagrecall redis-acl --apply`` does), with its Spark DataFrames replaced by the same rows held
 in memory: the lists are drawn here (seeded), not computed by the daily chain, whose demo
 publishes lists of these sizes. The merge is the configured one (recall.merge). Then, for
 each path and number of clients (separate processes: the GIL), every client recalls random
-users (1 in 100 unknown: the global list) for --seconds; the figures are p50/p95/p99 of all
+users (1 in 100 unknown: the global list) for --seconds (the redis path stops the benchmark
+if an answer was merged in Python, so its figures are the function's); the figures are p50/p95/p99 of all
 requests and requests/s over the wall time.
 
 Switch: at the first size, 4 clients recall through each path while another process
@@ -41,6 +42,7 @@ from sizes import parse_size
 
 from jobs import publish
 from jobs.online import recall as online
+from jobs.online import redis_merge
 from jobs.online.keys import Keys, connection
 from schemas.config import load_config
 
@@ -103,7 +105,10 @@ def publish_day(config, family: str, users: int) -> dict:
     lock = publish.PublishLock(client, keys, f"bench publish {family}")
     lock.acquire(publish.LOCK_WAIT_SEC)
     try:
-        publish.load_library(client)
+        redis_merge.load_library(client)  # the administrator's step (tagrecall redis-acl --apply)
+        missing = redis_merge.library_status(client)
+        if missing:
+            raise RuntimeError(f"bench: {missing}")
         sets = (_Rows(lambda: user_rows(family, users)), _Rows(lambda: tag_rows(family, n_articles)), fallback)
         return publish._write_and_switch(_Spark, client, conn, keys, lock, DAYS[family], sets, expected, "bench",
                                          config.publish.pipeline_size, config.recall.merge)
@@ -132,6 +137,9 @@ def _client(job: dict) -> dict:
             errors += 1
             continue
         lat.append((time.perf_counter() - t0) * 1000)
+        if got.merged_in != path:
+            raise RuntimeError(f"bench: the {path} path's answer for {user} was merged in {got.merged_in}: "
+                               f"its figures would not be the {path} path's")
         if check:
             family = next(f for f, d in DAYS.items() if d == got.date)
             by_day[got.date] = by_day.get(got.date, 0) + 1

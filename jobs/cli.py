@@ -8,7 +8,7 @@ It holds no logic of its own: the same ``run()`` functions serve spark-submit an
     tagrecall ingest|profiles|index|triples|train|export|publish|evaluate --date D [--if-ready]
               (profiles: [--full]; publish: [--rollback])
     tagrecall recall --user U [--k 100]     a user's recall from Redis
-    tagrecall redis-acl [--apply]          the Redis users of publish and recall
+    tagrecall redis-acl [--apply | --load-function]  the Redis users of publish and recall, the recall's library
     tagrecall report --date D [--out FILE]  one HTML page about day D's run
     tagrecall profile-eval --date D [--until D2] [--top-n 1,3,5]
     tagrecall config                    print the built-in defaults as TOML
@@ -127,7 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reader", default="tagrecall-reader", help="the reader's ACL user name")
     p.add_argument("--apply", action="store_true",
                    help="run ACL SETUSER on the configured Redis, as $TAGRECALL_REDIS_ADMIN_USER with "
-                        "$TAGRECALL_REDIS_ADMIN_PASSWORD (or the URL's user); default: print ACL-file lines")
+                        "$TAGRECALL_REDIS_ADMIN_PASSWORD (or the URL's user), and load the online recall's "
+                        "library (FUNCTION LOAD REPLACE); default: print ACL-file lines")
+    p.add_argument("--load-function", action="store_true",
+                   help="only load the online recall's library, as the administrator (for users set by an ACL file)")
     add_common_options(p)
 
     p = sub.add_parser("report", help="one self-contained HTML page about day D's run")
@@ -295,9 +298,22 @@ def cmd_redis_acl(args) -> int:
     import redis
 
     from jobs.online.keys import RedisUnavailable, acl_file_line, apply_acl, connection
+    from jobs.online.redis_merge import LIBRARY, load_library
 
     config = config_from_args(args)
     pub = config.publish
+    admin = dataclasses.replace(connection(config), username=os.environ.get("TAGRECALL_REDIS_ADMIN_USER") or None,
+                                password=os.environ.get("TAGRECALL_REDIS_ADMIN_PASSWORD") or None)
+    if args.load_function:
+        client = admin.client()
+        try:
+            load_library(client)
+        except redis.RedisError as exc:
+            raise RedisUnavailable(f"redis-acl: FUNCTION LOAD on {admin!r} failed: {exc}") from None
+        finally:
+            client.close()
+        print(f"Redis library {LIBRARY} loaded on {admin!r}")
+        return 0
     names = {"writer": (args.writer, pub.password_env), "reader": (args.reader, pub.reader_password_env)}
     missing = [env for _, env in names.values() if not os.environ.get(env)]
     if missing:
@@ -307,17 +323,17 @@ def cmd_redis_acl(args) -> int:
         for role, (user, password) in users.items():
             print(acl_file_line(pub.key_prefix, role, user, password))
         return 0
-    admin = dataclasses.replace(connection(config), username=os.environ.get("TAGRECALL_REDIS_ADMIN_USER") or None,
-                                password=os.environ.get("TAGRECALL_REDIS_ADMIN_PASSWORD") or None)
     client = admin.client()
     try:
         apply_acl(client, pub.key_prefix, users)
+        load_library(client)  # FUNCTION LOAD has no key scope: the administrator's, never the writer's
     except redis.RedisError as exc:
-        raise RedisUnavailable(f"redis-acl: ACL SETUSER on {admin!r} failed: {exc}") from None
+        raise RedisUnavailable(f"redis-acl: ACL SETUSER or FUNCTION LOAD on {admin!r} failed: {exc}") from None
     finally:
         client.close()
     print(f"Redis users {args.writer} (writer) and {args.reader} (reader) set on {admin!r} under "
-          f"{pub.key_prefix}:*; set ${pub.username_env} and ${pub.reader_username_env} to use them")
+          f"{pub.key_prefix}:*, library {LIBRARY} loaded; set ${pub.username_env} and "
+          f"${pub.reader_username_env} to use them")
     return 0
 
 

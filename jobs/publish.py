@@ -6,9 +6,11 @@
    of another day, whose clean-up would delete this one's keys while they are written. A
    daemon thread renews it (it lapses LOCK_TTL_SEC after a killed publish); a publish
    waits up to LOCK_WAIT_SEC for it, then stops with PublishLocked.
-   Under the lock, load the online recall's Redis function (jobs/online/redis_merge.py:
-   FUNCTION LOAD REPLACE of the versioned library ``tagrecall_v<N>``), before any key is
-   written: a writer whose ACL lacks ``+function|load`` stops here with what to do.
+   Under the lock, check that Redis holds this build's library of the online recall's
+   function (jobs/online/redis_merge.py, ``tagrecall_v<N>``; a probe FCALL_RO). Publish
+   never loads it (FUNCTION LOAD has no key scope, so the writer may not run it): when it
+   is missing, publish logs a warning naming ``tagrecall redis-acl --apply``, which loads it
+   as an administrator, and goes on; until then the recall merges in Python.
 3. Name a new version ``D@<epoch ms>`` and add it to ``p:versions`` before writing, so a
    publish killed half-way leaves keys that the next publish finds and deletes.
 4. Write every user's tags and every tag's articles as sorted sets from the Spark
@@ -58,7 +60,7 @@ from jobs.online.keys import (
     connection,
     redis_url,
 )
-from jobs.online.redis_merge import load_library
+from jobs.online.redis_merge import library_status
 from jobs.transforms.tag_lists import global_tags
 from schemas.config import Config, redact_url
 
@@ -254,6 +256,20 @@ def skip_reason(_spark, config: Config, _date: dt.date) -> str | None:
     return None if redis_url(config) else NOT_CONFIGURED
 
 
+def refuse_unservable_scores(index: DataFrame, day: str) -> None:
+    """ValueError naming the tag and article of scores that are negative or not finite: the
+    online recall's merge in Redis bounds its window on scores >= 0 (jobs/online/redis_merge.py),
+    and ZADD cannot hold NaN."""
+    score = F.col("score")
+    bad = score.isNull() | F.isnan(score) | (score < 0) | (score == float("inf"))  # NaN < 0 is false
+    rows = index.filter(bad).select("tag", "article_id", "score").orderBy("tag", "article_id").limit(4).collect()
+    if rows:
+        shown = "; ".join(f"tag {r['tag']!r}, article {r['article_id']!r}: {r['score']}" for r in rows[:3])
+        raise ValueError(f"publish {day}: tag_index holds scores that are negative or not finite ({shown}"
+                         f"{'; and more' if len(rows) > 3 else ''}); the online recall needs finite scores "
+                         f">= 0. Nothing was written: fix the index step's ranking and re-run index for {day}")
+
+
 def expected_counts(served: DataFrame, index: DataFrame) -> tuple[dict[str, int], str]:
     """What Redis must receive (keys and members of each kind) and the model the export
     used: one pass over each table."""
@@ -291,13 +307,16 @@ def publish_version(spark: SparkSession, config: Config, client, day: str, wh: W
     """Write D's tables as a new version, check the counts, switch, clean up (module docstring)."""
     conn, keys = connection(config), Keys(config.publish.key_prefix)
     served, index = wh.read_partition("user_top_tags", day), wh.read_partition("tag_index", day)
+    refuse_unservable_scores(index, day)
     expected, model_version = expected_counts(served, index)
     fallback = global_tags(wh.read_partition("tag_stats", day), config.export.top_n)
     users, tags = sorted_sets(served, index)
     lock = PublishLock(client, keys, f"publish {day}")
     lock.acquire(LOCK_WAIT_SEC)
     try:
-        load_library(client)  # before any key is written: a writer refused FUNCTION LOAD costs nothing
+        missing = library_status(client)
+        if missing:
+            log.warning("publish %s: the online recall will merge in Python, not in Redis: %s", day, missing)
         return _write_and_switch(spark, client, conn, keys, lock, day, (users, tags, fallback),
                                  expected, model_version, config.publish.pipeline_size, config.recall.merge)
     finally:

@@ -17,6 +17,7 @@ redis = pytest.importorskip("redis")
 from jobs import publish  # noqa: E402
 from jobs.online import keys as redis_keys  # noqa: E402
 from jobs.online import recall  # noqa: E402
+from jobs.online.redis_merge import load_library  # noqa: E402
 
 
 def _config(base: Path, url: str, **publish_settings):
@@ -56,6 +57,7 @@ def test_publish_loads_every_row_and_recall_merges_as_documented(spark, exported
     config = _config(base, redis_server())
     report = publish.run(spark, config, dates[-1])
     client = redis_keys.connect(config)
+    load_library(client)  # the administrator's step (tagrecall redis-acl --apply); the tests' default user
     keys = redis_keys.Keys(config.publish.key_prefix)
     version = client.get(keys.current)
     assert version == report["version"] and version.startswith(day + "@")
@@ -73,7 +75,7 @@ def test_publish_loads_every_row_and_recall_merges_as_documented(spark, exported
     # The recall of a user with tags, merged by the documented score.
     user = max(expected, key=lambda u: len(expected[u]))
     got = recall.recall(client, user, k=30, prefix=config.publish.key_prefix)
-    assert got.source == "user" and got.tags == expected[user]
+    assert got.source == "user" and got.tags == expected[user] and got.merged_in == "redis"
     assert [a for a, _, _ in got.articles] == _expected_recall(base, day, expected[user], 30)
     # A user the export never saw gets the global list: the most clicked tags of tag_stats.
     stats = _pd(base, "tag_stats", day).sort_values(["clicks", "tag"], ascending=[False, True])
@@ -95,6 +97,7 @@ def test_spark_evaluation_recalls_what_the_online_recall_returns(spark, exported
     config = _config(base, redis_server())
     publish.run(spark, config, dates[-1])
     client = redis_keys.connect(config)
+    load_library(client)
     wh = Warehouse(spark, config)
     users = sorted(_expected_tags(base, day))[:40]
     articles = sorted(pd.read_parquet(base / "warehouse" / "tag_index" / f"dt={day}").article_id.unique())
@@ -349,8 +352,10 @@ def test_the_online_recall_merges_as_the_published_version_was_configured(spark,
     config = config.replace(recall=dataclasses.replace(config.recall, merge="probability"))
     publish.run(spark, config, dates[-1])
     client = redis_keys.connect(config)
+    load_library(client)
     user, tags = sorted(_expected_tags(base, day).items())[0]
     got = recall.recall(client, user, k=30, prefix=config.publish.key_prefix)
+    assert got.merged_in == "redis"
     index = _pd(base, "tag_index", day)
     total: dict[str, float] = {}
     for tag, rank in tags:
@@ -361,3 +366,17 @@ def test_the_online_recall_merges_as_the_published_version_was_configured(spark,
     assert got.merge == "probability"
     assert [a for a, _, _ in got.articles] == expected
     assert expected != _expected_recall(base, day, tags, 30), "the two merges must differ for this test to mean anything"
+
+
+@pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf"), float("-inf")])
+def test_publish_refuses_scores_the_online_recall_cannot_merge_exactly(spark, bad):
+    """The merge in Redis bounds its window on scores >= 0 (and ZADD holds no NaN): publish
+    stops before writing, naming the tag and the article."""
+    from schemas.tables import TAG_INDEX
+
+    index = spark.createDataFrame([("t1", 1, "a1", 0.5, 1.0, 1.0, 1.0), ("t:2", 1, "a:9", bad, 1.0, 1.0, 1.0),
+                                   ("t3", 1, "a3", 0.0, 1.0, 1.0, 1.0)], TAG_INDEX)
+    with pytest.raises(ValueError, match=r"tag_index holds scores that are negative or not finite "
+                                         r"\(tag 't:2', article 'a:9': .*re-run index for 2026-09-01"):
+        publish.refuse_unservable_scores(index, "2026-09-01")
+    publish.refuse_unservable_scores(index.filter("tag != 't:2'"), "2026-09-01")  # 0 and up pass

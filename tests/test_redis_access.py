@@ -21,6 +21,8 @@ redis = pytest.importorskip("redis")
 
 from jobs import publish  # noqa: E402
 from jobs.online import keys as redis_keys  # noqa: E402
+from jobs.online import recall as online  # noqa: E402
+from jobs.online import redis_merge  # noqa: E402
 from jobs.online.recall import recall  # noqa: E402
 
 SAFE = set(string.ascii_letters + string.digits + "-._~@%")
@@ -87,12 +89,21 @@ def _acl_users(monkeypatch, url: str) -> None:
 
 
 def test_publish_as_the_writer_and_recall_as_the_reader_with_no_more_than_they_need(
-        spark, tmp_path, redis_server, monkeypatch):
+        spark, tmp_path, redis_server, monkeypatch, caplog):
     url = redis_server()  # the default user administers
     config, tags_of, articles = _day(spark, tmp_path, url)
-    _acl_users(monkeypatch, url)
+    _acl_users(monkeypatch, url)  # the users only: the recall's library is not loaded
     day = dt.date.fromisoformat(DAY)
-    first = publish.run(spark, config, day)
+    with caplog.at_level("WARNING", logger="jobs.publish"):
+        first = publish.run(spark, config, day)  # warns, naming what loads the library, and publishes
+    assert first["status"] == "succeeded"
+    assert "merge in Python" in caplog.text and "tagrecall redis-acl --apply" in caplog.text
+    online.reset_fallbacks()
+    reader = redis_keys.connect(config, "reader")
+    assert recall(reader, USERS[0], prefix="tagrecall").merged_in == "python"
+    online.reset_fallbacks()
+    redis_merge.load_library(redis.Redis.from_url(url))  # what `tagrecall redis-acl --apply` does
+    assert recall(reader, USERS[0], prefix="tagrecall").merged_in == "redis"
     second = publish.run(spark, config, day)  # the writer also deletes old versions...
     assert publish.run(spark, config, day, rollback=True)["current"] == first["version"]  # ...and rolls back
     writer, reader = redis_keys.connect(config), redis_keys.connect(config, "reader")
@@ -136,9 +147,19 @@ def test_the_acl_command_prints_hashed_rules_and_applies_them(redis_server, tmp_
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and all("secret" not in line for line in lines)
     assert lines[1].startswith("user tagrecall-reader reset on %R~tagrecall:* ") and "+zrange" in lines[1]
+    assert redis_merge.library_status(redis.Redis.from_url(url, decode_responses=True)) is not None
     assert main(["redis-acl", "--apply", *common]) == 0
     as_reader = redis.Redis.from_url(url, username="tagrecall-reader", password="r-secret", decode_responses=True)
     assert as_reader.ping()
+    assert redis_merge.library_status(as_reader) is None  # --apply loaded the recall's library
+    as_writer = redis.Redis.from_url(url, username="tagrecall-writer", password="w-secret", decode_responses=True)
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        redis_merge.load_library(as_writer)
+    # --load-function loads it alone (users set from an ACL file), as the administrator.
+    as_writer.close()
+    redis.Redis.from_url(url).function_flush()
+    assert main(["redis-acl", "--load-function", *common]) == 0
+    assert redis_merge.library_status(as_reader) is None
     with pytest.raises(redis.exceptions.NoPermissionError):
         as_reader.set("tagrecall:current", "x")
     # The printed lines are the same rules, and their hashes are the passwords'.

@@ -15,7 +15,8 @@ Key layout (``p`` = publish.key_prefix; a version is one publish of one day, ``D
                                merge's denominators; versions published before it lack it)
 
 The online recall's merge runs in Redis as the function of jobs/online/redis_merge.py,
-which ``publish`` loads (FUNCTION LOAD REPLACE, library ``tagrecall_v<N>``).
+which an administrator loads (``tagrecall redis-acl --apply``: FUNCTION LOAD REPLACE,
+library ``tagrecall_v<N>``) and ``publish`` only checks for.
 
 A user id or a tag in a key is percent-encoded (:func:`escape`): every character but
 letters, digits and ``-._~@`` becomes ``%XX`` of its UTF-8 bytes, ``%`` included, so ids
@@ -25,11 +26,14 @@ ids of a tag) are stored as they are.
 
 Access: ``publish`` connects as the writer, the online recall as the reader
 (:func:`connection`). :func:`acl_rules` gives each its least privilege under the prefix:
-the writer the commands publish and rollback send, on ``p:*`` keys only, and FUNCTION LOAD
-(the recall's library); the reader read-only commands on ``p:*`` keys, read-only (``%R~``)
-even if a command were added, and FCALL_RO (the recall's function, whose commands Redis
-checks against the reader's rules as if the reader sent them: GET, HGETALL, HMGET, ZRANGE,
-ZUNION, ZMSCORE, ZCARD).
+the writer the commands publish and rollback send, on ``p:*`` keys only, and FCALL_RO (the
+probe of the recall's library: read-only, and every command a function sends is checked
+against the caller's rules); the reader read-only commands on ``p:*`` keys, read-only
+(``%R~``) even if a command were added, and FCALL_RO (the recall's function, whose commands
+Redis checks against the reader's rules as if the reader sent them: GET, HGETALL, HMGET,
+ZRANGE, ZUNION, ZMSCORE, ZCARD). Neither may run a command without a key scope that reaches
+past the prefix: FUNCTION LOAD (which could replace another application's library, and
+write through it) is the administrator's, run by ``tagrecall redis-acl --apply``.
 ``tagrecall redis-acl`` prints them as ACL-file lines or applies them.
 """
 
@@ -106,7 +110,7 @@ ROLES = ("writer", "reader")
 # filter it by the key pattern.
 COMMANDS = {
     "writer": ("ping", "select", "get", "set", "exists", "sadd", "srem", "smembers", "zadd", "zcard", "hset",
-               "del", "unlink", "scan", "watch", "unwatch", "multi", "exec", "discard", "hlen", "function|load"),
+               "del", "unlink", "scan", "watch", "unwatch", "multi", "exec", "discard", "hlen", "fcall_ro"),
     "reader": ("ping", "select", "get", "exists", "hgetall", "zrange", "multi", "exec", "discard", "fcall_ro",
                "hmget", "zunion", "zmscore", "zcard"),
 }

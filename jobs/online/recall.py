@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 
 from jobs.online import redis_merge
@@ -39,6 +40,12 @@ from schemas.config import RECALL_MERGES
 log = logging.getLogger(__name__)
 
 ROUND = 9
+# Where the function cannot run for a reason that lasts (no library, a reader's rules without
+# a command it sends), a process merges in Python for this long before trying it again, so a
+# request does not pay a failing FCALL_RO first; and it repeats its warning, with how many
+# requests merged in Python since, this often.
+FALLBACK_RETRY_SEC = 30.0
+FALLBACK_LOG_SEC = 60.0
 
 
 MERGES = RECALL_MERGES
@@ -53,6 +60,7 @@ class Recalled:
     tags: list[tuple[str, int]] = field(default_factory=list)  # (tag, rank)
     articles: list[tuple[str, float, list[str]]] = field(default_factory=list)  # (article, score, via tags)
     merge: str = "rank_sum"
+    merged_in: str = "redis"  # "redis" (the function) or "python" (merge(), the fallback)
 
 
 def normalised(items: list[tuple[str, float]]) -> list[tuple[str, float]]:
@@ -111,26 +119,40 @@ def recall(client, user_id: str, k: int = 100, prefix: str = "tagrecall", attemp
     (jobs/online/redis_merge.py). Users without a published list get the version's global
     tags. Raises LookupError when nothing has been published.
 
-    Where the function cannot run (its library is not loaded: nothing was published by this
-    release yet; the reader's ACL lacks ``+fcall_ro``: re-apply ``tagrecall redis-acl``; a
-    rank past its weight table) the recall reads the lists and merges in Python
-    (:func:`recall_python`, same answer, slower) and logs why, once per process and reason."""
+    Where the function cannot run (its library is not loaded: run ``tagrecall redis-acl
+    --apply``; the reader's rules lack ``+fcall_ro`` or a command the function sends:
+    re-apply them; a rank past its weight table) the recall reads the lists and merges in
+    Python (:func:`recall_python`, same answer, slower, ``merged_in="python"``) and logs
+    why: at the first such request, then every FALLBACK_LOG_SEC with a count. A missing
+    library or permission is remembered for FALLBACK_RETRY_SEC per server and user."""
     import redis
 
+    server = _server(client, prefix)
+    skipped = _SKIP_REDIS.get(server)
+    if skipped and time.monotonic() < skipped[0]:
+        _fall_back(skipped[1])
+        return recall_python(client, user_id, k, prefix, attempts)
+    lasting = True
     try:
         return recall_in_redis(client, user_id, k, prefix)
     except redis.exceptions.NoPermissionError as exc:
-        _fall_back(f"the Redis user may not run FCALL_RO ({exc}): re-apply the reader's rules "
-                   "(`tagrecall redis-acl --apply`)")
+        reason = f"the Redis user may not run the recall's function ({exc})"
+        if "redis-acl" not in str(exc):
+            reason += ": re-apply the reader's rules (`tagrecall redis-acl --apply`)"
     except redis.ResponseError as exc:
         text = str(exc)
         if "Function not found" in text:
-            _fall_back(f"Redis holds no library {redis_merge.LIBRARY} (publish loads it: publish once with "
-                       "this release)")
+            reason = f"Redis holds no library {redis_merge.LIBRARY}: run {redis_merge.LOAD_COMMAND}"
+        elif "can't run this command" in text:  # a library without its own check (NOPERM)
+            reason = (f"the Redis user may not run a command the function sends ({text}): re-apply the "
+                      "reader's rules (`tagrecall redis-acl --apply`)")
         elif "beyond the library's weights" in text:
-            _fall_back(text)
+            reason, lasting = text, False  # this user's ranks only
         else:
             raise
+    if lasting:
+        _SKIP_REDIS[server] = (time.monotonic() + FALLBACK_RETRY_SEC, reason)
+    _fall_back(reason)
     return recall_python(client, user_id, k, prefix, attempts)
 
 
@@ -153,13 +175,33 @@ def recall_in_redis(client, user_id: str, k: int = 100, prefix: str = "tagrecall
     return Recalled(version, date, user_id, source, tags, articles, method)
 
 
-_FALLBACKS_LOGGED: set[str] = set()
+_SKIP_REDIS: dict[tuple, tuple[float, str]] = {}  # (server, user, prefix) -> (retry after, reason)
+_FALLBACKS: dict[str, list] = {}  # reason -> [requests merged in Python since the warning, its time]
+
+
+def _server(client, prefix: str) -> tuple:
+    kw = client.connection_pool.connection_kwargs
+    return kw.get("host"), kw.get("port"), kw.get("path"), kw.get("db"), kw.get("username"), prefix
 
 
 def _fall_back(reason: str) -> None:
-    if reason not in _FALLBACKS_LOGGED:
-        _FALLBACKS_LOGGED.add(reason)
+    now = time.monotonic()
+    seen = _FALLBACKS.setdefault(reason, [0, None])
+    seen[0] += 1
+    if seen[1] is None:
         log.warning("recall: merging in Python, not in Redis: %s", reason)
+    elif now - seen[1] >= FALLBACK_LOG_SEC:
+        log.warning("recall: merging in Python, not in Redis (%d request(s) in the last %.0f s): %s",
+                    seen[0], now - seen[1], reason)
+    else:
+        return
+    seen[:] = [0, now]
+
+
+def reset_fallbacks() -> None:
+    """Forget the reasons seen (the next request tries the function and warns again)."""
+    _SKIP_REDIS.clear()
+    _FALLBACKS.clear()
 
 
 def recall_python(client, user_id: str, k: int = 100, prefix: str = "tagrecall", attempts: int = 3) -> Recalled:
@@ -186,12 +228,13 @@ def recall_python(client, user_id: str, k: int = 100, prefix: str = "tagrecall",
         lists = dict(zip([t for t, _ in tags], pipe.execute(), strict=True))
         if not client.exists(keys.meta(version)):
             continue
-        return Recalled(version, meta.get("date", ""), user_id, source, tags, merge(tags, lists, k, method), method)
+        return Recalled(version, meta.get("date", ""), user_id, source, tags, merge(tags, lists, k, method), method,
+                        "python")
     raise RuntimeError(f"recall for {user_id}: the published version changed {attempts} times while reading")
 
 
 def format_recall(r: Recalled, rows: int = 20) -> str:
-    lines = [f"user {r.user_id}: version {r.version} (day {r.date}, merge {r.merge}), "
+    lines = [f"user {r.user_id}: version {r.version} (day {r.date}, merge {r.merge}, merged in {r.merged_in}), "
              f"{'own tags' if r.source == 'user' else 'no list for this user: the global tags'}",
              "tags: " + ", ".join(f"{rank}. {tag}" for tag, rank in r.tags),
              f"{len(r.articles)} articles; the first {min(rows, len(r.articles))}:",

@@ -1,12 +1,21 @@
 """The online recall as a Redis function: the merge of jobs/online/recall.py run by the server.
 
-``publish`` (the writer) loads the library with ``FUNCTION LOAD REPLACE`` before it writes a
-version; the online recall (the reader) calls it with ``FCALL_RO``. One call reads
+An administrator loads the library (``FUNCTION LOAD REPLACE``, :func:`load_library`, run by
+``tagrecall redis-acl --apply`` or ``tagrecall redis-acl --load-function``): FUNCTION LOAD has
+no key scope, and a user allowed it could replace any other application's library on the
+server, so neither the writer nor the reader may run it. ``publish`` (the writer) only checks
+that this build's library is there (:func:`library_status`, a probe ``FCALL_RO`` with no
+keys) and warns, naming the command that loads it, when it is not; the online recall (the
+reader) calls it with ``FCALL_RO``. One call reads
 ``p:current``, the version's meta, the user's tags (or the global list) and the tags' lists,
 merges them and returns the top k: a function runs atomically, so the answer is all of one
 version, in one round trip, and k articles cross the network instead of the user's 20 x 200.
 The library's name carries ``VERSION`` (``tagrecall_v1``, function ``tagrecall_recall_v1``):
-a release that changes the function bumps it, so readers of the release before keep theirs.
+a release that changes the function bumps it, so readers of the release before keep theirs;
+tests/test_redis_merge.py pins the SHA-256 of :func:`library_source` to ``VERSION``, so a
+change to the source without a bump fails there. The source also carries its own id (the
+SHA-256 of the rest of it), which the probe returns, so publish notices a library of the
+same name from another build.
 
 How, with ``merge()``'s answer to the bit (tests/test_redis_merge.py checks it against
 ``merge()`` on random lists, every merge, ties included):
@@ -19,8 +28,10 @@ How, with ``merge()``'s answer to the bit (tests/test_redis_merge.py checks it a
    dividing by the tag's sum as ``math.fsum`` gives it (stored by publish in
    ``p:v:<version>:sums``; a version without it is summed here, by a port of CPython's
    fsum). The window widens until the union below it, whose ZUNION scores are at most the
-   window's lowest, cannot reach the k-th rounded score (scores are index scores, >= 0, so
-   ZUNION's error is a few ulps of the score).
+   window's lowest, cannot reach the k-th rounded score. That bound holds for scores >= 0
+   (ZUNION's error is then a few ulps of the sum); publish refuses negative and non-finite
+   index scores, and where a list's lowest score is negative anyway (``ZRANGE key 0 0``) the
+   function scores the whole union, so the answer is exact for any finite scores.
 3. Rank weights ``1 / log2(1 + rank)`` are written into the library from Python's floats
    (Lua has no ``log2`` equal to the last bit), ranks 1 to ``MAX_RANK``; a deeper rank
    makes the function refuse, and the client merges in Python.
@@ -44,12 +55,17 @@ come back as one string each (:func:`unpack`): redis-py without hiredis parses a
 Who may run it: ``FCALL_RO`` of a function flagged ``no-writes`` is read-only; Redis checks
 every command the function sends against the caller's ACL as if the caller had sent it, so
 the reader of ``tagrecall redis-acl`` needs ``+fcall_ro`` and the read commands it sends
-(GET, HGETALL, HMGET, ZRANGE, ZUNION, ZMSCORE, ZCARD), and still writes nothing; the writer
-needs ``+function|load``. Standalone Redis only: the function reads keys it learns from the
-pointer, which Redis Cluster would refuse (they are not declared in KEYS).
+(:data:`COMMANDS_SENT`), and still writes nothing. The function checks them first
+(``redis.acl_check_cmd``) and answers ``NOPERM`` naming the missing one, which redis-py
+raises as NoPermissionError and the recall takes as a reason to merge in Python (Redis's own
+error, mid-function, is a plain ResponseError). The writer needs ``+fcall_ro`` for the probe
+only. Standalone Redis only (flag ``no-cluster``): the function reads keys it learns from
+the pointer, which Redis Cluster would refuse (they are not declared in KEYS).
 """
 
 from __future__ import annotations
+
+import hashlib
 
 from jobs.online.weights import rank_weight
 
@@ -58,11 +74,32 @@ LIBRARY = f"tagrecall_v{VERSION}"
 FUNCTION = f"tagrecall_recall_v{VERSION}"
 MAX_RANK = 1000  # export.top_n is 20; deeper ranks are merged in Python
 MASK_BITS = 50
+# The commands the function sends, as redis.acl_check_cmd checks them (a key under the prefix
+# stands for each key): the reader's rules must allow every one.
+COMMANDS_SENT = ("GET", "HGETALL", "ZRANGE", "HMGET", "ZUNION", "ZMSCORE", "ZCARD")
+LOAD_COMMAND = "tagrecall redis-acl --apply (or --load-function), as an administrator"
 
 _SOURCE = r"""#!lua name=@LIBRARY@
 
 local W = {@WEIGHTS@}
 local MASK_BITS = @MASK_BITS@
+local SOURCE_ID = "@SOURCE_ID@"
+
+-- Each command the function sends, checked against the caller's rules up front: Redis's own
+-- refusal mid-function is a plain error, this one is NOPERM (redis-py: NoPermissionError).
+local function refused(key)
+  local probes = {
+    {"GET", key}, {"HGETALL", key}, {"ZRANGE", key, "0", "0"}, {"HMGET", key, "f"},
+    {"ZUNION", "1", key}, {"ZMSCORE", key, "m"}, {"ZCARD", key},
+  }
+  for _, p in ipairs(probes) do
+    if not redis.acl_check_cmd(unpack(p)) then
+      return redis.error_reply("NOPERM tagrecall: the reader may not run " .. p[1] ..
+        " on " .. key .. "; re-apply `tagrecall redis-acl --apply`")
+    end
+  end
+  return nil
+end
 
 -- jobs/online/keys.py escape(): percent-encode every byte but letters, digits and -._~@
 local function escape(s)
@@ -165,6 +202,10 @@ local function pack_tags(tags)
 end
 
 local function recall(keys, args)
+  -- the probe (FCALL_RO with no keys): which library, which build
+  if #keys == 0 then return {"@LIBRARY@", SOURCE_ID} end
+  local denied = refused(keys[1])
+  if denied then return denied end
   local prefix, user, k = args[1], args[2], tonumber(args[3])
   local version = redis.call("GET", keys[1])
   if not version then return {} end
@@ -228,6 +269,13 @@ local function recall(keys, args)
   end
   local union = redis.call(unpack(zargs))
   local nu = #union
+  -- The window's bound assumes scores >= 0 (publish refuses others): with a negative score in
+  -- any list, ZUNION's sums may cancel far from merge()'s, so every member is scored.
+  local whole = false
+  for t = 1, ntags do
+    local lowest = redis.call("ZRANGE", ks[t], 0, 0, "WITHSCORES")
+    if lowest[2] and tonumber(lowest[2]) < 0 then whole = true; break end
+  end
 
   -- merge()'s score of each candidate: its terms added tag by tag in rank order
   local score, scored, masks = {}, {}, {}
@@ -270,6 +318,7 @@ local function recall(keys, args)
     local out = {}
     if want <= 0 then return out end
     local lo, size = nu + 1, want + 1
+    if whole then size = nu + 1 end
     while true do
       local cnt, from = 0, lo
       for i = lo, nu do if not skip[union[i]] then cnt = cnt + 1 end end
@@ -364,20 +413,50 @@ local function recall(keys, args)
   return {version, date, method, source, pack_tags(tags), table.concat(out)}
 end
 
-redis.register_function{function_name = "@FUNCTION@", callback = recall, flags = {"no-writes"}}
+redis.register_function{function_name = "@FUNCTION@", callback = recall, flags = {"no-writes", "no-cluster"}}
 """
 
 
-def library_source() -> str:
-    """The library's Lua source, its rank weights written from Python's floats."""
+def _source_without_id() -> str:
     weights = ", ".join(repr(rank_weight(r)) for r in range(1, MAX_RANK + 1))
     return (_SOURCE.replace("@LIBRARY@", LIBRARY).replace("@FUNCTION@", FUNCTION)
             .replace("@WEIGHTS@", weights).replace("@MASK_BITS@", str(MASK_BITS)))
 
 
+def source_id() -> str:
+    """This build's library id: the first 16 hex digits of the SHA-256 of its source."""
+    return hashlib.sha256(_source_without_id().encode()).hexdigest()[:16]
+
+
+def library_source() -> str:
+    """The library's Lua source, its rank weights written from Python's floats."""
+    return _source_without_id().replace("@SOURCE_ID@", source_id())
+
+
 def load_library(client) -> None:
-    """FUNCTION LOAD REPLACE of this version's library (the writer: ``+function|load``)."""
+    """FUNCTION LOAD REPLACE of this version's library, on an administrator's client: no
+    tagrecall user may run FUNCTION LOAD (it has no key scope)."""
     client.function_load(library_source(), replace=True)
+
+
+def library_status(client) -> str | None:
+    """None when Redis holds this build's library, else what is wrong and what to run: a
+    probe FCALL_RO with no keys, which the writer's and the reader's rules allow."""
+    import redis
+
+    try:
+        name, loaded = (x.decode() if isinstance(x, bytes) else x for x in client.fcall_ro(FUNCTION, 0))
+    except redis.exceptions.NoPermissionError as exc:
+        return (f"the Redis user may not run FCALL_RO ({exc}); run {LOAD_COMMAND}, which also "
+                f"sets the users' rules")
+    except redis.ResponseError as exc:
+        if "Function not found" not in str(exc):
+            raise
+        return f"Redis holds no library {LIBRARY}; run {LOAD_COMMAND}"
+    if loaded != source_id():
+        return (f"Redis holds library {name} of another build ({loaded}, this one is {source_id()}); "
+                f"run {LOAD_COMMAND}")
+    return None
 
 
 def unpack(packed: str | bytes) -> list[list[str]]:
