@@ -247,6 +247,13 @@ class Campaign:
                           "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.work)]
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         self._restart_redis()
+        # The recall's library, loaded once as the administrator would (tagrecall redis-acl
+        # --apply; publish only checks for it): the append-only file keeps it across kills.
+        import redis
+
+        from jobs.online.redis_merge import load_library
+
+        load_library(redis.Redis.from_url(self.redis_url))
 
     def _restart_redis(self) -> None:
         import redis
@@ -608,8 +615,8 @@ class Campaign:
 
 
 class RecallReader(threading.Thread):
-    """The online recall in a loop (the merge in Redis, FCALL_RO: publish loads the function, the
-    append-only file keeps it across a restart): every answer must hold the tags of the day its
+    """The online recall in a loop (the merge in Redis, FCALL_RO: the campaign loads the function at
+    the start, the append-only file keeps it across a restart): every answer must hold the tags of the day its
     version names."""
 
     def __init__(self, config, expected: dict[str, dict[str, list[str]]]):
