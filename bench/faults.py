@@ -46,8 +46,9 @@ The moments and outcomes go to <work>/faults.json. The last line is the summary,
 ``faults: 70 injected, 70 survived, 0 rows lost, 0 mixed reads``; the exit status is 1 if
 a row was lost, a read was mixed or a fault was not survived. A run that ended before its
 kill moment is reported, not counted as a fault, and drawn again over a window shrunk by a
-quarter, so that every step gets its count of faults. ``--quick`` (what the test suite
-runs): one kill per step, its moment drawn over 1.5 x the step's warm in-process time
+quarter, so that every step gets its count of faults. ``--format delta`` runs the campaign
+on Delta tables, the reader and the checks going through the Delta log (models/tables.py).
+``--quick`` (what the test suite runs, on Parquet, and on Delta for some steps): one kill per step, its moment drawn over 1.5 x the step's warm in-process time
 instead of a timed undisturbed run, the concurrent pair for ingest only, one Redis kill
 during publish, no cluster.
 
@@ -84,6 +85,7 @@ from record import append  # noqa: E402  (bench/ is on sys.path when a benchmark
 
 from jobs import evaluate, export, index, ingest, profiles, publish, tag_model, triples  # noqa: E402
 from jobs.common.session import build_session, first_tier_jit_env  # noqa: E402
+from models import tables  # noqa: E402
 from schemas.catalog import TABLES  # noqa: E402
 from schemas.config import load_config  # noqa: E402
 
@@ -108,16 +110,33 @@ def step_date(step: str, day: dt.date) -> dt.date:
     return day - dt.timedelta(days=1) if step == "evaluate" else day
 
 
-def fingerprint(path: Path) -> str | None:
-    """The rows of a partition folder as one value (order-free); None when it is absent."""
-    if not path.exists():
+FORMAT = "parquet"  # --format: the campaign's table format
+
+
+def read_day(wh: Path, table: str, day: str) -> pd.DataFrame | None:
+    """A day of a table as a reader outside Spark sees it now (a Parquet folder; a Delta
+    day through the log's current version, models/tables.py); None when it is absent."""
+    if FORMAT == "parquet":
+        path = wh / table / f"dt={day}"
+        return pq.read_table(path).to_pandas() if path.exists() else None
+    config = load_config(overrides={"storage": {"warehouse": str(wh), "format": "delta"}})
+    found = tables.partitions(config, table, [dt.date.fromisoformat(day)]).get(day)
+    if found is None:
         return None
-    df = pq.read_table(path).to_pandas().astype(str)
+    return tables.dataset([found]).to_table().to_pandas() if found.files else pd.DataFrame()
+
+
+def fingerprint(wh: Path, table: str, day: str) -> str | None:
+    """The rows of a day of a table as one value (order-free); None when it is absent."""
+    df = read_day(wh, table, day)
+    if df is None:
+        return None
+    df = df.astype(str)
     return str(pd.util.hash_pandas_object(df.sort_values(list(df.columns)).reset_index(drop=True)).sum())
 
 
 def frame(wh: Path, table: str, day: str) -> pd.DataFrame:
-    df = pq.read_table(wh / table / f"dt={day}").to_pandas()
+    df = read_day(wh, table, day)
     return df.astype(str).sort_values(list(df.columns)).reset_index(drop=True)
 
 
@@ -168,7 +187,7 @@ class Poller(threading.Thread):
         while not self.stop.is_set():
             for t in self.tables:
                 try:
-                    got = fingerprint(self.wh / t / f"dt={self.day}")
+                    got = fingerprint(self.wh, t, self.day)
                 except Exception:  # a file renamed or deleted under the read: read again
                     continue
                 self.counts["reads"] += 1
@@ -201,7 +220,8 @@ class Campaign:
 
     # -- set-up ----------------------------------------------------------------------------
     def config(self, wh: Path):
-        return load_config(str(self.conf), overrides={"storage": {"warehouse": str(wh), "raw": str(self.raw)},
+        return load_config(str(self.conf), overrides={"storage": {"warehouse": str(wh), "raw": str(self.raw),
+                                                                  "format": FORMAT},
                                                       "publish": {"redis_url": self.redis_url}})
 
     def prepare(self) -> None:
@@ -273,7 +293,8 @@ class Campaign:
     def command(self, step: str, wh: Path) -> list[str]:
         day = step_date(step, self.day).isoformat()
         return [str(Path(sys.executable).with_name("tagrecall")), step, "--date", day, "--config", str(self.conf),
-                "--warehouse", str(wh), "--raw", str(self.raw), "--set", f"publish.redis_url={self.redis_url}"]
+                "--warehouse", str(wh), "--raw", str(self.raw), "--format", FORMAT,
+                "--set", f"publish.redis_url={self.redis_url}"]
 
     def fresh(self, step: str, name: str) -> Path:
         wh = self.work / name
@@ -307,7 +328,7 @@ class Campaign:
     def expected_tags(self) -> dict[str, dict[str, list[str]]]:
         out = {}
         for day in (self.day - dt.timedelta(days=1), self.day):
-            top = pq.read_table(self.ref / "user_top_tags" / f"dt={day}").to_pandas().sort_values(["user_id", "rank"])
+            top = read_day(self.ref, "user_top_tags", day.isoformat()).sort_values(["user_id", "rank"])
             out[day.isoformat()] = {u: list(g.tag) for u, g in top.groupby("user_id")}
         return out
 
@@ -502,7 +523,7 @@ class Campaign:
         code = proc.returncode
         kept = True
         if code != 0 and step != "publish":  # a failed run leaves the tables as they were
-            kept = all(fingerprint(wh / t / f"dt={day}") == fingerprint(self.before[step] / t / f"dt={day}")
+            kept = all(fingerprint(wh, t, day) == fingerprint(self.before[step], t, day)
                        for t in tables_of(step))
         started = time.monotonic()
         if code != 0:
@@ -522,7 +543,7 @@ class Campaign:
     def reader(self, step: str, wh: Path, day: str):
         if step == "publish":
             return RecallReader(self.config(wh), self.expected_tags())
-        allowed = {t: {fingerprint(self.before[step] / t / f"dt={day}"), fingerprint(self.ref / t / f"dt={day}")}
+        allowed = {t: {fingerprint(self.before[step], t, day), fingerprint(self.ref, t, day)}
                    for t in tables_of(step)}
         return Poller(wh, tables_of(step), day, allowed)
 
@@ -601,7 +622,7 @@ class Campaign:
         print(f"faults: {injected} injected, {survived} survived, {lost} rows lost, {mixed} mixed reads")
         if not self.quick:  # the test suite's quick campaign is a test, not a benchmark run
             append("faults", {"faults_per_step": self.per_step, "redis_kills": self.redis_kills,
-                              "executor_kills": self.executor_kills},
+                              "executor_kills": self.executor_kills, "format": FORMAT},
                    {"injected": injected, "survived": survived, "rows_lost": lost, "mixed_reads": mixed})
         return 0 if not failed and lost == 0 and mixed == 0 else 1
 
@@ -666,10 +687,14 @@ def main() -> int:
                     help="SIGKILLs of redis-server, alternately during publish and during the recall loop")
     ap.add_argument("--executor-kills", type=int, default=10,
                     help="SIGKILLs of an executor of a standalone cluster, the Spark steps in turn")
+    ap.add_argument("--format", choices=("parquet", "delta"), default="parquet",
+                    help="the warehouse's table format (Delta: its readers go through the Delta log)")
     ap.add_argument("--quick", action="store_true",
                     help="one kill per step, the concurrent pair for ingest only, one Redis kill during "
                          "publish, no cluster")
     args = ap.parse_args()
+    global FORMAT
+    FORMAT = args.format
     steps = [s for s in args.steps.split(",") if s]
     unknown = sorted(set(steps) - set(STEPS))
     if unknown:

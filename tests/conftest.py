@@ -26,7 +26,7 @@ KUAIRAND = SHARED_DATA / "kuairand-pure"
 # left alone with one of them at the end. (xdist's own `--dist loadgroup` does not group
 # under pytest 9.2: it renames `item._nodeid`, which `nodeid` no longer reads.)
 SHARED_FIXTURE_GROUPS = {
-    "feed": ("test_bad_input", "test_evaluate", "test_profile_eval", "test_publish", "test_quality",
+    "feed": ("test_bad_input", "test_delta_chain", "test_evaluate", "test_profile_eval", "test_publish", "test_quality",
              "test_tag_model", "test_triples"),
     "cli": ("test_cli", "test_dags"),
 }

@@ -1,13 +1,13 @@
 """The Airflow DAG: its shape, and a real `airflow dags test` whose SparkSubmitOperator
-tasks run on a real Spark standalone cluster with a shipped environment, giving the tables
-that `tagrecall run` gives in local mode."""
+tasks run on a real Spark standalone cluster with a shipped environment, on Delta tables,
+giving the tables that `tagrecall run` gives in local mode on Parquet."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +19,8 @@ import pandas as pd
 import pytest
 
 from jobs.common.session import class_archive_option
+from models import tables
+from schemas.config import load_config
 from tests.conftest import CLI_DAY1 as DAY1
 from tests.conftest import CLI_DAY2 as DAY2
 from tests.conftest import free_port, short_jvm_env
@@ -30,7 +32,8 @@ BIN = Path(sys.executable).parent
 COMPARED = ("events", "rejected", "articles", "users", "user_tag_profile", "tag_index", "tag_stats",
             "training_triples", "user_top_tags")
 CHAIN = ("ingest", "profiles", "index", "triples", "evaluate", "train", "tag_model", "export", "publish")
-SPARK_TASKS = tuple(t for t in CHAIN if t != "train")  # train is a Python task: no Spark application
+TASKS = (*CHAIN, "vacuum")  # the chain of day D, then the Delta tables' upkeep
+SPARK_TASKS = tuple(t for t in TASKS if t != "train")  # train is a Python task: no Spark application
 
 
 # The drivers spark-submit starts map the class archive `make setup` recorded (when current).
@@ -58,8 +61,11 @@ def _dist(path: Path) -> Path:
     return path
 
 
-def _table(wh: Path, name: str, day: str) -> pd.DataFrame:
-    df = pd.read_parquet(wh / name / f"dt={day}")
+def _table(wh: Path, name: str, day: str, table_format: str) -> pd.DataFrame:
+    """A day of a table as the readers outside Spark read it (a Delta day through its log)."""
+    config = load_config(overrides={"storage": {"warehouse": str(wh), "format": table_format}})
+    found = tables.partitions(config, name, [dt.date.fromisoformat(day)])[day]
+    df = tables.dataset([found]).to_table().to_pandas()
     df = df.drop(columns=[c for c in ("model_version",) if c in df.columns])
     for c in df.columns:
         if df[c].map(lambda v: isinstance(v, list | tuple | dict) or hasattr(v, "tolist")).any():
@@ -68,9 +74,9 @@ def _table(wh: Path, name: str, day: str) -> pd.DataFrame:
     return df.sort_values(list(df.columns)).reset_index(drop=True)
 
 
-def _assert_same_tables(a: Path, b: Path, day: str) -> None:
+def _assert_same_tables(a: Path, b: Path, day: str, b_format: str = "parquet") -> None:
     for name in COMPARED:
-        left, right = _table(a, name, day), _table(b, name, day)
+        left, right = _table(a, name, day, "parquet"), _table(b, name, day, b_format)
         assert len(left) == len(right), f"{name}: {len(left)} rows vs {len(right)}"
         pd.testing.assert_frame_equal(left, right, check_exact=False, rtol=1e-9, obj=name)
 
@@ -86,8 +92,10 @@ def two_days(cli_two_days, tmp_path_factory):
 def test_dag_parses_fast_without_heavy_imports_and_has_the_chain():
     probe = ("import sys, time; t = time.perf_counter(); import runpy; "
              "runpy.run_path('dags/tagrecall_daily.py'); "
-             "heavy = [m for m in ('tensorflow', 'keras', 'pyspark', 'jobs', 'models', 'schemas.tables') "
+             "heavy = [m for m in ('tensorflow', 'keras', 'pyspark', 'models', 'schemas.tables') "
              "if m in sys.modules]; "
+             # the list of Delta's jars only: no step module, nothing that imports Spark
+             "heavy += [m for m in sys.modules if m.startswith('jobs.') and m not in ('jobs.common', 'jobs.common.delta')]; "
              "print(time.perf_counter() - t, heavy)")
     out = _run([sys.executable, "-c", probe], timeout=120).stdout.strip().splitlines()[-1]
     seconds, heavy = out.split(" ", 1)
@@ -100,7 +108,7 @@ def test_dag_parses_fast_without_heavy_imports_and_has_the_chain():
     assert bag.import_errors == {}
     dag = bag.dags["tagrecall_daily"]
     assert {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks} == {
-        a: ([b] if b else []) for a, b in zip(CHAIN, [*CHAIN[1:], None], strict=True)}
+        a: ([b] if b else []) for a, b in zip(TASKS, [*TASKS[1:], None], strict=True)}
     assert all(t.retries >= 1 and t.retry_delay.total_seconds() > 0 for t in dag.tasks)
     assert dag.get_task("profiles").depends_on_past and dag.max_active_runs == 1
     assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
@@ -206,21 +214,24 @@ def _standalone_cluster(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_airflow_runs_the_day_on_a_standalone_cluster_and_writes_what_tagrecall_run_writes(two_days, tmp_path,
-                                                                                          redis_server):
-    """`airflow dags test` of DAY2, every Spark task submitted by SparkSubmitOperator to a
-    real standalone cluster with the code as --py-files and a packed environment as
-    --archives (the DAG's TAGRECALL_ARCHIVES), publish writing to a real Redis from the
-    executors: the tables equal those of `tagrecall run` in local mode."""
+def test_airflow_runs_the_day_on_a_standalone_cluster_on_delta_and_writes_what_tagrecall_run_writes(
+        two_days, tmp_path, redis_server, delta):
+    """`airflow dags test` of DAY2 on a Delta warehouse, every Spark task submitted by
+    SparkSubmitOperator to a real standalone cluster with the code as --py-files, Delta's
+    jars as --jars and a packed environment as --archives (the DAG's TAGRECALL_ARCHIVES),
+    publish writing to a real Redis from the executors, vacuum last: the tables equal
+    those of `tagrecall run` in local mode on Parquet."""
     base, dist = two_days
     archive, used = _packed_env(tmp_path)
     wh = tmp_path / "warehouse"
-    shutil.copytree(base / "day1", wh)
+    # DAY1 on Delta, as `tagrecall run` in local mode writes it (the state DAY2 starts from).
+    _run([BIN / "tagrecall", "run", "--date", DAY1, "--format", "delta", "--warehouse", wh, "--raw", base / "raw"])
     with _standalone_cluster(tmp_path) as (port, work):
         env = {"AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
                "AIRFLOW_CONN_TAGRECALL_SPARK": json.dumps({"conn_type": "spark", "host": "spark://127.0.0.1",
                                                            "port": port}),
                "AIRFLOW_VAR_TAGRECALL_WAREHOUSE": str(wh), "AIRFLOW_VAR_TAGRECALL_RAW": str(base / "raw"),
+               "AIRFLOW_VAR_TAGRECALL_FORMAT": "delta",
                "AIRFLOW_VAR_TAGRECALL_PY_FILES": str(dist), "TAGRECALL_DRIVER_JAVA_OPTIONS": DRIVER_JAVA_OPTIONS,
                "TAGRECALL_ARCHIVES": f"{archive}#environment", "TAGRECALL_REDIS_URL": redis_server(),
                "SPARK_LOCAL_IP": "127.0.0.1"}
@@ -231,7 +242,8 @@ def test_airflow_runs_the_day_on_a_standalone_cluster_and_writes_what_tagrecall_
         print(f"airflow dags test on the standalone cluster: {time.monotonic() - started:.0f}s")
         apps = list(work.glob("app-*"))
     assert "DagRun Finished" in done.stdout + done.stderr
-    _assert_same_tables(base / "local", wh, DAY2)
+    _assert_same_tables(base / "local", wh, DAY2, "delta")
+    assert (wh / "events" / "_delta_log").is_dir() and not (base / "local" / "events" / "_delta_log").exists()
     runs = wh / "_runs"
     evaluated = json.loads((runs / "evaluate" / f"{DAY1}.json").read_text())
     assert evaluated["status"] in ("succeeded", "skipped")

@@ -39,10 +39,17 @@ DELTA_SPARK = "io.delta:delta-spark_4.2_2.13:4.4.0"
 DELTA_HOME_DEFAULT = Path(sys.prefix) / "share" / "tagrecall" / "delta"
 MANIFEST = "manifest.json"
 FETCH_COMMAND = "tagrecall delta-jars"
-# The session settings that make a session Delta's (its SQL and its catalog).
+# The session settings that make a session Delta's (its SQL and its catalog), and one of
+# its tuning: a table's state (the files of its current version) is rebuilt from the log by
+# a Spark job of this many tasks at each new version. Delta's default, 50, made each commit
+# and read of a small day cost some 3x more on 2 cores (12 writes of a day: 68 s against
+# 22 s, bench notes in docs/how-to/delta.md); tagrecall's logs hold one commit per day and
+# table, a few files each. A cluster with tables of many thousand files may set it higher
+# (spark.conf."spark.databricks.delta.snapshotPartitions").
 DELTA_SESSION_SETTINGS = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+    "spark.databricks.delta.snapshotPartitions": "1",
 }
 
 

@@ -136,6 +136,8 @@ def session_builder(config: Config, app_name: str, *, set_master: bool):
     if set_master:
         builder = builder.master(config.spark.master)
         settings["spark.driver.memory"] = config.spark.driver_memory
+    if config.storage.format == "delta":
+        settings.update(DELTA_SESSION_SETTINGS)
     settings.update(config.spark.conf)
     if set_master:
         # The driver JVM starts here. It logs Spark's warnings and errors only (no start-up
@@ -156,17 +158,16 @@ def session_builder(config: Config, app_name: str, *, set_master: bool):
 
 
 def _with_delta(builder, config: Config, with_jars: bool):
-    """Delta's SQL extension and catalog, and with ``with_jars`` (the driver JVM starts
-    here) the jars `tagrecall delta-jars` fetched on spark.jars, beside any the user gives
-    there. Under spark-submit the driver has started: the jars come with --jars."""
+    """With ``with_jars`` (the driver JVM starts here) the jars `tagrecall delta-jars`
+    fetched, on spark.jars beside any the user gives there (Delta's SQL settings are in the
+    builder's settings already). Under spark-submit the driver has started: the jars come
+    with --jars."""
     from jobs.common import delta
 
     if with_jars:
         listed = [str(j) for j in delta.jars()]
         own = config.spark.conf.get("spark.jars", "")
         builder = builder.config("spark.jars", ",".join([*listed, *filter(None, own.split(","))]))
-    for key, value in DELTA_SESSION_SETTINGS.items():
-        builder = builder.config(key, value)
     return builder
 
 
