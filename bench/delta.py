@@ -107,7 +107,7 @@ def ingest_at(spark, base, out: Path, size: int, repeat: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--days", type=int, default=4)
+    parser.add_argument("--days", type=int, default=4, help="days of the demo's feed (0: skip part 1)")
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--ingest-size", default="10m")
     parser.add_argument("--repeat", type=int, default=3)
@@ -120,6 +120,19 @@ def main() -> int:
                                   "storage": {"format": "delta", "warehouse": str(out / "warehouse")}})
     spark = build_session(base, "tagrecall-bench-delta")
     spark.sparkContext.setLogLevel("ERROR")
+    if args.days > 0:
+        demo_part(spark, base, out, args)
+    size = parse_size(args.ingest_size) if args.ingest_size not in ("0", "") else 0
+    if size:
+        r = ingest_at(spark, base, out, size, args.repeat)
+        print(f"\ningest of {size:,} events (medians of {args.repeat}): bare copy {r['bare_s']:.1f}s, "
+              f"parquet {r['parquet_s']:.1f}s, delta {r['delta_s']:.1f}s: delta/parquet {r['delta_over_parquet']:.2f}, "
+              f"delta/bare {r['delta_over_bare']:.2f}")
+        append("delta", {"events": size_label(size), "repeat": args.repeat}, r, note="ingest, Delta against Parquet")
+    return 0
+
+
+def demo_part(spark, base, out: Path, args) -> None:
     rows = demo_chain(spark, base, out, args.days, args.users, args.repeat)
     print(f"\nthe demo's feed ({args.users:,} users, {args.days} days), median seconds per step:")
     print(f"{'step':<10}{'parquet':>9}{'delta':>9}{'ratio':>7}   {'re-run: parquet':>16}{'delta':>9}{'ratio':>7}")
@@ -132,14 +145,6 @@ def main() -> int:
     append("delta", {"users": size_label(args.users), "days": args.days, "repeat": args.repeat},
            {**{f"{s}_{k}": v for s, r in rows.items() for k, v in r.items()}, **total},
            note="demo feed, data steps, Delta against Parquet in one session")
-    size = parse_size(args.ingest_size) if args.ingest_size not in ("0", "") else 0
-    if size:
-        r = ingest_at(spark, base, out, size, args.repeat)
-        print(f"\ningest of {size:,} events (medians of {args.repeat}): bare copy {r['bare_s']:.1f}s, "
-              f"parquet {r['parquet_s']:.1f}s, delta {r['delta_s']:.1f}s: delta/parquet {r['delta_over_parquet']:.2f}, "
-              f"delta/bare {r['delta_over_bare']:.2f}")
-        append("delta", {"events": size_label(size), "repeat": args.repeat}, r, note="ingest, Delta against Parquet")
-    return 0
 
 
 if __name__ == "__main__":

@@ -123,7 +123,7 @@ def read_day(wh: Path, table: str, day: str) -> pd.DataFrame | None:
     found = tables.partitions(config, table, [dt.date.fromisoformat(day)]).get(day)
     if found is None:
         return None
-    return tables.dataset([found]).to_table().to_pandas() if found.files else pd.DataFrame()
+    return tables.read(config, found).to_pandas()
 
 
 def fingerprint(wh: Path, table: str, day: str) -> str | None:

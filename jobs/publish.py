@@ -375,6 +375,10 @@ def run(spark: SparkSession | None, config: Config, date: dt.date, rollback: boo
     day = date.isoformat()
     where = redact_url(connection(config).url)
     wh, client = Warehouse(spark, config), connect(config)
+    # Delta: the versions of the tables read, so that what was served on D can be read back
+    # (Warehouse.read_partition(..., version=N), within storage.vacuum_retain_hours).
+    sources = {t: wh.table_version(t) for t in ("user_top_tags", "tag_index")} if config.storage.format == "delta" \
+        else {}
     try:
         published = publish_version(spark, config, client, day, wh)
     except redis.exceptions.NoPermissionError as exc:
@@ -389,7 +393,7 @@ def run(spark: SparkSession | None, config: Config, date: dt.date, rollback: boo
         client.close()
     write_sec, members = published.pop("write_sec"), published.pop("members")
     report = {"step": NAME, "date": day, "status": "succeeded", "redis": where, **published,
-              "seconds": round(time.monotonic() - started, 3), "config": config.to_dict()}
+              **({"table_versions": sources} if sources else {}), "seconds": round(time.monotonic() - started, 3), "config": config.to_dict()}
     wh.write_run_report(NAME, day, report)
     log.debug("publish %s: %s is current (%d users, %d tags, %d members in %.1fs); previous %s; deleted %s",
              day, published["version"], published["written"]["users"], published["written"]["tags"], members,

@@ -98,6 +98,22 @@ def partitions(config: Config, name: str, dates: list[dt.date]) -> dict[str, Par
     return out
 
 
+def read(config: Config, part: Partition):
+    """One partition as an Arrow table (without ``dt``); a Delta day without files (its
+    rows all gone) as an empty table of the Delta table's schema."""
+    import pyarrow as pa
+
+    if part.files:
+        return dataset([part]).to_table()
+    if config.storage.format == "delta":
+        from deltalake import DeltaTable
+
+        location = local_path(table(part.table).location(config.storage.warehouse))
+        schema = pa.schema(DeltaTable(str(location)).schema().to_arrow())
+        return schema.remove(schema.get_field_index(PARTITION_COLUMN)).empty_table()
+    raise FileNotFoundError(f"no data files in {part.table} {part.day}")
+
+
 def dataset(parts: list[Partition]) -> pds.Dataset:
     """The rows of ``parts`` as one Arrow dataset (their files, in order), without the
     ``dt`` column, as a Parquet partition's files hold them (Delta's writer puts it in its
