@@ -14,7 +14,7 @@ It holds no logic of its own: the same ``run()`` functions serve spark-submit an
     tagrecall config                    print the built-in defaults as TOML
     tagrecall class-archive [--out FILE] [--force]  record the driver JVM's class archive
     tagrecall delta-jars [--print] [--force]  fetch Delta Lake's jars once (Maven Central)
-    tagrecall vacuum [--retain-hours H] [--tables a,b]  Delta: delete files no version needs
+    tagrecall vacuum [--retain-hours H] [--tables a,b] [--full]  Delta: delete files no version needs
     tagrecall compact --date D [--tables a,b]  Delta: rewrite a day's small files as few
 
 Common options: --config FILE --warehouse URI --raw URI --format parquet|delta --master URL
@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retain-hours", type=float, help="keep what versions of the last H hours need "
                                                       "(default storage.vacuum_retain_hours)")
     p.add_argument("--tables", help="comma-separated tables (default: every table of the warehouse)")
+    p.add_argument("--full", action="store_true", help="list the tables' folders too (also deletes the files "
+                                                       "of writes killed before their commit); default: LITE, "
+                                                       "from the Delta log alone")
     add_common_options(p)
 
     p = sub.add_parser("compact", help="Delta: rewrite day D's partitions of small files as few large ones")
@@ -185,7 +188,8 @@ def cmd_vacuum(args) -> int:
     from jobs.common.maintenance import vacuum
 
     config = config_from_args(args)
-    for line in vacuum(_session(config, "tagrecall-vacuum"), config, args.retain_hours, _tables_arg(args.tables)):
+    for line in vacuum(_session(config, "tagrecall-vacuum"), config, args.retain_hours, _tables_arg(args.tables),
+                       full=args.full):
         print(line)
     return 0
 

@@ -278,8 +278,14 @@ def test_vacuum_deletes_the_replaced_files_and_compaction_keeps_the_rows(delta_w
     assert len(list(folder.glob("*.parquet"))) == 16
     assert compact(delta, config, dt.date(2026, 11, 1), ["events"]) == ["events 2026-11-01: 8 files rewritten as 1"]
     assert _rows(delta_wh.read_partition("events", "2026-11-01")) == list(range(50, 90))
-    assert vacuum(delta, config, retain_hours=0)[0].startswith("events: vacuumed")
+    assert vacuum(delta, config, retain_hours=0)[0].startswith("events: vacuumed (lite)")
     assert len(list(folder.glob("*.parquet"))) == 1  # the first write's 8, the compacted 8: gone
+    (folder / "part-99999-never-committed.snappy.parquet").write_bytes(b"PAR1")  # a write killed before its commit
+    os.utime(folder / "part-99999-never-committed.snappy.parquet", (0, 0))
+    vacuum(delta, config, retain_hours=0)
+    assert (folder / "part-99999-never-committed.snappy.parquet").exists()  # LITE knows the log's files only
+    assert vacuum(delta, config, retain_hours=0, full=True)[0].startswith("events: vacuumed (full)")
+    assert len(list(folder.glob("*.parquet"))) == 1
     assert _rows(delta_wh.read_partition("events", "2026-11-01")) == list(range(50, 90))
     assert delta_wh.partitions("events") == ["2026-11-01"]
 
