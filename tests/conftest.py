@@ -31,12 +31,14 @@ SHARED_FIXTURE_GROUPS = {
     "cli": ("test_cli", "test_dags"),
 }
 GROUP_OF_FIXTURE = {"synthetic_feed": "feed", "exported_feed": "feed", "cli_two_days": "cli"}
-LONGEST_FIRST = ("feed", "test_faults", "cli")
+LONGEST_FIRST = ("feed", "test_faults[parquet]", "test_faults[delta]", "cli")
 _GROUP_OF = {module: group for group, modules in SHARED_FIXTURE_GROUPS.items() for module in modules}
 
 
 def _group(nodeid: str) -> str:
     module = Path(nodeid.split("::", 1)[0]).stem
+    if module == "test_faults":  # each format's campaign (about 8 minutes each) on a worker of its own
+        return f"{module}[{nodeid.rsplit('[', 1)[-1].rstrip(']')}]" if "[" in nodeid else module
     return _GROUP_OF.get(module, module)
 
 
