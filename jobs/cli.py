@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="list the tables' folders too (also deletes the files "
                                                        "of writes killed before their commit); default: LITE, "
                                                        "from the Delta log alone")
+    p.add_argument("--unsafe-retention", action="store_true",
+                   help="allow a retention under 24 h (only when no step or training runs on the warehouse)")
     add_common_options(p)
 
     p = sub.add_parser("compact", help="Delta: rewrite day D's partitions of small files as few large ones")
@@ -189,7 +191,7 @@ def cmd_vacuum(args) -> int:
 
     config = config_from_args(args)
     for line in vacuum(_session(config, "tagrecall-vacuum"), config, args.retain_hours, _tables_arg(args.tables),
-                       full=args.full):
+                       full=args.full, unsafe_retention=args.unsafe_retention):
         print(line)
     return 0
 

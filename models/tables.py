@@ -55,11 +55,20 @@ def _parquet(config: Config, name: str, day: str) -> Partition | None:
     return parquet_folder(folder, name, day) if folder.is_dir() else None
 
 
+def _check_path(location: Path) -> None:
+    """delta-rs decodes %-escapes in the path it is given (as a URL, or as a path: both were
+    tried), so a Delta table under a folder whose name holds "%" cannot be read here."""
+    if "%" in str(location):
+        raise ValueError(f"{location}: the Delta tables' readers outside Spark (delta-rs) cannot open a path "
+                         "holding '%' (they decode it as an escape); move the warehouse to a path without '%'")
+
+
 def delta_files(location: Path) -> dict[str, list[tuple[str, int]]]:
     """Day -> (absolute path, size) of each file the Delta table at ``location`` holds now."""
     import pyarrow as pa
     from deltalake import DeltaTable
 
+    _check_path(location)
     actions = pa.table(DeltaTable(str(location)).get_add_actions(flatten=True))
     if any(c.startswith("deletionVector") for c in actions.schema.names) and \
             any(v is not None for c in actions.schema.names if c.startswith("deletionVector")
@@ -76,26 +85,27 @@ def delta_files(location: Path) -> dict[str, list[tuple[str, int]]]:
     return out
 
 
-def _delta(config: Config, name: str, day: str, cache: dict) -> Partition | None:
+def _delta(config: Config, name: str, days: list[str]) -> dict[str, Partition]:
+    """The recorded days among ``days`` with their files. The records are read first, the
+    log after them: a record is written after its day's commit, so every recorded day's
+    commit is in the version read (the other order could take a day committed and recorded
+    in between for an empty one)."""
     location = local_path(table(name).location(config.storage.warehouse))
-    if name not in cache:
-        cache[name] = delta_files(location) if (location / "_delta_log").is_dir() else {}
-    if not (location / DELTA_DAYS / day).is_file():
-        return None
-    listed = cache[name].get(day, [])
-    return Partition(name, day, tuple(f for f, _ in listed), tuple(s for _, s in listed))
+    recorded = [d for d in days if (location / DELTA_DAYS / d).is_file()]
+    if not recorded:
+        return {}
+    files = delta_files(location)
+    return {d: Partition(name, d, tuple(f for f, _ in files.get(d, [])), tuple(s for _, s in files.get(d, [])))
+            for d in recorded}
 
 
 def partitions(config: Config, name: str, dates: list[dt.date]) -> dict[str, Partition]:
     """The partitions of table ``name`` that exist among ``dates``, by day, in date order."""
-    cache: dict = {}
-    out = {}
-    for d in dates:
-        day = d.isoformat()
-        found = _delta(config, name, day, cache) if config.storage.format == "delta" else _parquet(config, name, day)
-        if found is not None:
-            out[day] = found
-    return out
+    days = [d.isoformat() for d in dates]
+    if config.storage.format == "delta":
+        return _delta(config, name, days)
+    found = {d: _parquet(config, name, d) for d in days}
+    return {d: p for d, p in found.items() if p is not None}
 
 
 def read(config: Config, part: Partition):
@@ -109,6 +119,7 @@ def read(config: Config, part: Partition):
         from deltalake import DeltaTable
 
         location = local_path(table(part.table).location(config.storage.warehouse))
+        _check_path(location)
         schema = pa.schema(DeltaTable(str(location)).schema().to_arrow())
         return schema.remove(schema.get_field_index(PARTITION_COLUMN)).empty_table()
     raise FileNotFoundError(f"no data files in {part.table} {part.day}")

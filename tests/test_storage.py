@@ -217,6 +217,19 @@ def test_readers_outside_spark_read_exactly_the_current_rows_of_a_day_written_tw
     assert len(on_disk) == (5 if table_format == "delta" else 2)  # Delta keeps the replaced files until VACUUM
 
 
+def test_delta_readers_outside_spark_refuse_a_percent_in_the_path_and_stray_records_are_no_days(delta, tmp_path):
+    from models import tables
+
+    config = load_config(overrides={"storage": {"warehouse": str(tmp_path / "wh a%20b"), "format": "delta"}})
+    wh = Warehouse(delta, config)
+    wh.write_partition(delta.range(0, 6, numPartitions=2), "training_triples", "2026-11-01")
+    with pytest.raises(ValueError, match="cannot open a path holding '%'"):
+        tables.partitions(config, "training_triples", [dt.date(2026, 11, 1)])
+    # a record whose write was killed before its rename
+    (tmp_path / "wh a%20b" / "training_triples" / "_tagrecall_days" / ".2026-11-02.deadbeef").write_text("{}")
+    assert wh.partitions("training_triples") == ["2026-11-01"]
+
+
 def test_delta_writes_of_two_days_at_once_both_land(delta_wh, delta):
     """Two commits racing on one table, the first of them creating it: both land."""
     errors = []
@@ -278,13 +291,15 @@ def test_vacuum_deletes_the_replaced_files_and_compaction_keeps_the_rows(delta_w
     assert len(list(folder.glob("*.parquet"))) == 16
     assert compact(delta, config, dt.date(2026, 11, 1), ["events"]) == ["events 2026-11-01: 8 files rewritten as 1"]
     assert _rows(delta_wh.read_partition("events", "2026-11-01")) == list(range(50, 90))
-    assert vacuum(delta, config, retain_hours=0)[0].startswith("events: vacuumed (lite)")
+    with pytest.raises(ValueError, match="under 24 h.*--unsafe-retention"):
+        vacuum(delta, config, retain_hours=0)
+    assert vacuum(delta, config, retain_hours=0, unsafe_retention=True)[0].startswith("events: vacuumed (lite)")
     assert len(list(folder.glob("*.parquet"))) == 1  # the first write's 8, the compacted 8: gone
     (folder / "part-99999-never-committed.snappy.parquet").write_bytes(b"PAR1")  # a write killed before its commit
     os.utime(folder / "part-99999-never-committed.snappy.parquet", (0, 0))
-    vacuum(delta, config, retain_hours=0)
+    vacuum(delta, config, retain_hours=0, unsafe_retention=True)
     assert (folder / "part-99999-never-committed.snappy.parquet").exists()  # LITE knows the log's files only
-    assert vacuum(delta, config, retain_hours=0, full=True)[0].startswith("events: vacuumed (full)")
+    assert vacuum(delta, config, retain_hours=0, full=True, unsafe_retention=True)[0].startswith("events: vacuumed (full)")
     assert len(list(folder.glob("*.parquet"))) == 1
     assert _rows(delta_wh.read_partition("events", "2026-11-01")) == list(range(50, 90))
     assert delta_wh.partitions("events") == ["2026-11-01"]

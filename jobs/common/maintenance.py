@@ -43,8 +43,13 @@ def _tables(wh: Warehouse, names: list[str] | None) -> list[str]:
     return [n for n in (names or list(TABLES)) if wh.is_delta_table(n)]
 
 
+# Under this retention a VACUUM can delete the files of a write still running (FULL) or of
+# a version a running step or training has planned but not read yet (both modes).
+SAFE_RETAIN_HOURS = 24.0
+
+
 def vacuum(spark: SparkSession, config: Config, retain_hours: float | None = None,
-           names: list[str] | None = None, full: bool = False) -> list[str]:
+           names: list[str] | None = None, full: bool = False, unsafe_retention: bool = False) -> list[str]:
     """VACUUM each Delta table of the warehouse (or ``names``), keeping what the versions of
     the last ``retain_hours`` (default storage.vacuum_retain_hours) need. One line per table.
 
@@ -57,6 +62,11 @@ def vacuum(spark: SparkSession, config: Config, retain_hours: float | None = Non
     hours = config.storage.vacuum_retain_hours if retain_hours is None else retain_hours
     if hours < 0:
         raise ValueError(f"--retain-hours must be >= 0, got {hours}")
+    if hours < SAFE_RETAIN_HOURS and not unsafe_retention:
+        raise ValueError(f"vacuum: a retention of {hours:g} h (under {SAFE_RETAIN_HOURS:g} h) can delete the files "
+                         "of a write still running or of a version a running step is about to read. Keep "
+                         "storage.vacuum_retain_hours at 24 or more, or pass --unsafe-retention when no step "
+                         "and no training is running on this warehouse")
     wh = Warehouse(spark, config)
     lines = []
     mode = "FULL" if full else "LITE"
@@ -102,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=("vacuum",))
     parser.add_argument("--retain-hours", type=float)
     parser.add_argument("--full", action="store_true")
+    parser.add_argument("--unsafe-retention", action="store_true")
     add_common_options(parser)
     args = parser.parse_args(argv)
     configure_logging(False)
@@ -109,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     if config.storage.format != "delta":
         log.info("vacuum: the warehouse is %s, which keeps no old files: nothing to do", config.storage.format)
         return 0
-    vacuum(build_session(config, "tagrecall-vacuum", set_master=False), config, args.retain_hours, full=args.full)
+    vacuum(build_session(config, "tagrecall-vacuum", set_master=False), config, args.retain_hours, full=args.full,
+           unsafe_retention=args.unsafe_retention)
     return 0
 
 

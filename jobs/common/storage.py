@@ -105,6 +105,7 @@ class UnreadableFileError(RuntimeError):
 # How Spark (FAILED_READ_FILE) and pyarrow's datasets name a file they could not read.
 _FAILED_FILE = (re.compile(r"Encountered error while reading file (\S+?)\.?(?:\s|$)"),
                 re.compile(r"Could not open Parquet input source '([^']+)'"))
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 _PARTITION_FILE = re.compile(rf"/([A-Za-z0-9_]+)/{PARTITION_COLUMN}=(\d{{4}}-\d{{2}}-\d{{2}})/[^/]+$")
 
 
@@ -550,10 +551,11 @@ class Warehouse:
 
     def partitions(self, name: str) -> list[str]:
         """Dates of the partitions of ``name`` that exist, sorted."""
-        if self.format == "delta":
-            return self.fs.list_names(f"{self.location(name)}/{DELTA_DAYS}")
+        if self.format == "delta":  # not the temporary names of a record being written
+            return [n for n in self.fs.list_names(f"{self.location(name)}/{DELTA_DAYS}") if _DAY.fullmatch(n)]
         prefix = f"{PARTITION_COLUMN}="
-        return [n[len(prefix):] for n in self.fs.list_names(self.location(name)) if n.startswith(prefix)]
+        return [n[len(prefix):] for n in self.fs.list_names(self.location(name))
+                if n.startswith(prefix) and _DAY.fullmatch(n[len(prefix):])]
 
     # -- scratch space ---------------------------------------------------------------------
     @contextmanager
