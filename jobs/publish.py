@@ -303,13 +303,16 @@ def run_rollback(config: Config, date: dt.date) -> dict:
             "redis": where}
 
 
-def publish_version(spark: SparkSession, config: Config, client, day: str, wh: Warehouse) -> dict:
+def publish_version(spark: SparkSession, config: Config, client, day: str, wh: Warehouse,
+                    versions: dict[str, int | None] | None = None) -> dict:
     """Write D's tables as a new version, check the counts, switch, clean up (module docstring)."""
     conn, keys = connection(config), Keys(config.publish.key_prefix)
-    served, index = wh.read_partition("user_top_tags", day), wh.read_partition("tag_index", day)
+    at = versions or {}  # Delta: each table read at one version, whatever commits meanwhile
+    served = wh.read_partition("user_top_tags", day, version=at.get("user_top_tags"))
+    index = wh.read_partition("tag_index", day, version=at.get("tag_index"))
     refuse_unservable_scores(index, day)
     expected, model_version = expected_counts(served, index)
-    fallback = global_tags(wh.read_partition("tag_stats", day), config.export.top_n)
+    fallback = global_tags(wh.read_partition("tag_stats", day, version=at.get("tag_stats")), config.export.top_n)
     users, tags = sorted_sets(served, index)
     lock = PublishLock(client, keys, f"publish {day}")
     lock.acquire(LOCK_WAIT_SEC)
@@ -375,12 +378,13 @@ def run(spark: SparkSession | None, config: Config, date: dt.date, rollback: boo
     day = date.isoformat()
     where = redact_url(connection(config).url)
     wh, client = Warehouse(spark, config), connect(config)
-    # Delta: the versions of the tables read, so that what was served on D can be read back
+    # Delta: the versions of the tables read, which publish reads at (a rewrite meanwhile
+    # changes nothing served), so that what was served on D can be read back
     # (Warehouse.read_partition(..., version=N), within storage.vacuum_retain_hours).
-    sources = {t: wh.table_version(t) for t in ("user_top_tags", "tag_index")} if config.storage.format == "delta" \
-        else {}
+    sources = {t: wh.table_version(t) for t in ("user_top_tags", "tag_index", "tag_stats")} \
+        if config.storage.format == "delta" else {}
     try:
-        published = publish_version(spark, config, client, day, wh)
+        published = publish_version(spark, config, client, day, wh, sources)
     except redis.exceptions.NoPermissionError as exc:
         raise RedisUnavailable(f"publish {day}: Redis at {where} refused the writer a command ({exc}); give "
                                f"${config.publish.username_env} the writer's rules (`tagrecall redis-acl`). "
