@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import socket
 import statistics
-import subprocess
-import tempfile
 import time
 
+from local_redis import start_redis
 from record import append  # bench/ is on sys.path when a benchmark runs as a script
 from sizes import parse_size
 
@@ -38,19 +35,6 @@ class _Counter:
         self.value += n
 
 
-def _start_redis() -> tuple[subprocess.Popen, str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server not found: install it (apt-get install redis-server) or pass --url")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", tempfile.mkdtemp()], stdout=subprocess.DEVNULL)
-    time.sleep(0.5)
-    return proc, f"redis://127.0.0.1:{port}/0"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--users", default="100k")
@@ -62,7 +46,8 @@ def main() -> None:
     proc = None
     url = args.url
     if not url:
-        proc, url = _start_redis()
+        proc, port = start_redis()
+        url = f"redis://127.0.0.1:{port}/0"
     config = load_config(overrides={"publish": {"redis_url": url}})
     conn = connection(config)
     client = conn.client()

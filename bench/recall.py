@@ -31,12 +31,11 @@ import math
 import multiprocessing as mp
 import random
 import shutil
-import socket
 import statistics
 import subprocess
-import tempfile
 import time
 
+from local_redis import start_redis
 from record import append, size_label  # bench/ is on sys.path when a benchmark runs as a script
 from sizes import parse_size
 
@@ -198,19 +197,6 @@ def redis_benchmark_get(port: int, clients: int) -> dict:
     return {"rps": round(float(got["rps"])), "p50": float(got["p50_latency_ms"]), "p99": float(got["p99_latency_ms"])}
 
 
-def _start_redis() -> tuple[subprocess.Popen, int]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server not found: install it (apt-get install redis-server) or pass --url")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", tempfile.mkdtemp()], stdout=subprocess.DEVNULL)
-    time.sleep(0.5)
-    return proc, port
-
-
 def _used_memory(client) -> str:
     return client.info("memory")["used_memory_human"]
 
@@ -229,7 +215,7 @@ def main() -> None:
     if url:
         port = int(url.rsplit(":", 1)[1].split("/")[0])
     else:
-        proc, port = _start_redis()
+        proc, port = start_redis()
         url = f"redis://127.0.0.1:{port}/0"
     config = load_config(overrides={"publish": {"redis_url": url}})
     admin = connection(config).client()

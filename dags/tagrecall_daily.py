@@ -81,7 +81,7 @@ DRIVER_PYTHON = os.environ.get("TAGRECALL_DRIVER_PYTHON", sys.executable)
 DRIVER_JAVA_OPTIONS = os.environ.get("TAGRECALL_DRIVER_JAVA_OPTIONS", "")
 # The driver's JVM has started when a step runs under spark-submit: Delta's jars go on
 # --jars (to the driver and, through Spark's file server, the executors).
-JARS = os.environ.get("TAGRECALL_JARS", ",".join(map(str, delta.jars())) if delta.fetched() else "")
+JARS = os.environ.get("TAGRECALL_JARS", ",".join(map(str, delta.fetched_jars())))
 
 
 def _setting(name: str, default: str) -> str:

@@ -70,9 +70,8 @@ def delta_files(location: Path) -> dict[str, list[tuple[str, int]]]:
 
     _check_path(location)
     actions = pa.table(DeltaTable(str(location)).get_add_actions(flatten=True))
-    if any(c.startswith("deletionVector") for c in actions.schema.names) and \
-            any(v is not None for c in actions.schema.names if c.startswith("deletionVector")
-                for v in actions.column(c).to_pylist()):
+    vectors = [c for c in actions.schema.names if c.startswith("deletionVector")]
+    if any(v is not None for c in vectors for v in actions.column(c).to_pylist()):
         raise ValueError(f"{location}: files with deletion vectors (rows deleted in place), which tagrecall's "
                          "writes never make; read this table with Spark, or rewrite the days it names")
     paths = [unquote(p) for p in actions.column("path").to_pylist()]

@@ -78,8 +78,8 @@ def spark(tmp_path_factory):
     # Delta Lake's jars and SQL when `make setup` fetched them (tests that need Delta fail
     # with the fetch command otherwise: the `delta` fixture), so that one session serves
     # the tests of both table formats.
-    with_delta = {"spark.jars": ",".join(map(str, delta.jars())), **delta.DELTA_SESSION_SETTINGS} \
-        if delta.fetched() else {}
+    jars = delta.fetched_jars()
+    with_delta = {"spark.jars": ",".join(map(str, jars)), **delta.DELTA_SESSION_SETTINGS} if jars else {}
     session = (SparkSession.builder.master("local[2]").appName("tagrecall-tests")
                .config(map=with_delta)
                .config("spark.sql.shuffle.partitions", "2")

@@ -100,12 +100,16 @@ def jars(home: Path | None = None) -> list[Path]:
     return out
 
 
-def fetched(home: Path | None = None) -> bool:
+def fetched_jars(home: Path | None = None) -> list[Path]:
+    """``jars(home)``, or [] when they are not fetched (for callers where Delta is optional)."""
     try:
-        jars(home)
-        return True
+        return jars(home)
     except DeltaUnavailableError:
-        return False
+        return []
+
+
+def fetched(home: Path | None = None) -> bool:
+    return bool(fetched_jars(home))
 
 
 def _module(ivy_jar: str) -> str:

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from jobs.common.delta import DELTA_SESSION_SETTINGS, DeltaUnavailableError, unavailable  # noqa: F401
+from jobs.common.delta import jars as delta_jars
 from schemas.config import Config
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,11 @@ def session_builder(config: Config, app_name: str, *, set_master: bool):
     if config.storage.format == "delta":
         settings.update(DELTA_SESSION_SETTINGS)
     settings.update(config.spark.conf)
+    if config.storage.format == "delta" and set_master:
+        # The jars `tagrecall delta-jars` fetched, beside any the user gives. Under
+        # spark-submit the driver has started: they come with --jars.
+        own = config.spark.conf.get("spark.jars", "")
+        settings["spark.jars"] = ",".join([*map(str, delta_jars()), *filter(None, own.split(","))])
     if set_master:
         # The driver JVM starts here. It logs Spark's warnings and errors only (no start-up
         # banner; under spark-submit the cluster's own log4j2 configuration applies), maps
@@ -152,22 +158,6 @@ def session_builder(config: Config, app_name: str, *, set_master: bool):
             settings["spark.driver.extraJavaOptions"] = " ".join(o for o in options if o)
     for key, value in settings.items():
         builder = builder.config(key, value)
-    if config.storage.format == "delta":
-        builder = _with_delta(builder, config, with_jars=set_master)
-    return builder
-
-
-def _with_delta(builder, config: Config, with_jars: bool):
-    """With ``with_jars`` (the driver JVM starts here) the jars `tagrecall delta-jars`
-    fetched, on spark.jars beside any the user gives there (Delta's SQL settings are in the
-    builder's settings already). Under spark-submit the driver has started: the jars come
-    with --jars."""
-    from jobs.common import delta
-
-    if with_jars:
-        listed = [str(j) for j in delta.jars()]
-        own = config.spark.conf.get("spark.jars", "")
-        builder = builder.config("spark.jars", ",".join([*listed, *filter(None, own.split(","))]))
     return builder
 
 
