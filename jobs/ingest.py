@@ -141,8 +141,10 @@ def _bad_parse(raw_value: Column, parsed: Column) -> Column:
     return raw_value.isNotNull() & parsed.isNull()
 
 
-def _malformed(_df: DataFrame) -> Column:
-    return F.col(_CORRUPT).isNotNull() | _blank(F.col("raw"))
+def _malformed(first_field: str) -> Column:
+    """Not a JSON object, or a blank line. A blank line parses to all fields null, so its
+    text is only scanned when ``first_field`` (a field every record has) is null."""
+    return F.col(_CORRUPT).isNotNull() | (F.col(first_field).isNull() & _blank(F.col("raw")))
 
 
 # A landed line whose bytes are not UTF-8 is refused: its ``raw`` in ``rejected`` shows them
@@ -160,8 +162,12 @@ def parse_json_records(records: DataFrame, schema: StructType) -> DataFrame:
     """raw -> raw + the schema's fields as strings; a record that is not a JSON object has
     all fields null and its text in ``_corrupt``; one whose bytes are not UTF-8 has them in
     ``_bad_bytes`` (base64) and U+FFFD in their place in ``raw``."""
-    bad_bytes = F.when(~F.is_valid_utf8("raw"), F.base64(F.col("raw").cast("binary")))
-    return records.select(F.make_valid_utf8("raw").alias("raw"), bad_bytes.alias(_BAD_BYTES)).select(
+    # The validity test is one subexpression of both columns (evaluated once per row); the
+    # repair, a second pass over the text, only runs for a line that needs it.
+    valid = F.is_valid_utf8("raw")
+    bad_bytes = F.when(~valid, F.base64(F.col("raw").cast("binary")))
+    repaired = F.when(valid, F.col("raw")).otherwise(F.make_valid_utf8("raw"))
+    return records.select(repaired.alias("raw"), bad_bytes.alias(_BAD_BYTES)).select(
         "raw", _BAD_BYTES, F.from_json("raw", schema, {
             "mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT}).alias("r")).select("raw", _BAD_BYTES, "r.*")
 
@@ -195,7 +201,7 @@ def with_event_checks(events: DataFrame, *, window_start: dt.datetime, window_en
     bad_types = [(_bad_parse(F.col(f"s_{name}"), F.col(name)), name) for name in ("event_time", "dwell_ms", "position")]
     lower, upper = F.lit(window_start), F.lit(window_end)
     checked = typed.transform(with_first_failure, [
-        (_malformed(typed), "malformed_record", None),
+        (_malformed("s_event_id"), "malformed_record", None),
         _bad_encoding(),
         (_any([c for c, _ in missing]), "missing_field", _names_where(missing)),
         (_any([c for c, _ in bad_types]), "bad_type", _names_where(bad_types)),
@@ -224,18 +230,24 @@ def with_known_ids(events: DataFrame, users: DataFrame, articles: DataFrame) -> 
             .drop("_user_known", "_article_known"))
 
 
-def duplicate_losers(events: DataFrame, seen_ids: DataFrame | None) -> DataFrame:
-    """Rows (``_row``) to refuse as duplicates, with a detail: among otherwise valid
-    events, every copy of an event_id but one (the same one on every run), and ids already
-    ingested on a recent day (``seen_ids``: column event_id)."""
+def duplicated_ids(events: DataFrame) -> DataFrame:
+    """The event_ids of more than one otherwise valid event, each with the row id of the
+    copy kept (``_keep_row``): the copy with the least hash of its text ``_h``, so the same
+    copy on every run; copies with the same hash are the same text, whichever is kept.
+    One narrow aggregate (a shuffle of three columns, fixed-width buffers) instead of a
+    window over whole rows; only the few duplicated ids come out of it."""
+    return (events.where(F.col("reason").isNull())
+            .groupBy("event_id").agg(F.count(F.lit(1)).alias("_copies"), F.min_by("_row", "_h").alias("_keep_row"))
+            .where(F.col("_copies") > 1).select("event_id", "_keep_row"))
+
+
+def duplicate_losers(events: DataFrame, dup_ids: DataFrame, seen_ids: DataFrame | None) -> DataFrame:
+    """Rows (``_row``) to refuse as duplicates, with a detail: every copy of a duplicated
+    id but the one kept (``dup_ids``, from ``duplicated_ids``), and every valid event whose
+    id was already ingested on a recent day (``seen_ids``: column event_id)."""
     valid = events.where(F.col("reason").isNull())
-    # Narrow aggregate (id, hash, row id) instead of a window over whole rows: only the
-    # few duplicated ids come out of it.
-    tie = F.struct(F.xxhash64("raw").alias("h"), F.col("_row").alias("row"))
-    dup_ids = (valid.select("event_id", tie.alias("tie"))
-               .groupBy("event_id").agg(F.count("*").alias("_copies"), F.min("tie").alias("_keep"))
-               .where(F.col("_copies") > 1)
-               .select("event_id", F.col("_keep.row").alias("_keep_row")))
+    # dup_ids is read back from scratch by the step, so Spark knows its size and broadcasts
+    # it when small (the usual day) and sort-merges when a day is mostly copies.
     repeated = (valid.select("event_id", "_row").join(dup_ids, "event_id")
                 .where(F.col("_row") != F.col("_keep_row"))
                 .select("_row", F.lit("repeated within the day").alias("_dup_detail")))
@@ -284,7 +296,7 @@ def with_article_checks(articles: DataFrame) -> DataFrame:
                  (_bad_parse(F.col("s_updated_time"), F.col("updated_time_given")), "updated_time"),
                  (_bad_parse(F.col("s_tags"), F.col("raw_tags")), "tags")]
     checked = articles.transform(with_first_failure, [
-        (_malformed(articles), "malformed_record", None),
+        (_malformed("s_article_id"), "malformed_record", None),
         _bad_encoding(),
         (_any([c for c, _ in missing]), "missing_field", _names_where(missing)),
         (_any([c for c, _ in bad_types]), "bad_type", _names_where(bad_types)),
@@ -310,7 +322,7 @@ def with_user_checks(users: DataFrame, *, landed_at: dt.datetime) -> DataFrame:
     bad_types = [(_bad_parse(F.col("s_features"), F.col("features")), "features"),
                  (_bad_parse(F.col("s_updated_time"), F.col("updated_time")), "updated_time")]
     checked = users.transform(with_first_failure, [
-        (_malformed(users), "malformed_record", None),
+        (_malformed("s_user_id"), "malformed_record", None),
         _bad_encoding(),
         (_blank(F.col("s_user_id")), "missing_field", "user_id"),
         (_any([c for c, _ in bad_types]), "bad_type", _names_where(bad_types)),
@@ -417,13 +429,15 @@ def checked_events(records: DataFrame, cfg: IngestConfig, window: tuple[dt.datet
                    day_start: dt.datetime, users: DataFrame, articles: DataFrame) -> DataFrame:
     """Raw event records -> typed rows with ``reason``/``detail`` of every rule but the
     duplicate search, plus ``_early`` (dated early enough for an earlier day to have
-    accepted it: D-1 accepts up to D's start plus the clock skew) and a row id ``_row``."""
+    accepted it: D-1 accepts up to D's start plus the clock skew), a hash of the record's
+    text ``_h`` (which copy of a duplicated id is kept) and a row id ``_row``."""
     earlier_days_until = day_start + dt.timedelta(minutes=cfg.clock_skew_minutes)
     return (parse_events(records)
             .transform(with_event_checks, window_start=window[0], window_end=window[1],
                        max_dwell_ms=cfg.max_dwell_ms, max_position=cfg.max_position)
             .transform(with_known_ids, users=users, articles=articles)
             .withColumn("_early", F.col("event_time") < F.lit(earlier_days_until))
+            .withColumn("_h", F.xxhash64("raw"))
             .withColumn("_row", F.monotonically_increasing_id()))
 
 
@@ -496,7 +510,8 @@ def _events(spark: SparkSession, config: Config, wh: Warehouse, date: dt.date, w
         earlier = wh.read_partitions("events", [(date - dt.timedelta(days=k)).isoformat()
                                                 for k in range(1, lookback_days(ing) + 1)])
         seen_ids = None if earlier is None else earlier.select("event_id")
-        losers = timed("find_duplicates", lambda: stage(duplicate_losers(checked, seen_ids), "duplicates"))
+        dup_ids = timed("find_duplicates", lambda: stage(duplicated_ids(checked), "duplicated_ids"))
+        losers = timed("mark_duplicates", lambda: stage(duplicate_losers(checked, dup_ids, seen_ids), "duplicates"))
         final = with_duplicates_marked(checked, losers)
         counts["events"] = source_counts(timed("validate_events", lambda: counts_by_reason(final)))
         rejected.append(rejected_rows(final, "events"))

@@ -182,7 +182,8 @@ def test_every_mutated_record_is_kept_once_accepted_or_refused_with_a_reason(spa
     users, articles = known_ids
     records = spark.createDataFrame([(line,) for line, _, _ in examples], "raw string")
     checked = ingest.checked_events(records, cfg, window, start, users, articles)
-    final = ingest.with_duplicates_marked(checked, ingest.duplicate_losers(checked, None))
+    losers = ingest.duplicate_losers(checked, ingest.duplicated_ids(checked), None)
+    final = ingest.with_duplicates_marked(checked, losers)
     # event_time as text: a refused record's time may lie outside what Python's datetime holds.
     in_window = (F.col("event_time") >= F.lit(window[0])) & (F.col("event_time") < F.lit(window[1]))
     rows = final.select("raw", "reason", "detail", *(F.col(f).cast("string") if f == "event_time" else f

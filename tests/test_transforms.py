@@ -145,7 +145,8 @@ def test_every_raw_event_ends_accepted_or_refused_once_with_a_known_reason(spark
     cfg = IngestConfig()
     window = (START - dt.timedelta(hours=cfg.late_tolerance_hours), START + dt.timedelta(days=1, minutes=5))
     checked = ingest.checked_events(records, cfg, window, START, users, articles)
-    final = ingest.with_duplicates_marked(checked, ingest.duplicate_losers(checked, None))
+    losers = ingest.duplicate_losers(checked, ingest.duplicated_ids(checked), None)
+    final = ingest.with_duplicates_marked(checked, losers)
     rows = final.select("raw", "reason", "event_id").collect()
     assert sorted(r["raw"] for r in rows) == sorted(lines)  # each record once, as received
     assert {r["reason"] for r in rows} <= {*ingest.REASONS, None}
