@@ -10,7 +10,7 @@ EXTRAS ?= test,delta,bench,model,airflow,docs
 # refreshes it from setup.cfg's ranges. `make setup LOCK=` installs from the ranges instead.
 LOCK   ?= requirements.lock
 
-.PHONY: setup java redis demo test faults lint lock bench dist env-archive airflow docs clean
+.PHONY: setup java redis demo test faults faults-quick lint lock bench dist env-archive airflow docs clean
 
 # Then Delta Lake's jars (`tagrecall delta-jars`: resolved from Maven Central once, about
 # 30 s, into the virtualenv; a no-op while they are there; every later session, test and
@@ -81,6 +81,12 @@ test: setup redis
 # for one of each kind a step.
 faults: setup redis
 	$(BIN)/python bench/faults.py $(FAULTS_ARGS)
+
+# The quick campaign of every step, as tests (tests/test_faults.py, marked campaign: one
+# SIGKILL per step on Parquet, and on Delta for ingest, triples and export; about 16
+# minutes on 2 cores). `make test` kills ingest and profiles only.
+faults-quick: setup redis
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m campaign tests/test_faults.py
 
 # The documentation site (docs/, mkdocs.yml) on http://127.0.0.1:8000, rebuilt on every
 # change; its reference pages are generated from the code at each build (docs/hooks/).

@@ -83,8 +83,8 @@ def _assert_same_tables(a: Path, b: Path, day: str, b_format: str = "parquet") -
 
 @pytest.fixture(scope="module")
 def two_days(cli_two_days, tmp_path_factory):
-    """Two generated days (tests/conftest.py): ``day1`` run with `tagrecall run` (the state a
-    daily run of DAY2 starts from), ``local`` both days run with it; and the --py-files zip."""
+    """Two generated days (tests/conftest.py): ``local`` both days run with `tagrecall run`;
+    and the --py-files zip."""
     base, _ = cli_two_days
     return base, _dist(tmp_path_factory.mktemp("dist") / "tagrecall.zip")
 
