@@ -38,18 +38,25 @@ TABLE = "user_tag_scores"
 SCORED = "user_id string, rank int, tag string, score double, interest double"
 
 
+# Users per predict call. Spark's Arrow batches (spark.sql.execution.arrow.maxRecordsPerBatch,
+# 10,000 by default) are regrouped into chunks of CHUNK users and a partition's last, shorter
+# chunk is padded to CHUNK for the network: every call has one shape, traced once per Python
+# worker (a second shape costs a trace, 0.6-0.9 s on 2 cores; the padding at most one chunk's
+# predict per partition).
+CHUNK = 4096
+
+
 def score_batches(warehouse: str, version: str, m: int, popularity_weight: float):
     """A mapInArrow function: user_fields rows -> each user's top ``m`` tags with their
-    interest (models/utpm_train.py)."""
+    interest (models/utpm_train.py), CHUNK users a call."""
 
     def score(batches):
         from models.scoring import load_cached
-        from models.utpm_train import score_users
+        from models.utpm_train import chunks, score_users
 
         model, meta = load_cached(warehouse, version)  # once per Python worker
-        for batch in batches:
-            for start in range(0, batch.num_rows, 4096):
-                yield score_users(model, meta, batch.slice(start, 4096), m, popularity_weight)
+        for chunk in chunks(batches, CHUNK):
+            yield score_users(model, meta, chunk, m, popularity_weight, rows=CHUNK)
 
     return score
 
@@ -79,6 +86,22 @@ def skip_reason(_spark, config: Config, date: dt.date) -> str | None:
     return utpm_train.skip_reason(config, date)
 
 
+def written_counts(wh: Warehouse, day: str, users: int, per_user: int) -> dict:
+    """{"rows", "users"} of D's user_tag_scores as written. Each scored user has ``per_user``
+    rows, and the scored users are the users snapshot's ``users`` (a snapshot has one row a
+    user, and holds every user of the profile): when the rows counted from the files' Parquet
+    footers (Warehouse.row_count, no scan) are ``users`` x ``per_user``, those are the
+    figures; otherwise the table is read back and its distinct users counted, with a warning."""
+    rows = wh.row_count(TABLE, day)
+    if rows == users * per_user:
+        return {"rows": rows, "users": users}
+    log.warning("tag-model %s: %s rows written for %s users x %s tags: counting the written users", day,
+                f"{rows:,}", f"{users:,}", per_user)
+    got = wh.read_partition(TABLE, day).agg(F.count(F.lit(1)).alias("rows"),
+                                            F.countDistinct("user_id").alias("users")).first()
+    return {"rows": got["rows"], "users": got["users"]}
+
+
 def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
     from models import utpm_train
 
@@ -94,12 +117,12 @@ def run(spark: SparkSession, config: Config, date: dt.date) -> dict:
     fields = user_fields(wh.read_partition("user_tag_profile", day), wh.read_partition("users", day),
                          wh.read_partition("tag_stats", day), config)
     # Every user of the profile is in the users snapshot (ingest refuses events of unknown users).
-    in_driver = wh.row_count("users", day) <= config.tag_model.driver_scoring_max_users
+    users = wh.row_count("users", day)
+    in_driver = users <= config.tag_model.driver_scoring_max_users
     scored = scores(spark, config, fields, version, in_driver=in_driver)
     wh.write_partition(scored.withColumn("model_version", F.lit(version)).select(*USER_TAG_SCORES.fieldNames()),
                        TABLE, day)
-    written = wh.read_partition(TABLE, day).agg(F.count(F.lit(1)).alias("rows"),
-                                                 F.countDistinct("user_id").alias("users")).first()
+    written = written_counts(wh, day, users, min(config.tag_model.top_m, result["tags"]))
     report |= {"status": "succeeded", "model_version": version, "users": written["users"],
                "rows_written": {TABLE: written["rows"]},
                **{k: result[k] for k in ("loss", "tags", "train_rows", "train_days", "validation_loss", "epochs",

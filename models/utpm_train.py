@@ -18,6 +18,7 @@ the same version.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -57,34 +58,84 @@ def skip_reason(config: Config, date: dt.date) -> str | None:
 
 # ---- Arrow -> model inputs: the one conversion, for training and scoring ------------------
 
-def _list_array(col) -> pa.ListArray:
+def _list_array(col):
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def _cells(arr: pa.ListArray, length: int) -> tuple[np.ndarray, np.ndarray, pa.Array]:
+    """(cell, keep, values) of a list column: ``values`` its items in order, item i going to
+    cell (row, position) ``cell[i]`` = row * length + position, kept where ``keep`` (the
+    first ``length`` items of each list)."""
+    n = len(arr)
+    offsets = arr.offsets.to_numpy()
+    sizes = np.diff(offsets)
+    rows = np.repeat(np.arange(n), sizes)
+    pos = np.arange(len(rows)) - np.repeat(offsets[:-1] - offsets[0], sizes)
+    values = arr.values.slice(offsets[0], offsets[-1] - offsets[0]) if n else arr.values.slice(0, 0)
+    return rows * length + pos, pos < length, values
 
 
 def pad(col, length: int, fill, dtype) -> np.ndarray:
     """A list column -> (rows, length) array, each list cut or padded with ``fill``."""
     arr = _list_array(col)
-    n = len(arr)
-    out = np.full((n, length), fill, dtype=dtype)
-    offsets = arr.offsets.to_numpy()
-    sizes = np.diff(offsets)
-    values = arr.flatten().to_numpy(zero_copy_only=False)
+    out = np.full((len(arr), length), fill, dtype=dtype)
+    cell, keep, values = _cells(arr, length)
     if len(values):
-        rows = np.repeat(np.arange(n), sizes)
-        pos = np.arange(len(values)) - np.repeat(offsets[:-1] - offsets[0], sizes)
-        keep = pos < length
-        out[rows[keep], pos[keep]] = values[keep]
+        out.reshape(-1)[cell[keep]] = values.to_numpy(zero_copy_only=False)[keep]
     return out
+
+
+# Strings up to this many UTF-8 bytes go to the network as fixed-width numpy bytes, built from
+# Arrow's buffers by whole-array operations; a longer one (the array's width is its longest
+# value) makes its column Python strings instead. TensorFlow makes the same string tensor of both.
+FIXED_WIDTH_MAX = 64
+
+
+def _as_bytes(values: pa.Array) -> np.ndarray:
+    """A string array -> (n,) numpy bytes ("S<width>"), or Python strings (object) when a value
+    is longer than FIXED_WIDTH_MAX or ends in a NUL byte (numpy drops trailing NULs). Nulls
+    are empty strings."""
+    values = _list_array(values)
+    if values.type != pa.string():
+        values = values.cast(pa.string())
+    if values.null_count:
+        values = values.fill_null("")
+    n = len(values)
+    if n == 0:
+        return np.zeros(0, "S1")
+    offsets = np.frombuffer(values.buffers()[1], np.int32, n + 1, values.offset * 4)
+    sizes = np.diff(offsets)
+    width = max(int(sizes.max()), 1)
+    used = int(offsets[-1] - offsets[0])
+    data = np.frombuffer(values.buffers()[2], np.uint8, used, int(offsets[0])) if used else np.zeros(0, np.uint8)
+    if width > FIXED_WIDTH_MAX or (used and (data[offsets[1:][sizes > 0] - offsets[0] - 1] == 0).any()):
+        return np.asarray(values.to_numpy(zero_copy_only=False), dtype=object)
+    out = np.zeros((n, width), np.uint8)
+    out[np.arange(width) < sizes[:, None]] = data   # each value's bytes, left-aligned, NUL-padded
+    return out.view(f"S{width}").reshape(n)
+
+
+def pad_strings(col, length: int) -> np.ndarray:
+    """A list<string> column -> (rows, length) strings, each list cut or padded with "" (as
+    ``_as_bytes``: numpy bytes, or Python strings)."""
+    arr = _list_array(col)
+    cell, keep, values = _cells(arr, length)
+    items = _as_bytes(values)
+    out = np.zeros(len(arr) * length, items.dtype) if items.dtype != object else \
+        np.full(len(arr) * length, "", dtype=object)
+    out[cell[keep]] = items[keep]
+    return out.reshape(len(arr), length)
 
 
 def inputs(batch: pa.RecordBatch | pa.Table, user_features: list[str], fields: list[str],
            length: int) -> dict[str, np.ndarray]:
-    """The network's inputs from user_fields columns: u_<k> (n, 1) strings, <f>_tags (n, L)
-    strings ("" pads) and <f>_weights (n, L) float32."""
-    out = {f"u_{k}": np.asarray(batch.column(f"u_{k}").fill_null("").to_numpy(zero_copy_only=False),
-                                dtype=object).reshape(-1, 1) for k in user_features}
+    """The network's inputs from user_fields columns: u_<k> (n, 1) strings ("" for null),
+    <f>_tags (n, L) strings ("" pads) and <f>_weights (n, L) float32. The strings are
+    numpy bytes (UTF-8) converted from Arrow's buffers without a Python object each
+    (``_as_bytes``): the string tensors are those of Python strings."""
+    out = {f"u_{k}": _as_bytes(batch.column(f"u_{k}")).reshape(-1, 1) for k in user_features}
     for f in fields:
-        out[f"{f}_tags"] = pad(batch.column(f"{f}_tags"), length, "", object)
+        out[f"{f}_tags"] = pad_strings(batch.column(f"{f}_tags"), length)
         out[f"{f}_weights"] = pad(batch.column(f"{f}_weights"), length, 0.0, np.float32)
     return out
 
@@ -264,28 +315,107 @@ def interest(scores: np.ndarray, prior: np.ndarray, popularity_weight: float = 1
 
 
 def top_tags(scores: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, scores) of each row's ``m`` best columns, best first (ties by column)."""
-    m = min(m, scores.shape[1])
-    order = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -scores), axis=1)[:, :m]
-    return order, np.take_along_axis(scores, order, axis=1)
+    """(indices, scores) of each row's ``m`` best columns, best first (ties by column; NaN
+    last, as numpy sorts). Each row's m-th best value is found by a partition; the columns
+    better than it and the first of those equal to it (by column) fill the m, and only
+    they are sorted: the order of a stable sort of the whole row by -score."""
+    n, t = scores.shape
+    m = min(m, t)
+    if n == 0 or m == 0:
+        idx = np.zeros((n, m), np.intp)
+        return idx, np.take_along_axis(scores, idx, axis=1)
+    neg = -scores
+    kth = np.partition(neg, m - 1, axis=1)[:, m - 1:m]
+    better, tied = neg < kth, neg == kth
+    nan = np.isnan(kth)
+    if nan.any():   # fewer than m numbers in a row: all of them, then its NaNs by column
+        missing = np.isnan(neg)
+        better |= nan & ~missing
+        tied |= nan & missing
+    need = m - better.sum(axis=1, keepdims=True)
+    chosen = better | tied
+    over = np.flatnonzero(tied.sum(axis=1) > need[:, 0])   # rows with more ties than places left
+    if len(over):
+        chosen[over] = better[over] | (tied[over] & (np.cumsum(tied[over], axis=1) <= need[over]))
+    columns = (np.flatnonzero(chosen) % t).reshape(n, m)                # ascending in each row
+    order = np.argsort(np.take_along_axis(neg, columns, axis=1), axis=1, kind="stable")
+    idx = np.take_along_axis(columns, order, axis=1)
+    return idx, np.take_along_axis(scores, idx, axis=1)
+
+
+def interest_at(scores: np.ndarray, idx: np.ndarray, log_prior: np.ndarray,
+                popularity_weight: float = 1.0) -> np.ndarray:
+    """``interest(scores, prior, popularity_weight)`` at the columns ``idx`` of each row, the
+    same float64 numbers (log_prior = log(max(prior, 1e-300))): the log-normaliser is taken
+    once per row, the rest only at ``idx``."""
+    top = scores.max(axis=1, keepdims=True).astype(np.float64)
+    shifted = np.subtract(scores, top, dtype=np.float64)
+    log_z = np.log(np.exp(shifted, out=shifted).sum(axis=1, keepdims=True))
+    picked = np.take_along_axis(scores, idx, axis=1).astype(np.float64)
+    return picked - top - log_z - popularity_weight * log_prior[idx]
+
+
+@functools.lru_cache(maxsize=4)
+def _vocabulary(tags: tuple[str, ...]) -> pa.Array:
+    return pa.array(tags, pa.string())
+
+
+@functools.lru_cache(maxsize=4)
+def _log_prior(prior: tuple[float, ...]) -> np.ndarray:
+    out = np.log(np.maximum(np.asarray(prior, dtype=np.float64), 1e-300))
+    out.flags.writeable = False
+    return out
+
+
+def chunks(batches, size: int):
+    """RecordBatches of ``size`` rows, the last one fewer, from ``batches`` of any sizes in
+    order (a chunk may join the end of one batch and the start of the next)."""
+    held, count = [], 0
+    for batch in batches:
+        start = 0
+        while start < batch.num_rows:
+            take = min(size - count, batch.num_rows - start)
+            held.append(batch.slice(start, take))
+            count, start = count + take, start + take
+            if count == size:
+                yield held[0] if len(held) == 1 else pa.concat_batches(held)
+                held, count = [], 0
+    if count:
+        yield held[0] if len(held) == 1 else pa.concat_batches(held)
+
+
+def _padded(x: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    """``x`` with its last row repeated up to ``rows`` rows."""
+    n = len(next(iter(x.values())))
+    if n >= rows:
+        return x
+    return {k: np.concatenate([v, np.repeat(v[-1:], rows - n, axis=0)]) for k, v in x.items()}
 
 
 def score_users(model, metadata: dict, batch: pa.RecordBatch, m: int,
-                popularity_weight: float = TagModelConfig.interest_popularity_weight) -> pa.RecordBatch:
+                popularity_weight: float = TagModelConfig.interest_popularity_weight,
+                rows: int | None = None) -> pa.RecordBatch:
     """user_fields rows -> SCORED_COLUMNS: each user's top ``m`` tags by score(u, t), with
     their interest at ``popularity_weight`` (null when the model's metadata holds no
-    tag_prior)."""
-    x = inputs(batch, metadata["user_features"], metadata["fields"], metadata["field_length"])
-    scores = np.asarray(model.predict_on_batch(x)["scores"], dtype="float64")
+    tag_prior). With ``rows``, a batch of fewer users is padded to ``rows`` for the network
+    (the padding's scores dropped): every call of one shape, traced once."""
+    tags = metadata["tags"]
+    n = batch.num_rows
+    k = min(m, len(tags))
+    if n == 0:
+        scores = np.zeros((0, len(tags)), np.float32)
+    else:
+        x = inputs(batch, metadata["user_features"], metadata["fields"], metadata["field_length"])
+        scores = np.asarray(model.predict_on_batch(_padded(x, rows) if rows else x)["scores"])[:n]
     idx, top = top_tags(scores, m)
-    n, k = idx.shape
     if metadata.get("tag_prior") is not None:
-        lift = interest(scores, np.asarray(metadata["tag_prior"]), popularity_weight)
-        lift = pa.array(np.take_along_axis(lift, idx, axis=1).ravel())
+        lift = pa.array(interest_at(scores, idx, _log_prior(tuple(metadata["tag_prior"])), popularity_weight).ravel())
     else:
         lift = pa.nulls(n * k, pa.float64())
-    tags = np.asarray(metadata["tags"], dtype=object)
-    users = np.asarray(batch.column("user_id").to_numpy(zero_copy_only=False), dtype=object)
+    users = _list_array(batch.column("user_id"))
+    if users.type != pa.string():
+        users = users.cast(pa.string())
     return pa.RecordBatch.from_arrays(
-        [pa.array(np.repeat(users, k), pa.string()), pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), n)),
-         pa.array(tags[idx.ravel()], pa.string()), pa.array(top.ravel()), lift], names=list(SCORED_COLUMNS))
+        [users.take(pa.array(np.repeat(np.arange(n), k))), pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), n)),
+         _vocabulary(tuple(tags)).take(pa.array(idx.ravel())), pa.array(top.ravel().astype(np.float64)), lift],
+        names=list(SCORED_COLUMNS))

@@ -47,6 +47,23 @@ def test_every_user_gets_the_top_tags_of_the_vocabulary_in_order(tagged):
     assert not scores.duplicated(["user_id", "tag"]).any() and set(scores.tag) <= set(meta["tags"])
     assert (scores.model_version == report["model_version"]).all()
     assert report["train_days"] == [d.isoformat() for d in dates[1:-1]]
+    assert report["users"] == len(users) and report["rows_written"]["user_tag_scores"] == len(scores)
+
+
+def test_the_written_counts_come_from_the_footers_or_else_from_reading_the_table_back(spark, tagged):
+    """The report's counts: users x top_m rows as the Parquet footers say; when the footers
+    disagree with the users snapshot, the table read back and its distinct users counted."""
+    from jobs import tag_model
+    from jobs.common.storage import Warehouse
+
+    config, base, dates, report = tagged
+    day = dates[-1].isoformat()
+    scores = _pd(base, "user_tag_scores", day)
+    truth = {"rows": len(scores), "users": scores.user_id.nunique()}
+    per_user = len(scores) // truth["users"]
+    wh = Warehouse(spark, config)
+    assert tag_model.written_counts(wh, day, truth["users"], per_user) == truth
+    assert tag_model.written_counts(wh, day, truth["users"] + 1, per_user) == truth
 
 
 def test_the_saved_model_reproduces_the_written_scores(tagged):

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 keras = pytest.importorskip("keras")
 
@@ -413,3 +415,130 @@ def test_the_tag_prior_averages_each_users_probabilities_once():
     rows = pa.table({"user_id": ["a", "b", "b"]})
     # a: (1/2, 1/2); b once: (3/4, 1/4); mean (5/8, 3/8), not the per-row (2/3, 1/3).
     np.testing.assert_allclose(utpm_train.tag_prior(Fixed(), {"s": s}, rows), [5 / 8, 3 / 8], rtol=1e-12)
+
+
+# ---- scoring: the fast paths against straightforward references ------------------------------
+
+def _ranked(row: list[float], m: int) -> list[int]:
+    """A row's m best columns by Python's sort: score descending, ties by column, NaN last."""
+    return sorted(range(len(row)), key=lambda j: (math.isnan(row[j]), 0.0 if math.isnan(row[j]) else -row[j], j))[:m]
+
+
+# A few values, so that most rows have ties, at the m-th place too.
+TIED = st.sampled_from([-1.5, -0.0, 0.0, 0.5, 2.0, math.inf, -math.inf, math.nan])
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), t=st.integers(1, 30), n=st.integers(0, 6), m=st.integers(1, 35),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_top_tags_equals_a_full_sort_by_score_then_column(data, t, n, m, dtype):
+    rows = data.draw(st.lists(st.lists(TIED, min_size=t, max_size=t), min_size=n, max_size=n))
+    scores = np.array(rows, dtype=dtype).reshape(n, t)
+    idx, top = utpm_train.top_tags(scores, m)
+    assert idx.shape == (n, min(m, t)) and top.dtype == scores.dtype
+    assert idx.tolist() == [_ranked([float(v) for v in r], m) for r in scores]
+    np.testing.assert_array_equal(top, np.array([[r[j] for j in i] for r, i in zip(scores, idx, strict=True)],
+                                                dtype=dtype).reshape(top.shape))
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data(), t=st.integers(1, 25), n=st.integers(1, 5), w=st.sampled_from([0.0, 0.5, 1.0, 0.3]))
+def test_interest_at_the_top_columns_equals_the_log_probability_less_the_weighted_log_prior(data, t, n, w):
+    rows = data.draw(st.lists(st.lists(st.floats(-30, 30, width=32), min_size=t, max_size=t), min_size=n, max_size=n))
+    prior = data.draw(st.lists(st.sampled_from([0.0, 1e-320, 0.01, 0.2, 1.0]), min_size=t, max_size=t))
+    scores = np.array(rows, np.float32)
+    idx, _ = utpm_train.top_tags(scores, data.draw(st.integers(1, t)))
+    log_prior = np.log(np.maximum(np.array(prior), 1e-300))
+    got = utpm_train.interest_at(scores, idx, log_prior, w)
+    for r, i, g in zip(scores.astype(float), idx, got, strict=True):
+        top = max(r)
+        log_z = math.log(math.fsum(math.exp(v - top) for v in r))
+        want = [r[j] - top - log_z - w * math.log(max(prior[j], 1e-300)) for j in i]
+        np.testing.assert_allclose(g, want, rtol=1e-12, atol=1e-12)
+    # The very numbers of the whole-matrix definition, gathered.
+    full = utpm_train.interest(scores.astype(np.float64), np.array(prior), w)
+    np.testing.assert_array_equal(got, np.take_along_axis(full, idx, axis=1))
+
+
+# Tags as they come: empty, non-ASCII, a NUL inside or at the end, and longer than
+# utpm_train.FIXED_WIDTH_MAX bytes (those columns go as Python strings).
+TAG = st.one_of(st.text(max_size=5), st.sampled_from(["", "ünï", "日本語", "a\x00b", "ab\x00"]),
+                st.text(min_size=utpm_train.FIXED_WIDTH_MAX - 1, max_size=utpm_train.FIXED_WIDTH_MAX + 3))
+
+
+@settings(max_examples=150, deadline=None)
+@given(users=st.lists(st.tuples(st.one_of(st.none(), TAG),
+                                st.one_of(st.none(), st.lists(st.one_of(st.none(), TAG), max_size=5))),
+                      max_size=7),
+       length=st.integers(1, 4), start=st.integers(0, 2))
+def test_string_inputs_give_the_string_tensors_of_the_python_strings_cut_and_padded(users, length, start):
+    import tensorflow as tf
+
+    tbl = pa.table({"user_id": [str(i) for i in range(len(users))],
+                    "u_age": pa.array([u for u, _ in users], pa.string()),
+                    "long_tags": pa.array([t for _, t in users], pa.list_(pa.string())),
+                    "long_weights": pa.array([None if t is None else [float(k) for k in range(len(t))]
+                                              for _, t in users], pa.list_(pa.float64()))})
+    tbl = tbl.slice(min(start, tbl.num_rows))             # offsets that do not start at 0
+    kept = users[min(start, len(users)):]
+    x = utpm_train.inputs(tbl.to_batches()[0] if tbl.num_rows else tbl, ["age"], ["long"], length)
+
+    def strings(a):
+        return tf.convert_to_tensor(a).numpy().tolist()
+
+    assert x["u_age"].shape == (len(kept), 1) and x["long_tags"].shape == (len(kept), length)
+    assert strings(x["u_age"]) == [[(u or "").encode()] for u, _ in kept]
+    assert strings(x["long_tags"]) == [[(v or "").encode() for v in ((t or []) + [""] * length)[:length]]
+                                       for _, t in kept]
+    assert x["long_weights"].tolist() == [([float(k) for k in range(len(t or []))] + [0.0] * length)[:length]
+                                          for _, t in kept]
+
+
+@settings(max_examples=100, deadline=None)
+@given(sizes=st.lists(st.integers(0, 12), max_size=8), size=st.integers(1, 5))
+def test_chunks_regroup_the_rows_in_order_into_chunks_of_one_size(sizes, size):
+    bounds = np.cumsum([0, *sizes])
+    batches = [pa.record_batch({"i": pa.array(np.arange(a, b), pa.int64())}) for a, b in itertools.pairwise(bounds)]
+    got = list(utpm_train.chunks(batches, size))
+    assert [c.num_rows for c in got] == [size] * (bounds[-1] // size) + ([bounds[-1] % size] if bounds[-1] % size else [])
+    assert [v for c in got for v in c.column("i").to_pylist()] == list(range(bounds[-1]))
+
+
+class _ScoresByAge:
+    """A model whose scores are row ``int(u_age)`` of ``table``, whatever else the inputs hold."""
+
+    def __init__(self, table):
+        self.table, self.calls = table, []
+
+    def predict_on_batch(self, x):
+        self.calls.append(len(x["u_age"]))
+        return {"scores": self.table[[int(v) for v in x["u_age"][:, 0]]]}
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), t=st.integers(1, 8), n=st.integers(0, 6), m=st.integers(1, 10),
+       prior=st.booleans(), rows=st.sampled_from([None, 8]))
+def test_score_users_writes_each_users_top_tags_by_score_then_column(data, t, n, m, prior, rows):
+    table = np.array(data.draw(st.lists(st.lists(st.sampled_from([-1.0, 0.0, 0.25, 3.0]), min_size=t, max_size=t),
+                                        min_size=n, max_size=n)), np.float32).reshape(n, t)
+    tags = [f"t{j}" for j in range(t)]
+    p = [(j + 1) / t for j in range(t)]
+    meta = {"tags": tags, "user_features": ["age"], "fields": ["long"], "field_length": 2,
+            **({"tag_prior": p} if prior else {})}
+    batch = pa.record_batch({"user_id": [f"u{i}" for i in range(n)], "u_age": [str(i) for i in range(n)],
+                             "long_tags": pa.array([["t0"]] * n, pa.list_(pa.string())),
+                             "long_weights": pa.array([[1.0]] * n, pa.list_(pa.float64()))})
+    model = _ScoresByAge(table)
+    got = utpm_train.score_users(model, meta, batch, m, 0.5, rows=rows).to_pylist()
+    want = []
+    for i, r in enumerate(table.astype(float).tolist()):
+        log_z = max(r) + math.log(math.fsum(math.exp(v - max(r)) for v in r))
+        for rank, j in enumerate(_ranked(r, m), 1):
+            want.append({"user_id": f"u{i}", "rank": rank, "tag": tags[j], "score": r[j],
+                         "interest": r[j] - log_z - 0.5 * math.log(p[j]) if prior else None})
+    assert [{k: v for k, v in g.items() if k != "interest"} for g in got] == \
+        [{k: v for k, v in w.items() if k != "interest"} for w in want]
+    assert [g["interest"] is None for g in got] == [w["interest"] is None for w in want]
+    if prior:
+        np.testing.assert_allclose([g["interest"] for g in got], [w["interest"] for w in want], rtol=1e-12, atol=1e-12)
+    assert model.calls == ([] if n == 0 else [max(n, rows or 0)])    # padded to ``rows`` users
