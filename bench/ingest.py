@@ -39,17 +39,20 @@ BARE_SCHEMA = StructType([
 ])
 
 
-def _feed(out: Path, events: int) -> Path:
-    raw = out / f"feed-{events}" / "raw"
+def _feed(out: Path, events: int, days: int = 2) -> Path:
+    """The synthetic feed of ``events`` a day from START, generated once under ``out``:
+    ``feed-<events>/raw`` for two days, ``feed-<events>-<days>d/raw`` for other lengths (the
+    last day of a feed differs with its length: its late events land in it or the next day)."""
+    raw = out / (f"feed-{events}" if days == 2 else f"feed-{events}-{days}d") / "raw"
     if (raw / "_truth" / "summary.json").exists():
         return raw
     if raw.exists():
         shutil.rmtree(raw)
     users = max(1000, events * USERS_PER_MILLION // 1_000_000)
     t0 = time.monotonic()
-    summary = generate(raw, START, 2, FeedParams(users=users, articles=max(3000, users // 20), bad_rate=0.001))
-    day2 = summary["per_day"][(START + dt.timedelta(days=1)).isoformat()]["events_landed"]
-    print(f"generated {events:,}-event feed ({users:,} users): day 2 has {day2:,} events "
+    summary = generate(raw, START, days, FeedParams(users=users, articles=max(3000, users // 20), bad_rate=0.001))
+    last = summary["per_day"][(START + dt.timedelta(days=days - 1)).isoformat()]["events_landed"]
+    print(f"generated {events:,}-event feed ({users:,} users, {days} days): day {days} has {last:,} events "
           f"({time.monotonic() - t0:.0f}s)", flush=True)
     return raw
 

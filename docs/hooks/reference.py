@@ -315,6 +315,36 @@ def bench_table(name: str) -> str:
             "printed them):\n\n" + "".join(out))
 
 
+def scale_table() -> str:
+    """The newest scale run (bench/scale.py) as steps x sizes, with each step's slope; every
+    run in the generic table below it."""
+    runs = _runs("scale")
+    slopes = next((r for r in runs if any(k.endswith("_slope") for k in r["figures"])), None)
+    if slopes is None:
+        return bench_table("scale")
+    labels = slopes["sizes"]["events"].split(",")
+    # The per-size records of that run: appended just before its slopes, same date and commit.
+    sizes = {}
+    for r in runs:
+        if (r["date"], r.get("commit")) == (slopes["date"], slopes.get("commit")) and r["sizes"]["events"] in labels:
+            sizes.setdefault(r["sizes"]["events"], r)
+    labels = [label for label in labels if label in sizes]
+    steps = [k[:-2] for k in dict.fromkeys(k for r in sizes.values() for k in r["figures"]) if k.endswith("_s")]
+    head = ["step", *(f"{label} events/day" for label in labels), "slope"]
+    out = ["| " + " | ".join(head) + " |\n", "|" + "---|" * len(head) + "\n"]
+    for step in steps:
+        cells = [f"**{step}**" if step == "total" else step,
+                 *(_fmt(sizes[label]["figures"].get(f"{step}_s", "skipped")) for label in labels),
+                 _fmt(slopes["figures"].get(f"{step}_slope", "-"))]
+        out.append("| " + " | ".join(_cell(c) for c in cells) + " |\n")
+    out.append("| users | " + " | ".join(_fmt(sizes[label]["figures"]["users"]) for label in labels) + " | |\n")
+    out.append("| events (exact) | " + " | ".join(_fmt(sizes[label]["figures"]["events_exact"]) for label in labels)
+               + " | |\n")
+    return (f"Seconds per step on the last of {slopes['sizes'].get('days', '?')} days, the newest run "
+            f"({slopes['date']}, `{slopes.get('commit', '')}`, {slopes.get('machine', '')}); slope of "
+            "log(seconds) on log(events a day), 1.0 = linear:\n\n" + "".join(out) + "\n" + bench_table("scale"))
+
+
 def targets_table() -> str:
     targets = json.loads((RESULTS / "targets.json").read_text())
     out = ["| benchmark | measures | target | newest | date | status |\n|---|---|---|---|---|---|\n"]
@@ -376,7 +406,7 @@ def on_page_markdown(markdown, page, config, files):
         if kind == "gen" and name == "chain":
             return chain_list()
         if kind == "bench":
-            return targets_table() if name == "targets" else bench_table(name)
+            return {"targets": targets_table, "scale": scale_table}.get(name, lambda: bench_table(name))()
         raise ValueError(f"{page.file.src_path}: unknown marker {m.group(0)}")
 
     return _MARKER.sub(fill, markdown)
