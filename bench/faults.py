@@ -245,7 +245,7 @@ class Campaign:
         # wrote, and evaluate (of D-1) export's lists of D-1.
         names = list(STEPS)
         needed = set(self.steps) | ({"export"} if "evaluate" in self.steps else set())
-        chain = names[:max(names.index(s) for s in needed) + 1]
+        chain = names[:max((names.index(s) for s in needed), default=-1) + 1]
         for k in range(days):
             day = START + dt.timedelta(days=k)
             for name in chain:

@@ -233,7 +233,8 @@ def with_known_ids(events: DataFrame, users: DataFrame, articles: DataFrame) -> 
 def duplicated_ids(events: DataFrame) -> DataFrame:
     """The event_ids of more than one otherwise valid event, each with the row id of the
     copy kept (``_keep_row``): the copy with the least hash of its text ``_h``, so the same
-    copy on every run; copies with the same hash are the same text, whichever is kept.
+    text on every run (barring a 64-bit hash collision between two copies' texts); copies
+    with the same hash are the same text, so which of them is kept changes no table.
     One narrow aggregate (a shuffle of three columns, fixed-width buffers) instead of a
     window over whole rows; only the few duplicated ids come out of it."""
     return (events.where(F.col("reason").isNull())

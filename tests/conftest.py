@@ -37,7 +37,7 @@ _GROUP_OF = {module: group for group, modules in SHARED_FIXTURE_GROUPS.items() f
 
 def _group(nodeid: str) -> str:
     module = Path(nodeid.split("::", 1)[0]).stem
-    if module == "test_faults":  # each format's campaign (about 8 minutes each) on a worker of its own
+    if module == "test_faults":  # each format's fault test (a few minutes) on a worker of its own
         return f"{module}[{nodeid.rsplit('[', 1)[-1].rstrip(']')}]" if "[" in nodeid else module
     return _GROUP_OF.get(module, module)
 

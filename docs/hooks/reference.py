@@ -318,18 +318,22 @@ def bench_table(name: str) -> str:
 def scale_table() -> str:
     """The newest scale run (bench/scale.py) as steps x sizes, with each step's slope; every
     run in the generic table below it."""
-    runs = _runs("scale")
-    slopes = next((r for r in runs if any(k.endswith("_slope") for k in r["figures"])), None)
-    if slopes is None:
+    path = RESULTS / "scale.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: a page asks for <!-- bench:scale -->")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    ends = [i for i, r in enumerate(rows) if any(k.endswith("_slope") for k in r["figures"])]
+    if not ends:
         return bench_table("scale")
+    # A run appends one record per size, then its slopes: the records just before the last slopes.
+    slopes = rows[ends[-1]]
     labels = slopes["sizes"]["events"].split(",")
-    # The per-size records of that run: appended just before its slopes, same date and commit.
-    sizes = {}
-    for r in runs:
-        if (r["date"], r.get("commit")) == (slopes["date"], slopes.get("commit")) and r["sizes"]["events"] in labels:
-            sizes.setdefault(r["sizes"]["events"], r)
-    labels = [label for label in labels if label in sizes]
+    sizes = {r["sizes"]["events"]: r for r in rows[ends[-1] - len(labels):ends[-1]]}
+    if sorted(sizes) != sorted(labels):
+        raise ValueError(f"{path}: the {len(labels)} records before line {ends[-1] + 1} are not the sizes "
+                         f"{labels} of its slopes")
     steps = [k[:-2] for k in dict.fromkeys(k for r in sizes.values() for k in r["figures"]) if k.endswith("_s")]
+    steps = [s for s in steps if s != "total"] + ["total"]
     head = ["step", *(f"{label} events/day" for label in labels), "slope"]
     out = ["| " + " | ".join(head) + " |\n", "|" + "---|" * len(head) + "\n"]
     for step in steps:
