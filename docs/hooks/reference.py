@@ -284,11 +284,16 @@ def redis_page() -> str:
 
 # -- benchmark history --------------------------------------------------------------------
 
-def _runs(name: str) -> list[dict]:
+def _records(name: str) -> list[dict]:
+    """The runs of bench/results/NAME.jsonl in the order they were appended."""
     path = RESULTS / f"{name}.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: a page asks for <!-- bench:{name} -->")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _runs(name: str) -> list[dict]:
+    rows = _records(name)
     # Newest first; runs of one day in the reverse of the order they were appended.
     return [r for _, r in sorted(enumerate(rows), key=lambda ir: (ir[1]["date"], ir[0]), reverse=True)]
 
@@ -318,10 +323,7 @@ def bench_table(name: str) -> str:
 def scale_table() -> str:
     """The newest scale run (bench/scale.py) as steps x sizes, with each step's slope; every
     run in the generic table below it."""
-    path = RESULTS / "scale.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: a page asks for <!-- bench:scale -->")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = _records("scale")
     ends = [i for i, r in enumerate(rows) if any(k.endswith("_slope") for k in r["figures"])]
     if not ends:
         return bench_table("scale")
@@ -330,15 +332,15 @@ def scale_table() -> str:
     labels = slopes["sizes"]["events"].split(",")
     sizes = {r["sizes"]["events"]: r for r in rows[ends[-1] - len(labels):ends[-1]]}
     if sorted(sizes) != sorted(labels):
-        raise ValueError(f"{path}: the {len(labels)} records before line {ends[-1] + 1} are not the sizes "
+        raise ValueError(f"bench/results/scale.jsonl: the {len(labels)} records before line {ends[-1] + 1} are not the sizes "
                          f"{labels} of its slopes")
     steps = [k[:-2] for k in dict.fromkeys(k for r in sizes.values() for k in r["figures"]) if k.endswith("_s")]
-    steps = [s for s in steps if s != "total"] + ["total"]
+    steps = [s for s in steps if s != "total"] + ["total"] * ("total" in steps)
     head = ["step", *(f"{label} events/day" for label in labels), "slope"]
     out = ["| " + " | ".join(head) + " |\n", "|" + "---|" * len(head) + "\n"]
     for step in steps:
         cells = [f"**{step}**" if step == "total" else step,
-                 *(_fmt(sizes[label]["figures"].get(f"{step}_s", "skipped")) for label in labels),
+                 *(_fmt(sizes[label]["figures"].get(f"{step}_s", "-")) for label in labels),
                  _fmt(slopes["figures"].get(f"{step}_slope", "-"))]
         out.append("| " + " | ".join(_cell(c) for c in cells) + " |\n")
     out.append("| users | " + " | ".join(_fmt(sizes[label]["figures"]["users"]) for label in labels) + " | |\n")
@@ -346,7 +348,8 @@ def scale_table() -> str:
                + " | |\n")
     return (f"Seconds per step on the last of {slopes['sizes'].get('days', '?')} days, the newest run "
             f"({slopes['date']}, `{slopes.get('commit', '')}`, {slopes.get('machine', '')}); slope of "
-            "log(seconds) on log(events a day), 1.0 = linear:\n\n" + "".join(out) + "\n" + bench_table("scale"))
+            "log(seconds) on log(events a day), 1.0 = linear; - not measured (skipped, or stopped: see the "
+            "notes below):\n\n" + "".join(out) + "\n" + bench_table("scale"))
 
 
 def targets_table() -> str:
