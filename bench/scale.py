@@ -16,14 +16,17 @@ no earlier day of examples and are skipped on the last day).
 
 Prints a table of seconds per step and size, the slope of log(seconds) against log(events)
 by least squares over the sizes (1.0: linear in the feed; 0: a fixed cost), and events/s at
-the largest size. Appends one record per size and one of the slopes to
-bench/results/scale.jsonl (bench/record.py; not with --no-record) and, with two sizes or
-more, draws seconds against events per day, log-log, to --plot.
+the largest size, and each step's peak resident set of the driver's Python process (the
+steps that train and score models run there; the Spark JVM beside it is bounded by
+--driver-memory). Appends one record per size as soon as it is done and one of the slopes
+to bench/results/scale.jsonl (bench/record.py; not with --no-record) and, with two sizes
+or more, draws seconds against events per day, log-log, to --plot.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -63,21 +66,43 @@ def run_size(spark, base, out: Path, events: int, days: int, steps, redis_url: s
                 # Not invoked: publish would otherwise read $TAGRECALL_REDIS_URL.
                 result = {"date": date.isoformat(), "seconds": None, "status": "skipped", "reason": "no --redis-url"}
             else:
+                reset_peak_rss()
                 t0 = time.monotonic()
                 report = run_step(spark, config, step, date, f"[{i}/{len(steps)}] {step.name} {date}")
                 result = {"date": date.isoformat(), "seconds": round(time.monotonic() - t0, 2),
-                          "status": report.get("status", ""), "reason": report.get("reason")}
+                          "status": report.get("status", ""), "reason": report.get("reason"),
+                          "python_peak_gb": peak_rss_gb()}
             by_step[step.name] = result
             skipped = result["status"] == "skipped"
             seconds = "" if skipped else f"{result['seconds']:.1f}s"
             reason = f" ({result['reason']})" if skipped else ""
-            print(f"  {label:>6} day {k}/{days} {step.name:<10} {date} {seconds:>8}  {result['status']}{reason}",
-                  flush=True)
+            peak = result.get("python_peak_gb")
+            memory = f"  (Python peak {peak:.1f} GB)" if peak else ""
+            print(f"  {label:>6} day {k}/{days} {step.name:<10} {date} {seconds:>8}  {result['status']}{reason}"
+                  f"{memory}", flush=True)
         timed.append(by_step)
     if not keep:
         shutil.rmtree(home, ignore_errors=True)
     return {"events": summary["per_day"][dates[-1].isoformat()]["events_landed"],
             "users": summary["params"]["users"], "requested": events, "days": timed}
+
+
+def reset_peak_rss() -> None:
+    """Start this process's peak resident set afresh (Linux: 5 > /proc/self/clear_refs), so
+    that each step's peak is its own; a no-op where the kernel does not offer it."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_gb() -> float | None:
+    """This (the driver's Python) process's peak resident set since the last reset, GB; the
+    Spark JVM is another process, bounded by --driver-memory."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), None)
+    return round(kb / 1024**2, 2) if kb else None
 
 
 def ran(step: dict) -> bool:
@@ -168,14 +193,19 @@ def draw(results: list[dict], names: list[str], fits: dict, days: int, path: Pat
     print(f"plot: {path}")
 
 
-def record(results: list[dict], names: list[str], fits: dict, days: int, enabled: bool) -> None:
-    for r in results:
-        steps = last_day(r)
-        figures = {f"{n}_s": steps[n]["seconds"] for n in names if ran(steps[n])}
-        figures |= {"users": r["users"], "events_exact": r["events"]}
-        skipped = [n for n in names if not ran(steps[n])]
-        append("scale", {"events": size_label(r["requested"]), "days": days}, figures,
-               note=f"skipped: {', '.join(skipped)}" if skipped else "", enabled=enabled)
+def record_size(r: dict, names: list[str], days: int, enabled: bool) -> None:
+    """One size's record, written as soon as the size is done (a later size may not finish)."""
+    steps = last_day(r)
+    figures = {f"{n}_s": steps[n]["seconds"] for n in names if ran(steps[n])}
+    figures |= {f"{n}_python_peak_gb": steps[n]["python_peak_gb"] for n in names
+                if ran(steps[n]) and steps[n].get("python_peak_gb")}
+    figures |= {"users": r["users"], "events_exact": r["events"]}
+    skipped = [n for n in names if not ran(steps[n])]
+    append("scale", {"events": size_label(r["requested"]), "days": days}, figures,
+           note=f"skipped: {', '.join(skipped)}" if skipped else "", enabled=enabled)
+
+
+def record_slopes(results: list[dict], names: list[str], fits: dict, days: int, enabled: bool) -> None:
     if len(results) < 2:
         return
     figures = {f"{n}_slope": round(fits[n]["slope"], 3) for n in names if fits[n]["slope"] is not None}
@@ -215,16 +245,17 @@ def main() -> int:
     spark.sparkContext.setLogLevel("ERROR")
     started = time.monotonic()
     results = []
+    names = [s.name for s in steps] + ["total"]
     for events in sizes:
         results.append(run_size(spark, base, out, events, args.days, steps, args.redis_url, args.keep))
-    names = [s.name for s in steps] + ["total"]
+        record_size(results[-1], names, args.days, enabled=not args.no_record)
     fits = curves(results, names)
     print_table(results, names, fits, args.days, [size_label(r["requested"]) for r in results])
     print(f"({math.ceil(time.monotonic() - started):,} s in all, feeds cached under {out})")
     (out / "scale.json").write_text(json.dumps(
         {"days": args.days, "results": results,
          "fits": {n: {"slope": f["slope"], "events_per_s": f["events_per_s"]} for n, f in fits.items()}}, indent=2))
-    record(results, names, fits, args.days, enabled=not args.no_record)
+    record_slopes(results, names, fits, args.days, enabled=not args.no_record)
     if len(results) >= 2:
         draw(results, names, fits, args.days, Path(args.plot).resolve())
     return 0

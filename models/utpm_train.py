@@ -17,6 +17,7 @@ the same version.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import hashlib
@@ -27,6 +28,7 @@ import warnings
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from models import registry, tables
 from models.train import Window, write_version
@@ -146,13 +148,14 @@ def labels(batch: pa.RecordBatch | pa.Table, tag_ids: dict[str, int], length: in
     """click (n,), article_ids (n, L) int32 and article_weights (n, L), 0 for padding and for
     tags outside the vocabulary."""
     arr = _list_array(batch.column("article_tags"))
-    flat = arr.flatten()
-    tags = pa.ListArray.from_arrays(arr.offsets, flat.field("tag"))
-    weights = pa.ListArray.from_arrays(arr.offsets, flat.field("weight"))
-    names = pad(tags, length, "", object)
-    w = pad(weights, length, 0.0, np.float32)
-    ids = np.vectorize(lambda t: tag_ids.get(t, -1), otypes=[np.int32])(names) if names.size else \
-        np.zeros(names.shape, np.int32)
+    items = arr.values   # every list's items, in the offsets' coordinates (a slice included)
+    # Each tag's id by one hash lookup in Arrow: its position in the vocabulary, then its id.
+    position = pc.index_in(items.field("tag"), value_set=pa.array(list(tag_ids), pa.string()))
+    id_of = np.fromiter(tag_ids.values(), np.int32, len(tag_ids))
+    pos = position.fill_null(-1).to_numpy(zero_copy_only=False)
+    item_ids = np.where(pos >= 0, id_of[np.maximum(pos, 0)] if len(id_of) else -1, -1).astype(np.int32)
+    ids = pad(pa.ListArray.from_arrays(arr.offsets, pa.array(item_ids)), length, -1, np.int32)
+    w = pad(pa.ListArray.from_arrays(arr.offsets, items.field("weight")), length, 0.0, np.float32)
     w = np.where(ids >= 0, w, 0.0).astype(np.float32)
     click = batch.column("click").fill_null(0).to_numpy(zero_copy_only=False).astype(np.float32)
     return {"click": click, "article_ids": np.maximum(ids, 0), "article_weights": w}
@@ -160,21 +163,27 @@ def labels(batch: pa.RecordBatch | pa.Table, tag_ids: dict[str, int], length: in
 
 def vocabularies(tbl: pa.Table, user_features: list[str], fields: list[str]) -> tuple[dict[str, list[str]], list[str]]:
     """(user feature vocabularies, the tag vocabulary): every value seen in ``tbl``, sorted."""
-    vocab = {f"u_{k}": sorted(set(tbl.column(f"u_{k}").fill_null("").to_pylist()) - {""}) for k in user_features}
-    tags = set(_list_array(tbl.column("article_tags")).flatten().field("tag").to_pylist())
+    def distinct(values) -> set:   # Arrow's hash table first: a few Python strings, not one per item
+        return set(pc.unique(values).to_pylist())
+
+    vocab = {f"u_{k}": sorted(distinct(tbl.column(f"u_{k}").fill_null("")) - {""}) for k in user_features}
+    tags = distinct(_list_array(tbl.column("article_tags")).flatten().field("tag"))
     for f in fields:
-        tags |= set(_list_array(tbl.column(f"{f}_tags")).flatten().to_pylist())
+        tags |= distinct(_list_array(tbl.column(f"{f}_tags")).flatten())
     return vocab, sorted(tags - {""})
 
 
 # ---- training ----------------------------------------------------------------------------
 
 def read(parts: list[tables.Partition], limit: int | None = None, seed: int = 0) -> pa.Table:
-    tbl = tables.dataset(parts).to_table()
-    if limit is not None and tbl.num_rows > limit:
-        keep = np.sort(np.random.default_rng(seed).choice(tbl.num_rows, limit, replace=False))
-        tbl = tbl.take(pa.array(keep))
-    return tbl
+    """The rows of ``parts``, or a seeded uniform sample of ``limit`` of them, in the files'
+    order; a sample is gathered batch by batch, never holding every row at once."""
+    data = tables.dataset(parts)
+    rows = data.count_rows()
+    if limit is None or rows <= limit:
+        return data.to_table()
+    keep = np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
+    return data.take(pa.array(keep))
 
 
 def model_version(config: Config, w: Window) -> str:
@@ -205,11 +214,24 @@ def _tf_data(x: dict, y: dict, batch_size: int, seed: int | None, keep: np.ndarr
     indices are shuffled, not the rows, and each batch is gathered at once: shuffling every
     input and label array row by row (17 of them by default) took as long as the training
     steps themselves on 2 cores. The order is the one a shuffle of the rows gives (it
-    depends on the seed and the row count only)."""
+    depends on the seed and the row count only). Each batch is gathered from the numpy
+    arrays themselves: tensors of every row would hold each string cell in 24 bytes or more
+    beside the arrays' few (some 10 GB for two days of 2M examples)."""
     import tensorflow as tf
 
     rows = len(y["click"])
-    arrays = tf.nest.map_structure(tf.convert_to_tensor, (x, y))
+    arrays = tf.nest.flatten((x, y))
+    dtypes = [tf.string if a.dtype.kind in "SUO" else tf.as_dtype(a.dtype) for a in arrays]
+
+    def gather(i: np.ndarray) -> list[np.ndarray]:
+        return [a[i] for a in arrays]
+
+    def batch(i):
+        out = tf.numpy_function(gather, [i], dtypes, stateful=False)
+        for tensor, a in zip(out, arrays, strict=True):
+            tensor.set_shape((None, *a.shape[1:]))
+        return tf.nest.pack_sequence_as((x, y), out)
+
     order = tf.data.Dataset.range(rows)
     if seed is not None:
         order = order.shuffle(rows, seed=seed, reshuffle_each_iteration=True)
@@ -217,30 +239,63 @@ def _tf_data(x: dict, y: dict, batch_size: int, seed: int | None, keep: np.ndarr
     if keep is not None:
         kept = tf.constant(np.asarray(keep, dtype=bool))
         order = order.map(lambda i: tf.boolean_mask(i, tf.gather(kept, i)))
-    return order.map(lambda i: tf.nest.map_structure(lambda a: tf.gather(a, i), arrays)).prefetch(2)
+    return order.map(batch).prefetch(2)
+
+
+@dataclasses.dataclass
+class Examples:
+    """A window's examples as the network's inputs and labels, and what else fitting needs of
+    the Arrow tables they come from (which can then be let go: some 2 GB a day of 2M examples)."""
+
+    vocab: dict[str, list[str]]
+    tags: list[str]
+    x_tr: dict[str, np.ndarray]
+    y_tr: dict[str, np.ndarray]
+    x_va: dict[str, np.ndarray]
+    y_va: dict[str, np.ndarray]
+    train_rows: int
+    val_rows: int
+    val_users: pa.Table   # the validation rows' user_id (the tag prior's users)
+
+
+def examples(config: Config, train: pa.Table, val: pa.Table, label: str) -> Examples:
+    """The training (``train``) and validation (``val``) tables as the network's inputs, with
+    the vocabularies of ``train``."""
+    cfg, feats = config.tag_model, list(config.features.user_features)
+    vocab, tags = vocabularies(train, feats, cfg.input_fields)
+    if not tags:
+        raise ValueError(f"{label}: the training examples name no tag")
+    tag_ids = {t: i for i, t in enumerate(tags)}
+    return Examples(vocab, tags,
+                    inputs(train, feats, cfg.input_fields, cfg.field_length), labels(train, tag_ids, cfg.article_tags),
+                    inputs(val, feats, cfg.input_fields, cfg.field_length), labels(val, tag_ids, cfg.article_tags),
+                    train.num_rows, val.num_rows, val.select(["user_id"]))
 
 
 def fit(config: Config, train: pa.Table, val: pa.Table, label: str):
-    """(network, metadata, history): the model fitted with early stopping on ``val``."""
+    """(network, metadata, history): the model fitted on ``train`` with early stopping on ``val``."""
+    return fit_examples(config, examples(config, train, val, label), label)
+
+
+def fit_examples(config: Config, ex: Examples, label: str):
+    """``fit`` of examples already converted (train_day converts the tables it reads, then
+    lets them go before fitting)."""
     import keras
 
     from models.multitask import EpochProgress
     from models.utpm import UTPMTrainer, build_network
 
     cfg, feats = config.tag_model, list(config.features.user_features)
+    vocab, tags, x_tr, y_tr, x_va, y_va = ex.vocab, ex.tags, ex.x_tr, ex.y_tr, ex.x_va, ex.y_va
+    log.info("%s: %s training impressions, %s validating, loss %s", label, f"{ex.train_rows:,}",
+             f"{ex.val_rows:,}", cfg.loss)
     keras.utils.set_random_seed(cfg.seed)
-    vocab, tags = vocabularies(train, feats, cfg.input_fields)
-    if not tags:
-        raise ValueError(f"{label}: the training examples name no tag")
-    tag_ids = {t: i for i, t in enumerate(tags)}
     user_model, network = build_network(feats, cfg.input_fields, vocab, tags, cfg.field_length, cfg.embedding_dim,
                                         cfg.heads, cfg.units, cfg.user_dim, cfg.tower, cfg.echo)
     sampled = cfg.sampled_negatives if cfg.loss == "softmax" and len(tags) > cfg.full_softmax_max_tags else 0
     trainer = UTPMTrainer(user_model, network, cfg.loss, sampled_negatives=min(sampled, len(tags)), seed=cfg.seed)
     trainer.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate))
-    x_tr, y_tr = inputs(train, feats, cfg.input_fields, cfg.field_length), labels(train, tag_ids, cfg.article_tags)
-    x_va, y_va = inputs(val, feats, cfg.input_fields, cfg.field_length), labels(val, tag_ids, cfg.article_tags)
-    steps = max(1, -(-train.num_rows // cfg.batch_size))
+    steps = max(1, -(-ex.train_rows // cfg.batch_size))
     callbacks = [EpochProgress(label, steps),
                  keras.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=cfg.patience,
                                                restore_best_weights=True)]
@@ -254,8 +309,8 @@ def fit(config: Config, train: pa.Table, val: pa.Table, label: str):
         log.info("%s epoch %d: loss %.4f | validation %.4f", label, epoch, loss, val_loss)
     metadata = {"kind": "utpm", "tower": cfg.tower, "echo": cfg.echo, "loss": cfg.loss, "tags": tags, "user_features": feats, "fields": cfg.input_fields,
                 "field_length": cfg.field_length, "sampled_negatives": trainer.sampled_negatives,
-                "tag_prior": tag_prior(network, x_va, val).tolist(),
-                "train_rows": train.num_rows, "validation_rows": val.num_rows,
+                "tag_prior": tag_prior(network, x_va, ex.val_users).tolist(),
+                "train_rows": ex.train_rows, "validation_rows": ex.val_rows,
                 "validation_loss": min(history["val_loss"]) if history.get("val_loss") else None}
     return network, metadata, history
 
@@ -268,11 +323,12 @@ def train_day(config: Config, date: dt.date, version: str | None = None) -> dict
     if reason:
         raise ValueError(f"tag-model {date}: {reason}")
     cfg, w = config.tag_model, window(config, date)
-    train = read([w.parts[d] for d in w.train_days], cfg.max_train_rows, cfg.seed)
-    val = read([w.parts[w.day]], cfg.max_train_rows, cfg.seed)
-    log.info("tag-model %s: %s training impressions from %s; validating on %s (%s), loss %s", w.day,
-             f"{train.num_rows:,}", ", ".join(w.train_days), w.day, f"{val.num_rows:,}", cfg.loss)
-    network, metadata, history = fit(config, train, val, f"tag-model {w.day}")
+    log.info("tag-model %s: training on %s, validating on %s", w.day, ", ".join(w.train_days), w.day)
+    label = f"tag-model {w.day}"
+    # No name holds the tables: their memory returns once their inputs are built.
+    ex = examples(config, read([w.parts[d] for d in w.train_days], cfg.max_train_rows, cfg.seed),
+                  read([w.parts[w.day]], cfg.max_train_rows, cfg.seed), label)
+    network, metadata, history = fit_examples(config, ex, label)
     version = version or model_version(config, w)
     metadata |= {"version": version, "date": w.day, "train_days": w.train_days, "validation_day": w.day}
     folder = write_version(config.storage.warehouse, version, network,

@@ -389,6 +389,57 @@ def test_labels_drop_tags_outside_the_vocabulary():
     assert got["click"].tolist() == [1, 0]
 
 
+ITEM = st.sampled_from(["a", "b", "zz", "", "é"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(lists=st.lists(st.one_of(st.none(), st.lists(st.tuples(ITEM, st.floats(0, 1)), max_size=5)), max_size=6),
+       start=st.integers(0, 2), length=st.integers(1, 4))
+def test_labels_equal_a_lookup_of_each_padded_tag(lists, start, length):
+    """labels() against a per-cell dict lookup, on sliced columns too (an offset list array)."""
+    typ = pa.list_(pa.struct([("tag", pa.string()), ("weight", pa.float64())]))
+    col = pa.array([None if x is None else [{"tag": t, "weight": w} for t, w in x] for x in lists], typ)
+    col = col.slice(min(start, len(col)))
+    tag_ids = {"b": 0, "a": 1, "é": 2}      # ids not in insertion order of the names
+    got = utpm_train.labels(pa.table({"article_tags": col, "click": pa.array([1] * len(col), pa.int32())}),
+                            tag_ids, length)
+    for r, items in enumerate(col.to_pylist()):
+        head = (items or [])[:length]
+        cells = head + [None] * (length - len(head))
+        ids = [tag_ids.get(c["tag"], -1) if c else -1 for c in cells]
+        assert got["article_ids"][r].tolist() == [max(i, 0) for i in ids]
+        want = [np.float32(c["weight"]) if c and i >= 0 else 0.0 for c, i in zip(cells, ids, strict=True)]
+        assert got["article_weights"][r].tolist() == want
+
+
+def test_vocabularies_are_every_value_seen_sorted_without_the_empty_string():
+    typ = pa.list_(pa.struct([("tag", pa.string()), ("weight", pa.float64())]))
+    tbl = pa.table({"u_age": pa.array(["30", None, "20", "30", ""]),
+                    "article_tags": pa.array([[{"tag": "c", "weight": 1.0}], [], None, [{"tag": "", "weight": 1.0}],
+                                              [{"tag": "a", "weight": 0.5}]], typ),
+                    "long_tags": pa.array([["b", "c"], ["d"], None, [], [""]], pa.list_(pa.string()))})
+    vocab, tags = utpm_train.vocabularies(tbl, ["age"], ["long"])
+    assert vocab == {"u_age": ["20", "30"]} and tags == ["a", "b", "c", "d"]
+
+
+def test_read_samples_the_same_seeded_rows_as_a_sample_of_the_whole_table(tmp_path):
+    import pyarrow.parquet as pq
+
+    from models import tables
+
+    files = []
+    for k, n in enumerate([7, 0, 12, 5]):
+        f = tmp_path / f"part-{k}.parquet"
+        pq.write_table(pa.table({"i": pa.array(range(100 * k, 100 * k + n), pa.int64())}), f)
+        files.append(str(f))
+    part = tables.Partition("tag_examples", "2026-01-01", tuple(files), tuple(Path(f).stat().st_size for f in files))
+    every = [i for k, n in enumerate([7, 0, 12, 5]) for i in range(100 * k, 100 * k + n)]
+    assert utpm_train.read([part]).column("i").to_pylist() == every
+    assert utpm_train.read([part], limit=24).column("i").to_pylist() == every
+    keep = np.sort(np.random.default_rng(5).choice(len(every), 10, replace=False))
+    assert utpm_train.read([part], limit=10, seed=5).column("i").to_pylist() == [every[i] for i in keep]
+
+
 def test_top_tags_orders_by_score_then_by_column():
     idx, top = utpm_train.top_tags(np.array([[0.1, 0.5, 0.5, -1.0]]), 3)
     assert idx.tolist() == [[1, 2, 0]] and top.tolist() == [[0.5, 0.5, 0.1]]
