@@ -17,6 +17,7 @@ the same version.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -207,8 +208,9 @@ def rows_in_loss(y: dict, loss: str) -> np.ndarray | None:
     return (y["click"] > 0) & (y["article_weights"] > 0).any(axis=1)
 
 
+@contextlib.contextmanager
 def _tf_data(x: dict, y: dict, batch_size: int, seed: int | None, keep: np.ndarray | None = None):
-    """Batches of (x, y); with ``seed``, a new seeded row order each epoch; with ``keep``, each
+    """Batches of (x, y), a dataset for the ``with`` block; with ``seed``, a new seeded row order each epoch; with ``keep``, each
     batch is drawn from every row, then only its rows where ``keep`` holds are gathered
     (``rows_in_loss``), so the batches and their order are those of all rows. The row
     indices are shuffled, not the rows, and each batch is gathered at once: shuffling every
@@ -216,20 +218,23 @@ def _tf_data(x: dict, y: dict, batch_size: int, seed: int | None, keep: np.ndarr
     steps themselves on 2 cores. The order is the one a shuffle of the rows gives (it
     depends on the seed and the row count only). Each batch is gathered from the numpy
     arrays themselves: tensors of every row would hold each string cell in 24 bytes or more
-    beside the arrays' few (some 10 GB for two days of 2M examples)."""
+    beside the arrays' few (some 10 GB for two days of 2M examples). TensorFlow keeps a
+    numpy_function's Python function for the life of the process, so the arrays are let go
+    of when the block ends: the dataset is not to be used after it."""
     import tensorflow as tf
 
     rows = len(y["click"])
     arrays = tf.nest.flatten((x, y))
     dtypes = [tf.string if a.dtype.kind in "SUO" else tf.as_dtype(a.dtype) for a in arrays]
+    shapes = [a.shape[1:] for a in arrays]
 
     def gather(i: np.ndarray) -> list[np.ndarray]:
         return [a[i] for a in arrays]
 
     def batch(i):
         out = tf.numpy_function(gather, [i], dtypes, stateful=False)
-        for tensor, a in zip(out, arrays, strict=True):
-            tensor.set_shape((None, *a.shape[1:]))
+        for tensor, shape in zip(out, shapes, strict=True):
+            tensor.set_shape((None, *shape))
         return tf.nest.pack_sequence_as((x, y), out)
 
     order = tf.data.Dataset.range(rows)
@@ -239,7 +244,10 @@ def _tf_data(x: dict, y: dict, batch_size: int, seed: int | None, keep: np.ndarr
     if keep is not None:
         kept = tf.constant(np.asarray(keep, dtype=bool))
         order = order.map(lambda i: tf.boolean_mask(i, tf.gather(kept, i)))
-    return order.map(batch).prefetch(2)
+    try:
+        yield order.map(batch).prefetch(2)
+    finally:
+        arrays.clear()
 
 
 @dataclasses.dataclass
@@ -301,9 +309,10 @@ def fit_examples(config: Config, ex: Examples, label: str):
                                                restore_best_weights=True)]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
-        fitted = trainer.fit(_tf_data(x_tr, y_tr, cfg.batch_size, cfg.seed, rows_in_loss(y_tr, cfg.loss)),
-                             validation_data=_tf_data(x_va, y_va, cfg.batch_size, None, rows_in_loss(y_va, cfg.loss)),
-                             epochs=cfg.epochs, callbacks=callbacks, verbose=0)
+        with (_tf_data(x_tr, y_tr, cfg.batch_size, cfg.seed, rows_in_loss(y_tr, cfg.loss)) as batches,
+              _tf_data(x_va, y_va, cfg.batch_size, None, rows_in_loss(y_va, cfg.loss)) as validation):
+            fitted = trainer.fit(batches, validation_data=validation, epochs=cfg.epochs, callbacks=callbacks,
+                                 verbose=0)
     history = {k: [float(v) for v in vs] for k, vs in fitted.history.items()}
     for epoch, (loss, val_loss) in enumerate(zip(history["loss"], history["val_loss"], strict=True), 1):
         log.info("%s epoch %d: loss %.4f | validation %.4f", label, epoch, loss, val_loss)

@@ -336,17 +336,31 @@ def test_rows_outside_the_softmax_loss_leave_each_batch_after_it_is_drawn():
     np.testing.assert_array_equal(keep, (y["click"] == 1) & (y["article_weights"].sum(axis=1) > 0))
     assert 0 < keep.sum() < len(keep) and utpm_train.rows_in_loss(y, "joint") is None
     assert utpm_train.rows_in_loss(y, "split") is None
-    every = utpm_train._tf_data(x, y, 32, seed=3)
-    kept = utpm_train._tf_data(x, y, 32, seed=3, keep=keep)
-    for _epoch in range(2):  # a new order each epoch, the same one for both
-        pairs = list(zip(every, kept, strict=True))
-        assert len(pairs) == 7
-        for (x_all, y_all), (x_kept, y_kept) in pairs:
-            mask = (y_all["click"].numpy() == 1) & (y_all["article_weights"].numpy().sum(axis=1) > 0)
-            for name in ("click", "article_ids", "article_weights"):
-                np.testing.assert_array_equal(y_kept[name].numpy(), y_all[name].numpy()[mask])
-            for name in x:
-                np.testing.assert_array_equal(x_kept[name].numpy(), x_all[name].numpy()[mask])
+    with utpm_train._tf_data(x, y, 32, seed=3) as every, utpm_train._tf_data(x, y, 32, seed=3, keep=keep) as kept:
+        for _epoch in range(2):  # a new order each epoch, the same one for both
+            pairs = list(zip(every, kept, strict=True))
+            assert len(pairs) == 7
+            for (x_all, y_all), (x_kept, y_kept) in pairs:
+                mask = (y_all["click"].numpy() == 1) & (y_all["article_weights"].numpy().sum(axis=1) > 0)
+                for name in ("click", "article_ids", "article_weights"):
+                    np.testing.assert_array_equal(y_kept[name].numpy(), y_all[name].numpy()[mask])
+                for name in x:
+                    np.testing.assert_array_equal(x_kept[name].numpy(), x_all[name].numpy()[mask])
+
+
+def test_the_batches_let_go_of_the_arrays_when_the_block_ends():
+    """TensorFlow keeps a numpy_function's Python function for the life of the process: the
+    inputs must not stay with it."""
+    import gc
+    import weakref
+
+    x, y = _planted(40)
+    probe = weakref.ref(x["u_age"] if "u_age" in x else next(iter(x.values())))
+    with utpm_train._tf_data(x, y, 16, seed=1) as batches:
+        assert sum(len(b[1]["click"]) for b in batches) == 40
+    del x, y, batches
+    gc.collect()
+    assert probe() is None
 
 
 def test_training_on_the_rows_in_the_softmax_loss_gives_the_training_on_every_row():
@@ -361,8 +375,9 @@ def test_training_on_the_rows_in_the_softmax_loss_gives_the_training_on_every_ro
         (user_model, network), _ = _network()
         trainer = utpm.UTPMTrainer(user_model, network, "softmax", seed=0)
         trainer.compile(keras.optimizers.Adam(0.01))
-        history = trainer.fit(utpm_train._tf_data(x, y, 16, None, rows), epochs=3, verbose=0,
-                              validation_data=utpm_train._tf_data(x, y, 16, None, rows)).history
+        with utpm_train._tf_data(x, y, 16, None, rows) as batches, \
+                utpm_train._tf_data(x, y, 16, None, rows) as validation:
+            history = trainer.fit(batches, epochs=3, verbose=0, validation_data=validation).history
         runs.append((history, [w.numpy() for w in trainer.trainable_variables]))
     (h_all, w_all), (h_kept, w_kept) = runs
     for key in ("loss", "val_loss"):
