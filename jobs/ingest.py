@@ -46,7 +46,7 @@ NAME = "ingest"
 
 # Reasons a record is refused, in the order the rules are applied.
 REASONS = (
-    "malformed_record",     # not a JSON object
+    "malformed_record",     # not a JSON object, or text after it (two records on one line)
     "bad_encoding",         # bytes that are not UTF-8 (read as U+FFFD)
     "missing_field",        # a required field is null or empty
     "bad_type",             # a field that does not parse as its type
@@ -147,6 +147,21 @@ def _malformed(first_field: str) -> Column:
     return F.col(_CORRUPT).isNotNull() | (F.col(first_field).isNull() & _blank(F.col("raw")))
 
 
+def _text_after_the_object() -> Column:
+    """Text after a record's JSON object on its line: ``{...} x``, or two records run together
+    (``{...}{...}``), which the JSON reader would read as the first alone. A line whose first
+    ``}`` is its last character but spaces (every flat record) passes at the cost of two
+    string functions; any other is parsed once more, as the one element of a JSON array
+    (that parse stops at the array's end: text after a ``]`` right behind the object passes)."""
+    raw = F.col("raw")
+    flat = F.instr(raw, "}") == F.length(F.rtrim(raw))
+    one_value = F.json_array_length(F.concat(F.lit("["), raw, F.lit("]"))) == 1
+    return ~(flat | F.coalesce(one_value, F.lit(False)))
+
+
+_TEXT_AFTER = "text after the JSON object: one record a line"
+
+
 # A landed line whose bytes are not UTF-8 is refused: its ``raw`` in ``rejected`` shows them
 # as U+FFFD (so every reader can decode it) and its detail holds the bytes as they landed.
 _BAD_BYTES = "_bad_bytes"
@@ -202,6 +217,7 @@ def with_event_checks(events: DataFrame, *, window_start: dt.datetime, window_en
     lower, upper = F.lit(window_start), F.lit(window_end)
     checked = typed.transform(with_first_failure, [
         (_malformed("s_event_id"), "malformed_record", None),
+        (_text_after_the_object(), "malformed_record", _TEXT_AFTER),
         _bad_encoding(),
         (_any([c for c, _ in missing]), "missing_field", _names_where(missing)),
         (_any([c for c, _ in bad_types]), "bad_type", _names_where(bad_types)),
@@ -298,6 +314,7 @@ def with_article_checks(articles: DataFrame) -> DataFrame:
                  (_bad_parse(F.col("s_tags"), F.col("raw_tags")), "tags")]
     checked = articles.transform(with_first_failure, [
         (_malformed("s_article_id"), "malformed_record", None),
+        (_text_after_the_object(), "malformed_record", _TEXT_AFTER),
         _bad_encoding(),
         (_any([c for c, _ in missing]), "missing_field", _names_where(missing)),
         (_any([c for c, _ in bad_types]), "bad_type", _names_where(bad_types)),
@@ -324,6 +341,7 @@ def with_user_checks(users: DataFrame, *, landed_at: dt.datetime) -> DataFrame:
                  (_bad_parse(F.col("s_updated_time"), F.col("updated_time")), "updated_time")]
     checked = users.transform(with_first_failure, [
         (_malformed("s_user_id"), "malformed_record", None),
+        (_text_after_the_object(), "malformed_record", _TEXT_AFTER),
         _bad_encoding(),
         (_blank(F.col("s_user_id")), "missing_field", "user_id"),
         (_any([c for c, _ in bad_types]), "bad_type", _names_where(bad_types)),

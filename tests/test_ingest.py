@@ -34,13 +34,17 @@ GOOD_EVENTS = [
     event("e1"),
     event("e2", event_type="click", dwell=42_000),
     event("e3", t=START_MS - 2 * HOUR),                       # late, within 24 h: accepted
-    event("e4", user="u2", article="a2", t=START_MS + 24 * HOUR + 2 * 60_000),  # clock skew
+    event("e4", user="u2", article="a2", t=START_MS + 24 * HOUR + 2 * 60_000,  # clock skew
+          request="r}{4"),                                    # braces in a value: one record
 ]
 # (raw line, reason) for every rule; the raw line must come back verbatim in `rejected`.
 BAD_EVENTS = [
     ('{"event_id": "e10", "user_id": ', "malformed_record"),
     ("", "malformed_record"),
     ("[1, 2, 3]", "malformed_record"),
+    (json.dumps(event("e23")) + " x", "malformed_record"),          # text after the object
+    (json.dumps(event("e24")) + json.dumps(event("e25")), "malformed_record"),  # two records, one line
+    (json.dumps(event("e26")) + ', {"event_id": "e27"}', "malformed_record"),
     (json.dumps(event("e11", user=None)), "missing_field"),
     (json.dumps(event("e12", user="  ")), "missing_field"),
     (json.dumps(event("e13", t="noon")), "bad_type"),
@@ -79,10 +83,13 @@ def test_each_rule_refuses_the_record_that_breaks_it(spark, landed):
     for line, reason in BAD_EVENTS:
         assert rejected.get(("events", line)) == reason, line
     assert sum(1 for s, _ in rejected if s == "events") == len(BAD_EVENTS)
+    details = {r["raw"]: r["detail"] for r in wh.read_partition("rejected", DAY).collect()}
+    for line, _ in BAD_EVENTS[3:6]:
+        assert details[line].startswith("text after the JSON object"), line
     assert sorted(r["event_id"] for r in wh.read_partition("events", DAY).collect()) == ["e1", "e2", "e3", "e4"]
     assert report["sources"]["events"] == {
-        "landed": 20, "accepted": 4,
-        "rejected": {"malformed_record": 3, "missing_field": 2, "bad_type": 2, "unknown_event_type": 1,
+        "landed": 23, "accepted": 4,
+        "rejected": {"malformed_record": 6, "missing_field": 2, "bad_type": 2, "unknown_event_type": 1,
                      "negative_dwell": 1, "absurd_dwell": 1, "bad_position": 1, "too_late": 1,
                      "in_future": 1, "unknown_user": 1, "unknown_article": 1, "duplicate_event_id": 1}}
     user_reasons = sorted(r for (s, _), r in rejected.items() if s == "users")
