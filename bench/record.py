@@ -45,13 +45,21 @@ def machine() -> str:
     return f"{os.cpu_count()} cores{memory}, {platform.system()} {platform.machine()}"
 
 
+# The commit a benchmark runs, taken when it starts (it imports this module first): a run
+# of an hour must not be labelled with a commit made while it ran.
+_COMMIT_AT_START = _commit()
+
+
 def append(benchmark: str, sizes: dict, figures: dict, note: str = "", enabled: bool = True) -> Path | None:
     """Append one run of ``benchmark`` to its history file and return the file's path
-    (None when recording is off)."""
+    (None when recording is off). Its commit is the one checked out when the run started,
+    with ``+changed`` added when HEAD or the working tree changed since."""
     if not enabled or os.environ.get("TAGRECALL_BENCH_RECORD", "1") == "0":
         return None
     RESULTS.mkdir(parents=True, exist_ok=True)
-    row = {"date": dt.date.today().isoformat(), "commit": _commit(), "machine": machine(),
+    now = _commit()
+    commit = _COMMIT_AT_START if now == _COMMIT_AT_START else f"{_COMMIT_AT_START}+changed"
+    row = {"date": dt.date.today().isoformat(), "commit": commit, "machine": machine(),
            "benchmark": benchmark, "sizes": sizes, "figures": figures, "note": note}
     path = RESULTS / f"{benchmark}.jsonl"
     with path.open("a") as f:

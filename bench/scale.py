@@ -3,6 +3,7 @@
     python bench/scale.py [--sizes 1m,3m,10m] [--days 3] [--steps ingest,profiles,...]
                           [--redis-url URL] [--out bench/out] [--plot docs/benchmarks/scale.png]
                           [--driver-memory 12g] [--keep] [--no-record]
+    python bench/scale.py --replot [--days 3]
 
 For each size (events a day; users and articles as in bench/ingest.py: 85,000 users per
 million events), the synthetic feed is generated once and cached under --out (bench/ingest.py's
@@ -20,7 +21,8 @@ the largest size, and each step's peak resident set of the driver's Python proce
 steps that train and score models run there; the Spark JVM beside it is bounded by
 --driver-memory). Appends one record per size as soon as it is done and one of the slopes
 to bench/results/scale.jsonl (bench/record.py; not with --no-record) and, with two sizes
-or more, draws seconds against events per day, log-log, to --plot.
+or more, draws seconds against events per day, log-log, to --plot. --replot runs nothing and
+draws the plot from each size's newest record (a size run again replaces its points).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 from ingest import START, _feed  # bench/ is on sys.path when a benchmark runs as a script
-from record import append, size_label
+from record import RESULTS, append, size_label
 from sizes import parse_size
 
 from jobs.chain import parse_steps, run_step, step_date
@@ -215,6 +217,23 @@ def record_slopes(results: list[dict], names: list[str], fits: dict, days: int, 
            note="slopes of log(seconds) on log(events a day), least squares; 1.0 = linear", enabled=enabled)
 
 
+def recorded(days: int) -> list[dict]:
+    """Each size's newest record of --days days in bench/results/scale.jsonl, as run_size's
+    results (the last day only): what --replot draws, the table the docs show."""
+    newest = {}
+    for line in (RESULTS / "scale.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r["sizes"].get("days") == days and not any(k.endswith("_slope") for k in r["figures"]):
+            newest[r["sizes"]["events"]] = r
+    results = []
+    for r in sorted(newest.values(), key=lambda r: r["figures"]["events_exact"]):
+        steps = {k[:-2]: {"seconds": v, "status": "succeeded"} for k, v in r["figures"].items()
+                 if k.endswith("_s") and k != "total_s"}
+        results.append({"events": r["figures"]["events_exact"], "users": r["figures"]["users"],
+                        "requested": parse_size(r["sizes"]["events"]), "days": [steps]})
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1m,3m,10m", help="events a day, comma-separated (e.g. 1m,3m,10m,30m)")
@@ -227,7 +246,17 @@ def main() -> int:
     parser.add_argument("--driver-memory", default="12g")
     parser.add_argument("--keep", action="store_true", help="keep each size's warehouse (the feeds are always kept)")
     parser.add_argument("--no-record", action="store_true", help="append nothing to bench/results/scale.jsonl")
+    parser.add_argument("--replot", action="store_true",
+                        help="run nothing: draw --plot from each size's newest record of --days days")
     args = parser.parse_args()
+    if args.replot:
+        results = recorded(args.days)
+        names = list(dict.fromkeys(n for r in results for n in r["days"][-1]))
+        for r in results:   # a step a size did not record is shown as not run
+            r["days"][-1] = {n: r["days"][-1].get(n, {"seconds": None, "status": "not run"}) for n in names}
+        names.append("total")
+        draw(results, names, curves(results, names), args.days, Path(args.plot).resolve())
+        return 0
     if args.days < 2:
         parser.error("--days must be at least 2 (day 1 builds the first tables)")
     try:

@@ -24,6 +24,7 @@ import dataclasses
 import inspect
 import io
 import json
+import math
 import os
 import re
 import tokenize
@@ -320,36 +321,48 @@ def bench_table(name: str) -> str:
             "printed them):\n\n" + "".join(out))
 
 
+def _log_slope(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of log(y) on log(x) (bench/scale.py's fit), None under two sizes."""
+    points = [(math.log(x), math.log(y)) for x, y in points if x > 0 and y > 0]
+    if len({x for x, _ in points}) < 2:
+        return None
+    mx, my = (sum(v) / len(points) for v in zip(*points, strict=True))
+    return sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+
+
 def scale_table() -> str:
-    """The newest scale run (bench/scale.py) as steps x sizes, with each step's slope; every
-    run in the generic table below it."""
-    rows = _records("scale")
-    ends = [i for i, r in enumerate(rows) if any(k.endswith("_slope") for k in r["figures"])]
-    if not ends:
+    """Steps x sizes from each size's newest run of bench/scale.py (with the newest run's
+    number of days), each step's slope over the sizes shown; every run in the generic table
+    below it."""
+    rows = [r for r in _records("scale") if not any(k.endswith("_slope") for k in r["figures"])]
+    if not rows:
         return bench_table("scale")
-    # A run appends one record per size, then its slopes: the records just before the last slopes.
-    slopes = rows[ends[-1]]
-    labels = slopes["sizes"]["events"].split(",")
-    sizes = {r["sizes"]["events"]: r for r in rows[ends[-1] - len(labels):ends[-1]]}
-    if sorted(sizes) != sorted(labels):
-        raise ValueError(f"bench/results/scale.jsonl: the {len(labels)} records before line {ends[-1] + 1} are not the sizes "
-                         f"{labels} of its slopes")
-    steps = [k[:-2] for k in dict.fromkeys(k for r in sizes.values() for k in r["figures"]) if k.endswith("_s")]
+    days = rows[-1]["sizes"].get("days")
+    newest = {}
+    for r in rows:   # append order: a later run of a size replaces an earlier one
+        if r["sizes"].get("days") == days:
+            newest[r["sizes"]["events"]] = r
+    labels = sorted(newest, key=lambda label: newest[label]["figures"]["events_exact"])
+    steps = [k[:-2] for k in dict.fromkeys(k for r in newest.values() for k in r["figures"]) if k.endswith("_s")]
     steps = [s for s in steps if s != "total"] + ["total"] * ("total" in steps)
     head = ["step", *(f"{label} events/day" for label in labels), "slope"]
     out = ["| " + " | ".join(head) + " |\n", "|" + "---|" * len(head) + "\n"]
     for step in steps:
+        points = [(newest[label]["figures"]["events_exact"], newest[label]["figures"][f"{step}_s"])
+                  for label in labels if f"{step}_s" in newest[label]["figures"]]
+        fit = _log_slope(points)
         cells = [f"**{step}**" if step == "total" else step,
-                 *(_fmt(sizes[label]["figures"].get(f"{step}_s", "-")) for label in labels),
-                 _fmt(slopes["figures"].get(f"{step}_slope", "-"))]
+                 *(_fmt(newest[label]["figures"].get(f"{step}_s", "-")) for label in labels),
+                 "-" if fit is None else f"{fit:.2f}"]
         out.append("| " + " | ".join(_cell(c) for c in cells) + " |\n")
-    out.append("| users | " + " | ".join(_fmt(sizes[label]["figures"]["users"]) for label in labels) + " | |\n")
-    out.append("| events (exact) | " + " | ".join(_fmt(sizes[label]["figures"]["events_exact"]) for label in labels)
-               + " | |\n")
-    return (f"Seconds per step on the last of {slopes['sizes'].get('days', '?')} days, the newest run "
-            f"({slopes['date']}, `{slopes.get('commit', '')}`, {slopes.get('machine', '')}); slope of "
-            "log(seconds) on log(events a day), 1.0 = linear; - not measured (skipped, or stopped: see the "
-            "notes below):\n\n" + "".join(out) + "\n" + bench_table("scale"))
+    for name, key in (("users", "users"), ("events (exact)", "events_exact")):
+        out.append(f"| {name} | " + " | ".join(_fmt(newest[label]["figures"][key]) for label in labels) + " | |\n")
+    out.append("| run | " + " | ".join(f"{newest[label]['date']} `{newest[label].get('commit', '')}`"
+                                      for label in labels) + " | |\n")
+    return (f"Seconds per step on the last of {days} days, each size's newest run (the run row); slope of "
+            "log(seconds) on log(events a day) over the sizes shown, least squares, 1.0 = linear; - not "
+            "measured (skipped, or stopped: see the notes below). A size run again replaces its column, so "
+            "columns of different runs sit side by side:\n\n" + "".join(out) + "\n" + bench_table("scale"))
 
 
 def targets_table() -> str:
