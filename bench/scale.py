@@ -222,9 +222,12 @@ def recorded(days: int) -> list[dict]:
     results (the last day only): what --replot draws, the table the docs show."""
     newest = {}
     for line in (RESULTS / "scale.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        if r["sizes"].get("days") == days and not any(k.endswith("_slope") for k in r["figures"]):
+        r = json.loads(line) if line.strip() else {"figures": {"_slope": 0}}
+        if r.get("sizes", {}).get("days") == days and not any(k.endswith("_slope") for k in r["figures"]):
             newest[r["sizes"]["events"]] = r
+    if len(newest) < 2:
+        raise SystemExit(f"--replot: {len(newest)} size(s) recorded with --days {days} in "
+                         f"{RESULTS / 'scale.jsonl'}; a plot needs two")
     results = []
     for r in sorted(newest.values(), key=lambda r: r["figures"]["events_exact"]):
         steps = {k[:-2]: {"seconds": v, "status": "succeeded"} for k, v in r["figures"].items()

@@ -148,14 +148,22 @@ def _malformed(first_field: str) -> Column:
 
 
 def _text_after_the_object() -> Column:
-    """Text after a record's JSON object on its line: ``{...} x``, or two records run together
-    (``{...}{...}``), which the JSON reader would read as the first alone. A line whose first
-    ``}`` is its last character but spaces (every flat record) passes at the cost of two
-    string functions; any other is parsed once more, as the one element of a JSON array
-    (that parse stops at the array's end: text after a ``]`` right behind the object passes)."""
+    """Text after a record's JSON object on its line: ``{...} x``, or records run together
+    (``{...}{...}``, ``{...}, {...}``), which the JSON reader would read as the first alone.
+    A line whose first ``}`` is its last character but spaces (every flat record) passes at
+    the cost of two string functions. Any other is parsed twice more, by the reader the
+    record went through (``from_json``, so what it accepts, NaN included, passes), as the
+    elements of a JSON array: ``[line]`` must hold one value and ``[line,line]`` two. The
+    reader stops at the array's end, so text behind a ``]`` right after the object passes
+    the first test and fails the second."""
     raw = F.col("raw")
     flat = F.instr(raw, "}") == F.length(F.rtrim(raw))
-    one_value = F.json_array_length(F.concat(F.lit("["), raw, F.lit("]"))) == 1
+
+    def values(text: Column) -> Column:
+        return F.size(F.from_json(text, ArrayType(StringType())))
+
+    one_value = ((values(F.concat(F.lit("["), raw, F.lit("]"))) == 1)
+                 & (values(F.concat(F.lit("["), raw, F.lit(","), raw, F.lit("]"))) == 2))
     return ~(flat | F.coalesce(one_value, F.lit(False)))
 
 

@@ -37,6 +37,9 @@ GOOD_EVENTS = [
     event("e4", user="u2", article="a2", t=START_MS + 24 * HOUR + 2 * 60_000,  # clock skew
           request="r}{4"),                                    # braces in a value: one record
 ]
+# Not a flat record (a nested field holding NaN, which the JSON reader accepts), spaces after it.
+GOOD_LINES = ['{"event_id": "e5", "user_id": "u1", "article_id": "a1", "event_type": "impression", '
+              f'"event_time": {START_MS + HOUR}, "request_id": "r5", "extra": {{"nested": [1, NaN]}}}}  ']
 # (raw line, reason) for every rule; the raw line must come back verbatim in `rejected`.
 BAD_EVENTS = [
     ('{"event_id": "e10", "user_id": ', "malformed_record"),
@@ -45,6 +48,8 @@ BAD_EVENTS = [
     (json.dumps(event("e23")) + " x", "malformed_record"),          # text after the object
     (json.dumps(event("e24")) + json.dumps(event("e25")), "malformed_record"),  # two records, one line
     (json.dumps(event("e26")) + ', {"event_id": "e27"}', "malformed_record"),
+    (json.dumps(event("e28")) + "] x", "malformed_record"),           # behind a ] the array parse ends
+    (json.dumps(event("e29")) + ", 0]", "malformed_record"),
     (json.dumps(event("e11", user=None)), "missing_field"),
     (json.dumps(event("e12", user="  ")), "missing_field"),
     (json.dumps(event("e13", t="noon")), "bad_type"),
@@ -72,7 +77,7 @@ def landed(tmp_path, make_config):
         {"article_id": "a8", "publish_time": START_MS, "tags": [{"tag": "t1", "weight": 0.5},
                                                                 {"tag": "t1", "weight": 0.5}]},
         {"article_id": "a9", "tags": []}])
-    write_landing(raw, "events", DAY, GOOD_EVENTS + [line for line, _ in BAD_EVENTS])
+    write_landing(raw, "events", DAY, GOOD_EVENTS + GOOD_LINES + [line for line, _ in BAD_EVENTS])
     return config
 
 
@@ -84,12 +89,12 @@ def test_each_rule_refuses_the_record_that_breaks_it(spark, landed):
         assert rejected.get(("events", line)) == reason, line
     assert sum(1 for s, _ in rejected if s == "events") == len(BAD_EVENTS)
     details = {r["raw"]: r["detail"] for r in wh.read_partition("rejected", DAY).collect()}
-    for line, _ in BAD_EVENTS[3:6]:
+    for line, _ in BAD_EVENTS[3:8]:
         assert details[line].startswith("text after the JSON object"), line
-    assert sorted(r["event_id"] for r in wh.read_partition("events", DAY).collect()) == ["e1", "e2", "e3", "e4"]
+    assert sorted(r["event_id"] for r in wh.read_partition("events", DAY).collect()) == ["e1", "e2", "e3", "e4", "e5"]
     assert report["sources"]["events"] == {
-        "landed": 23, "accepted": 4,
-        "rejected": {"malformed_record": 6, "missing_field": 2, "bad_type": 2, "unknown_event_type": 1,
+        "landed": 26, "accepted": 5,
+        "rejected": {"malformed_record": 8, "missing_field": 2, "bad_type": 2, "unknown_event_type": 1,
                      "negative_dwell": 1, "absurd_dwell": 1, "bad_position": 1, "too_late": 1,
                      "in_future": 1, "unknown_user": 1, "unknown_article": 1, "duplicate_event_id": 1}}
     user_reasons = sorted(r for (s, _), r in rejected.items() if s == "users")

@@ -342,13 +342,16 @@ def scale_table() -> str:
     for r in rows:   # append order: a later run of a size replaces an earlier one
         if r["sizes"].get("days") == days:
             newest[r["sizes"]["events"]] = r
-    labels = sorted(newest, key=lambda label: newest[label]["figures"]["events_exact"])
+    labels = sorted(newest, key=lambda label: newest[label]["figures"].get("events_exact", 0))
+    for r in newest.values():   # bench/scale.py's total: the seconds of the steps that ran
+        f = r["figures"]
+        f.setdefault("total_s", round(sum(v for k, v in f.items() if k.endswith("_s")), 2))
     steps = [k[:-2] for k in dict.fromkeys(k for r in newest.values() for k in r["figures"]) if k.endswith("_s")]
-    steps = [s for s in steps if s != "total"] + ["total"] * ("total" in steps)
+    steps = [s for s in steps if s != "total"] + ["total"]
     head = ["step", *(f"{label} events/day" for label in labels), "slope"]
     out = ["| " + " | ".join(head) + " |\n", "|" + "---|" * len(head) + "\n"]
     for step in steps:
-        points = [(newest[label]["figures"]["events_exact"], newest[label]["figures"][f"{step}_s"])
+        points = [(newest[label]["figures"].get("events_exact", 0), newest[label]["figures"][f"{step}_s"])
                   for label in labels if f"{step}_s" in newest[label]["figures"]]
         fit = _log_slope(points)
         cells = [f"**{step}**" if step == "total" else step,
@@ -356,7 +359,8 @@ def scale_table() -> str:
                  "-" if fit is None else f"{fit:.2f}"]
         out.append("| " + " | ".join(_cell(c) for c in cells) + " |\n")
     for name, key in (("users", "users"), ("events (exact)", "events_exact")):
-        out.append(f"| {name} | " + " | ".join(_fmt(newest[label]["figures"][key]) for label in labels) + " | |\n")
+        out.append(f"| {name} | " + " | ".join(_fmt(newest[label]["figures"].get(key, "-")) for label in labels)
+                   + " | |\n")
     out.append("| run | " + " | ".join(f"{newest[label]['date']} `{newest[label].get('commit', '')}`"
                                       for label in labels) + " | |\n")
     return (f"Seconds per step on the last of {days} days, each size's newest run (the run row); slope of "
