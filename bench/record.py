@@ -46,19 +46,19 @@ def machine() -> str:
     return f"{os.cpu_count()} cores{memory}, {platform.system()} {platform.machine()}"
 
 
-def _tree() -> str:
-    """HEAD and a digest of the tracked files' changes against it: what a run's code was."""
+def _changes() -> str:
+    """A digest of the tracked files' changes against HEAD ("" outside a git checkout)."""
     root = Path(__file__).resolve().parents[1]
     try:
         diff = subprocess.run(["git", "diff", "HEAD", "--binary"], cwd=root, capture_output=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return ""
-    return f"{_commit()} {hashlib.sha256(diff).hexdigest()}"
+    return hashlib.sha256(diff).hexdigest()
 
 
 # The commit a benchmark runs, taken when it starts (it imports this module first): a run
 # of an hour must not be labelled with a commit made while it ran.
-_COMMIT_AT_START, _TREE_AT_START = _commit(), _tree()
+_AT_START = (_commit(), _changes())
 
 
 def append(benchmark: str, sizes: dict, figures: dict, note: str = "", enabled: bool = True) -> Path | None:
@@ -68,7 +68,7 @@ def append(benchmark: str, sizes: dict, figures: dict, note: str = "", enabled: 
     if not enabled or os.environ.get("TAGRECALL_BENCH_RECORD", "1") == "0":
         return None
     RESULTS.mkdir(parents=True, exist_ok=True)
-    commit = _COMMIT_AT_START if _tree() == _TREE_AT_START else f"{_COMMIT_AT_START}+changed"
+    commit = _AT_START[0] if (_commit(), _changes()) == _AT_START else f"{_AT_START[0]}+changed"
     row = {"date": dt.date.today().isoformat(), "commit": commit, "machine": machine(),
            "benchmark": benchmark, "sizes": sizes, "figures": figures, "note": note}
     path = RESULTS / f"{benchmark}.jsonl"

@@ -221,9 +221,8 @@ def recorded(days: int) -> list[dict]:
     """Each size's newest record of --days days in bench/results/scale.jsonl, as run_size's
     results (the last day only): what --replot draws, the table the docs show."""
     newest = {}
-    for line in (RESULTS / "scale.jsonl").read_text().splitlines():
-        r = json.loads(line) if line.strip() else {"figures": {"_slope": 0}}
-        if r.get("sizes", {}).get("days") == days and not any(k.endswith("_slope") for k in r["figures"]):
+    for r in (json.loads(line) for line in (RESULTS / "scale.jsonl").read_text().splitlines() if line.strip()):
+        if r["sizes"].get("days") == days and not any(k.endswith("_slope") for k in r["figures"]):
             newest[r["sizes"]["events"]] = r
     if len(newest) < 2:
         raise SystemExit(f"--replot: {len(newest)} size(s) recorded with --days {days} in "

@@ -154,7 +154,8 @@ def labels(batch: pa.RecordBatch | pa.Table, tag_ids: dict[str, int], length: in
     position = pc.index_in(items.field("tag"), value_set=pa.array(list(tag_ids), pa.string()))
     id_of = np.fromiter(tag_ids.values(), np.int32, len(tag_ids))
     pos = position.fill_null(-1).to_numpy(zero_copy_only=False)
-    item_ids = np.where(pos >= 0, id_of[np.maximum(pos, 0)] if len(id_of) else -1, -1).astype(np.int32)
+    item_ids = np.full(len(pos), -1, np.int32)
+    item_ids[pos >= 0] = id_of[pos[pos >= 0]]
     ids = pad(pa.ListArray.from_arrays(arr.offsets, pa.array(item_ids)), length, -1, np.int32)
     w = pad(pa.ListArray.from_arrays(arr.offsets, items.field("weight")), length, 0.0, np.float32)
     w = np.where(ids >= 0, w, 0.0).astype(np.float32)
@@ -210,8 +211,8 @@ def rows_in_loss(y: dict, loss: str) -> np.ndarray | None:
 
 @contextlib.contextmanager
 def _tf_data(x: dict, y: dict, batch_size: int, seed: int | None, keep: np.ndarray | None = None):
-    """Batches of (x, y), a dataset for the ``with`` block; with ``seed``, a new seeded row order each epoch; with ``keep``, each
-    batch is drawn from every row, then only its rows where ``keep`` holds are gathered
+    """Batches of (x, y), a dataset for the ``with`` block; with ``seed``, a new seeded row
+    order each epoch; with ``keep``, each batch is drawn from every row, then only its rows where ``keep`` holds are gathered
     (``rows_in_loss``), so the batches and their order are those of all rows. The row
     indices are shuffled, not the rows, and each batch is gathered at once: shuffling every
     input and label array row by row (17 of them by default) took as long as the training
